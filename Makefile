@@ -1,0 +1,66 @@
+# gradkit: `make run` and `make test` set everything up on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch build to install; e.g. TORCH='torch==2.13.0' TORCH_INDEX='--index-url <url>'.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+EXP ?= basic_gradients
+SWEEP ?= descent_lr_start
+LAUNCHER ?= basic
+ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+RUN := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.run
+
+.DEFAULT_GOAL := help
+.PHONY: help install run run-one sweep sweep-descent test lint bench ui server clean clean-store
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_INDEX) '$(TORCH)'
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install gradkit with a CPU torch (TORCH=... to change)
+
+run: $(STAMP) ## run every experiment once into mlruns/
+	$(RUN) --multirun 'experiment=glob(*)' $(ARGS)
+
+run-one: $(STAMP) ## run one experiment: make run-one EXP=jacobian ARGS='experiment.point=[1,1,1]'
+	$(RUN) experiment=$(EXP) $(ARGS)
+
+sweep: $(STAMP) ## run a sweep preset: make sweep SWEEP=descent_lr_start LAUNCHER=joblib
+	$(RUN) sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
+
+test: $(STAMP) ## run the test suite
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest
+
+lint: $(STAMP) ## ruff
+	$(VENV)/bin/ruff check src tests bench
+
+bench: $(STAMP) ## benchmarks, written to bench/results/
+	$(PY) bench/run.py
+
+ui: $(STAMP) ## MLflow UI on the embedded store, at http://$(HOST):$(PORT)
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+server: $(STAMP) ## MLflow tracking server for tracking=server (bound to 127.0.0.1)
+	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow server --host $(HOST) --port $(PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
+		--artifacts-destination $(CURDIR)/mlruns/server-artifacts
+
+clean: ## remove outputs/ and caches (keeps the MLflow store)
+	rm -rf outputs multirun .pytest_cache .ruff_cache bench/results
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-store: ## remove the MLflow store mlruns/ too
+	rm -rf mlruns

@@ -1,0 +1,78 @@
+"""The experiment contract: an Experiment computes a Result from a RunContext."""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+
+@dataclass(frozen=True)
+class Check:
+    """An identity the demonstration must satisfy: `error` must not exceed `tolerance`."""
+
+    error: float
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return math.isfinite(self.error) and self.error <= self.tolerance
+
+
+@dataclass
+class Result:
+    """Everything one run produced; tracking logs it, experiments never log themselves."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    figures: dict[str, Figure] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, Check] = field(default_factory=dict)
+    objective: float = math.nan
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def failed_checks(self) -> list[str]:
+        return [name for name, check in self.checks.items() if not check.passed]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a run may use: where to compute, in which precision, with which randomness."""
+
+    device: torch.device
+    dtype: torch.dtype
+    generator: torch.Generator
+    output_dir: Path
+    log: logging.Logger
+
+
+class Experiment(ABC):
+    """A demonstration. Subclasses validate their keyword parameters in `__init__`.
+
+    The module name is the experiment's name: its Hydra option and its MLflow experiment.
+    """
+
+    @property
+    def name(self) -> str:
+        return type(self).__module__.rsplit(".", 1)[-1]
+
+    @abstractmethod
+    def run(self, ctx: RunContext) -> Result:
+        """Compute the demonstration and return its Result."""
+
+    @classmethod
+    def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
+        """The figure that compares a sweep's jobs (rows of params, metrics, status).
+
+        The default plots each job's objective; experiments override it with a better view.
+        """
+        from gradkit.plotting import objective_by_job
+
+        return objective_by_job(jobs)

@@ -1,0 +1,53 @@
+"""Shared matplotlib helpers: the Agg backend, one style, saving and closing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+STYLE = {
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.titleweight": "bold",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.titleweight": "bold",
+    "figure.titlesize": 14,
+    "font.size": 10,
+}
+plt.rcParams.update(STYLE)
+
+
+def figure(title: str, nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 5)):
+    """A titled figure with a grid of axes (a single Axes when 1x1)."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, layout="constrained")
+    fig.suptitle(title)
+    return fig, axes
+
+
+def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
+    """Write `fig` as PNG and close it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:
+    """Each job's objective as a horizontal bar, failed jobs marked."""
+    fig, ax = figure("Objective by job", size=(8, 1.5 + 0.35 * len(jobs)))
+    labels = [f"#{job['job']} {job['overrides'] or 'defaults'}" for job in jobs]
+    values = [job["metrics"].get("objective", float("nan")) for job in jobs]
+    colors = ["tab:blue" if job["status"] == "COMPLETED" else "tab:red" for job in jobs]
+    ax.barh(labels, values, color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("objective")
+    ax.set_ylabel("job")
+    return fig

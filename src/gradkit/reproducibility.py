@@ -1,0 +1,52 @@
+"""Seeding, determinism and the environment fingerprint a run records."""
+
+from __future__ import annotations
+
+import functools
+import platform
+import random
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
+    """Seed python, numpy and torch; return a torch Generator seeded the same way."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                              timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip()
+
+
+@functools.cache
+def fingerprint() -> dict[str, str]:
+    """Git commit and dirty flag, package versions, python and platform, as MLflow tags."""
+    tags = {"python": platform.python_version(), "platform": platform.platform()}
+    commit = _git("rev-parse", "HEAD")
+    tags["git_commit"] = commit or "unknown"
+    if commit:
+        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            tags[f"version.{package}"] = "not installed"
+    return tags

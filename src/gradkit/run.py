@@ -1,0 +1,85 @@
+"""The entry point: compose the config, then seed -> instantiate -> run -> track."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException, InstantiationException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from gradkit import sweeps
+from gradkit.experiment import Experiment
+from gradkit.reproducibility import fingerprint
+from gradkit.runtime import build_context
+from gradkit.tracking import Tracker, flatten
+from gradkit.validation import ConfigError
+
+log = logging.getLogger("gradkit")
+
+
+class BadConfig(CompactHydraException):
+    """A config value that cannot be used (printed as one line, no traceback)."""
+
+
+class ChecksFailed(CompactHydraException):
+    """A demonstration's identity did not hold: a bug, so the job fails."""
+
+
+def build_experiment(cfg: DictConfig) -> Experiment:
+    try:
+        return hydra.utils.instantiate(cfg.experiment)
+    except InstantiationException as error:
+        cause = error.__cause__
+        raise BadConfig(str(cause) if isinstance(cause, ConfigError) else str(error)) from None
+
+
+def run_name(overrides: list[str]) -> str:
+    """Name a run by what its command line changed, e.g. `learning_rate=0.01`."""
+    shown = [o.removeprefix("experiment.") for o in overrides
+             if not o.startswith(("experiment=", "tracking", "hydra"))]
+    return " ".join(shown) or "defaults"
+
+
+@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    experiment = build_experiment(cfg)
+    try:
+        ctx = build_context(cfg, output_dir, sweep.parallel_jobs if sweep else None)
+    except ConfigError as error:
+        raise BadConfig(str(error)) from None
+
+    overrides = list(hydra_cfg.overrides.task)
+    tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": cfg.seed,
+            "device": str(ctx.device), "dtype": cfg.dtype, **(sweep.tags if sweep else {})}
+    name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
+    tracker = Tracker.from_config(cfg.tracking)
+    parent = sweep.parent_run_id(experiment.name) if sweep else None
+    with tracker.run(experiment.name, name, tags, parent) as run_id:
+        tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        tracker.log_artifact(run_id, output_dir / "config.yaml")
+        tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
+        log.info("%s: running %s", experiment.name, name)
+        result = experiment.run(ctx)
+        tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi)
+        failed = result.failed_checks
+        log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
+                 "failed: " + ", ".join(failed) if failed else "passed")
+        for log_file in output_dir.glob("*.log"):
+            tracker.log_artifact(run_id, log_file)
+        if failed:
+            raise ChecksFailed(f"{experiment.name}: checks failed: " + ", ".join(
+                f"{n} (error {result.checks[n].error:.3g} > {result.checks[n].tolerance:.3g})"
+                for n in failed))
+    return result.objective
+
+
+if __name__ == "__main__":
+    main()

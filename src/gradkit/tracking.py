@@ -1,0 +1,160 @@
+"""Everything MLflow: the store, runs, params, metrics, series and artifacts."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from gradkit.experiment import Result
+from gradkit.plotting import save
+from gradkit.reproducibility import PROJECT_ROOT
+
+PARAMS_PER_CALL = 100
+METRICS_PER_CALL = 1000
+MAX_TAG_LENGTH = 5000
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings as dotted keys; leaves (lists included) as strings."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Tracker:
+    """One MLflow store: a local SQLite database with artifacts beside it, or a server."""
+
+    def __init__(self, uri: str, artifact_root: Path | None = None):
+        self.uri = uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=uri)
+
+    @classmethod
+    def from_config(cls, tracking: Mapping[str, Any]) -> Tracker:
+        """The store a `tracking` config group names (kind: local | server)."""
+        if tracking["kind"] == "server":
+            return cls(str(tracking["uri"]))
+        root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+
+    def experiment_id(self, name: str) -> str:
+        """The id of MLflow experiment `name`, created on first use."""
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # another process created it meanwhile
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start_run(self, experiment: str, name: str, tags: Mapping[str, str],
+                  parent_run_id: str | None = None) -> str:
+        """Create a RUNNING run and return its id."""
+        tags = {key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}
+        if parent_run_id:
+            tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=tags)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        entries = [Param(key, value) for key, value in params.items()]
+        for batch in _chunks(entries, PARAMS_PER_CALL):
+            self.client.log_batch(run_id, params=batch)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for batch in _chunks(entries, METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_series(self, run_id: str, series: Mapping[str, list[float]]) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(key, float(value), now, step)
+                   for key, values in series.items() for step, value in enumerate(values)]
+        for batch in _chunks(entries, METRICS_PER_CALL):
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
+        self.client.log_batch(run_id, tags=entries)
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def end(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
+
+    @contextmanager
+    def run(self, experiment: str, name: str, tags: Mapping[str, str],
+            parent_run_id: str | None = None) -> Iterator[str]:
+        """A run that ends FINISHED, or FAILED (with an `error` tag) if the body raises."""
+        run_id = self.start_run(experiment, name, tags, parent_run_id)
+        try:
+            yield run_id
+        except BaseException as error:
+            status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+            self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
+            self.end(run_id, status)
+            raise
+        self.end(run_id, "FINISHED")
+
+    def log_result(self, run_id: str, result: Result, output_dir: Path, dpi: int) -> None:
+        """Log a Result: metrics, series, checks, figures as PNG and summary.json."""
+        checks = {f"check.{name}.error": check.error for name, check in result.checks.items()}
+        self.log_metrics(run_id, {**result.metrics, **checks, "objective": result.objective})
+        self.log_series(run_id, result.series)
+        verdict = "failed" if result.failed_checks else "passed"
+        self.set_tags(run_id, {**result.tags, "checks": verdict})
+        figures = output_dir / "figures"
+        for name, fig in result.figures.items():
+            save(fig, figures / f"{name}.png", dpi)
+        if result.figures:
+            self.log_artifacts(run_id, figures, "figures")
+        summary = output_dir / "summary.json"
+        summary.write_text(json.dumps(_summary(result), indent=2, default=str))
+        self.log_artifact(run_id, summary)
+
+    def child_runs(self, experiment: str, parent_run_id: str) -> list:
+        """Every run whose parent is `parent_run_id`."""
+        return self.client.search_runs(
+            [self.experiment_id(experiment)],
+            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            max_results=50000,
+        )
+
+
+def _summary(result: Result) -> dict[str, Any]:
+    finite = {k: v if math.isfinite(v) else str(v) for k, v in result.metrics.items()}
+    return {
+        "objective": result.objective if math.isfinite(result.objective) else str(result.objective),
+        "metrics": finite,
+        "checks": {name: {"error": c.error, "tolerance": c.tolerance, "passed": c.passed}
+                   for name, c in result.checks.items()},
+        "tags": result.tags,
+        **result.summary,
+    }
