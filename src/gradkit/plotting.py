@@ -9,8 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 STYLE = {
     "axes.grid": True,
@@ -25,9 +25,14 @@ STYLE = {
 plt.rcParams.update(STYLE)
 
 
-def figure(title: str, nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 5)):
-    """A titled figure with a grid of axes (a single Axes when 1x1)."""
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, layout="constrained")
+def figure(title: str, nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (7, 5),
+           layout: str | None = "constrained"):
+    """A titled figure with a grid of axes (a single Axes when 1x1).
+
+    Constrained layout costs ~0.1 s an axes at draw time; figures drawn once per job in
+    large sweeps pass `layout=None` and set their margins with `subplots_adjust`.
+    """
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, layout=layout)
     fig.suptitle(title)
     return fig, axes
 
@@ -42,8 +47,8 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
 
 def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:
     """Each job's objective as a horizontal bar, failed jobs marked."""
-    fig, ax = figure("Objective by job", size=(8, 1.5 + 0.35 * len(jobs)))
-    labels = [f"#{job['job']} {job['overrides'] or 'defaults'}" for job in jobs]
+    fig, ax = figure("Objective by job", size=(8, 2.5 + 0.35 * len(jobs)))
+    labels = [f"#{job['job']} {job['overrides']}" for job in jobs]
     values = [job["metrics"].get("objective", float("nan")) for job in jobs]
     colors = ["tab:blue" if job["status"] == "COMPLETED" else "tab:red" for job in jobs]
     ax.barh(labels, values, color=colors)

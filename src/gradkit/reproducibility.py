@@ -21,7 +21,8 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    if torch.are_deterministic_algorithms_enabled() != deterministic:  # the call costs ~1 s
+        torch.use_deterministic_algorithms(deterministic)
     generator = torch.Generator()
     generator.manual_seed(seed)
     return generator

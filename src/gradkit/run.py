@@ -13,9 +13,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradkit import sweeps
 from gradkit.experiment import Experiment
-from gradkit.reproducibility import fingerprint
+from gradkit.reproducibility import PROJECT_ROOT, fingerprint
 from gradkit.runtime import build_context
-from gradkit.tracking import Tracker, flatten
+from gradkit.tracking import Tracker, flatten, run_name
 from gradkit.validation import ConfigError
 
 log = logging.getLogger("gradkit")
@@ -37,14 +37,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         raise BadConfig(str(cause) if isinstance(cause, ConfigError) else str(error)) from None
 
 
-def run_name(overrides: list[str]) -> str:
-    """Name a run by what its command line changed, e.g. `learning_rate=0.01`."""
-    shown = [o.removeprefix("experiment.") for o in overrides
-             if not o.startswith(("experiment=", "tracking", "hydra"))]
-    return " ".join(shown) or "defaults"
-
-
-@hydra.main(version_base="1.3", config_path="../../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
@@ -68,7 +61,8 @@ def main(cfg: DictConfig) -> float:
         tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
         log.info("%s: running %s", experiment.name, name)
         result = experiment.run(ctx)
-        tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi)
+        tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi,
+                           cfg.tracking.max_series_points)
         failed = result.failed_checks
         log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
                  "failed: " + ", ".join(failed) if failed else "passed")

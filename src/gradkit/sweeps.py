@@ -20,14 +20,14 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.types import RunMode
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit.experiment import Experiment
 from gradkit.plotting import save
-from gradkit.tracking import Tracker
+from gradkit.tracking import Tracker, run_name
 
 STATE_DIR = ".gradkit"
 
@@ -122,13 +122,13 @@ class SweepTracker(Callback):
         if job_return.status != JobStatus.COMPLETED:
             try:
                 job_return.return_value  # noqa: B018 - raises the job's exception
-            except Exception as raised:  # noqa: BLE001
+            except Exception as raised:
                 error = f"{type(raised).__name__}: {raised}"
         record = {
             "job": int(config.hydra.job.num),
             "experiment": config.hydra.runtime.choices.experiment,
             "target": config.experiment.get("_target_", ""),
-            "overrides": " ".join(config.hydra.overrides.task),
+            "overrides": run_name(list(config.hydra.overrides.task)),
             "status": job_return.status.name,
             "error": error,
         }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import time
@@ -34,6 +35,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def run_name(overrides: list[str]) -> str:
+    """Name a run by what its command line changed, e.g. `learning_rate=0.01`."""
+    shown = [o.removeprefix("experiment.") for o in overrides
+             if not o.startswith(("experiment=", "tracking", "hydra", "sweep="))]
+    return " ".join(shown) or "defaults"
+
+
+def _steps(length: int, max_points: int) -> list[int]:
+    """`max_points` evenly spaced indices of range(length), ends included (all if 0)."""
+    if not max_points or length <= max_points:
+        return list(range(length))
+    if max_points == 1:
+        return [length - 1]
+    return sorted({round(i * (length - 1) / (max_points - 1)) for i in range(max_points)})
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -89,10 +106,16 @@ class Tracker:
         for batch in _chunks(entries, METRICS_PER_CALL):
             self.client.log_batch(run_id, metrics=batch)
 
-    def log_series(self, run_id: str, series: Mapping[str, list[float]]) -> None:
+    def log_series(self, run_id: str, series: Mapping[str, list[float]],
+                   max_points: int = 0) -> None:
+        """Log each series as a metric history, at most `max_points` steps each (0: all).
+
+        Longer series keep evenly spaced steps, first and last included, with their real
+        step numbers; SQLite stores cost ~0.1 ms a point, so this bounds the cost of a run.
+        """
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step)
-                   for key, values in series.items() for step, value in enumerate(values)]
+        entries = [Metric(key, float(values[step]), now, step)
+                   for key, values in series.items() for step in _steps(len(values), max_points)]
         for batch in _chunks(entries, METRICS_PER_CALL):
             self.client.log_batch(run_id, metrics=batch)
 
@@ -123,11 +146,15 @@ class Tracker:
             raise
         self.end(run_id, "FINISHED")
 
-    def log_result(self, run_id: str, result: Result, output_dir: Path, dpi: int) -> None:
-        """Log a Result: metrics, series, checks, figures as PNG and summary.json."""
+    def log_result(self, run_id: str, result: Result, output_dir: Path, dpi: int,
+                   max_series_points: int = 0) -> None:
+        """Log a Result: metrics, series (all points also in series.csv), checks, figures as
+        PNG and summary.json."""
         checks = {f"check.{name}.error": check.error for name, check in result.checks.items()}
         self.log_metrics(run_id, {**result.metrics, **checks, "objective": result.objective})
-        self.log_series(run_id, result.series)
+        if result.series:
+            self.log_series(run_id, result.series, max_series_points)
+            self.log_artifact(run_id, _write_series(output_dir / "series.csv", result.series))
         verdict = "failed" if result.failed_checks else "passed"
         self.set_tags(run_id, {**result.tags, "checks": verdict})
         figures = output_dir / "figures"
@@ -146,6 +173,16 @@ class Tracker:
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
             max_results=50000,
         )
+
+
+def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
+    """Every point of every series, in long format: series,step,value."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["series", "step", "value"])
+        for name, values in series.items():
+            writer.writerows((name, step, repr(float(v))) for step, v in enumerate(values))
+    return path
 
 
 def _summary(result: Result) -> dict[str, Any]:

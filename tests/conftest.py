@@ -1,0 +1,75 @@
+"""Shared fixtures: a fast empty MLflow store per test and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+
+from gradkit.reproducibility import PROJECT_ROOT
+from gradkit.tracking import Tracker
+
+CONF_DIR = PROJECT_ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An MLflow SQLite store with its tables made once (creating them takes seconds)."""
+    root = tmp_path_factory.mktemp("template")
+    Tracker.from_config({"kind": "local", "root": str(root)}).client.search_experiments()
+    return root / "mlflow.db"
+
+
+@pytest.fixture
+def store(tmp_path, empty_store) -> Path:
+    """A fresh store folder for one test, to pass as tracking.root."""
+    root = tmp_path / "mlruns"
+    root.mkdir()
+    shutil.copy(empty_store, root / "mlflow.db")
+    return root
+
+
+def client_for(root: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def runs_of(root: Path, experiment: str) -> list:
+    """Every run of MLflow experiment `experiment` in the store at `root`."""
+    client = client_for(root)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
+def compose_config(*overrides: str):
+    """The composed job config (without the hydra node), as the entry point would see it."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def cli(tmp_path, store, monkeypatch, capsys):
+    """Run `python -m gradkit.run ARGS` in this process; returns (exit code, stderr)."""
+    from gradkit.run import main
+
+    def run(*args: str, multirun: bool = False) -> tuple[int, str]:
+        where = (f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun
+                 else f"hydra.run.dir={tmp_path / 'run'}")
+        argv = ["gradkit.run", *(["--multirun"] if multirun else []), *args,
+                f"tracking.root={store}", where]
+        monkeypatch.setattr(sys, "argv", argv)
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        return code, capsys.readouterr().err
+
+    return run

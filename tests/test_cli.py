@@ -1,0 +1,167 @@
+"""End to end: `python -m gradkit.run ...` into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import EXPERIMENTS, client_for, runs_of
+
+# Metrics each experiment documents (experiments not listed are held to the common ones only).
+METRICS = {
+    "basic_gradients": {"value", "grad", "analytic_grad", "check.grad.error"},
+    "computational_graph": {"grad", "manual_grad", "check.chain_rule.error"},
+    "jacobian": {"jacobian_norm", "determinant", "check.backward_rows.error",
+                 "check.jacrev.error", "check.jacfwd.error"},
+}
+COMMON_METRICS = {"objective"}
+TAGS = {"checks", "git_commit", "version.torch", "seed", "device", "dtype", "overrides"}
+
+
+@pytest.fixture(autouse=True)
+def _compact_hydra_errors(monkeypatch):
+    """HYDRA_FULL_ERROR=1 in the caller's shell would turn exit codes into tracebacks."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+def artifact_paths(store, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in client_for(store).list_artifacts(run_id, path)}
+
+
+def all_runs(store) -> list:
+    client = client_for(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_run_lands_in_its_experiment(name, cli, store):
+    code, err = cli(f"experiment={name}")
+
+    assert code == 0, err
+    [run] = runs_of(store, name)
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["seed"] == "42"
+    assert params["experiment._target_"].rsplit(".", 2)[-2] == name
+    assert METRICS.get(name, set()) | COMMON_METRICS <= set(run.data.metrics)
+    assert set(tags) >= TAGS
+    assert (tags["checks"], tags["seed"], tags["device"]) == ("passed", "42", "cpu")
+    assert tags["version.torch"] != "not installed"
+    assert "mlflow.parentRunId" not in tags
+    artifacts = artifact_paths(store, run.info.run_id)
+    assert {"config.yaml", "summary.json", "figures", ".hydra"} <= artifacts
+    assert any(p.endswith(".png") for p in artifact_paths(store, run.info.run_id, "figures"))
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifact_paths(
+        store, run.info.run_id, ".hydra")
+
+
+@pytest.mark.parametrize(("args", "metric", "expected"), [
+    (["experiment=basic_gradients", "experiment.x=-1", "experiment.a=2"], "grad", -1.0),
+    (["experiment=jacobian", "experiment.point=[2,-3,0.5]"], "determinant", -24.0),
+])
+def test_overrides_change_the_result(args, metric, expected, cli, store):
+    code, err = cli(*args)
+
+    assert code == 0, err
+    [run] = runs_of(store, args[0].split("=")[1])
+    assert run.data.metrics[metric] == pytest.approx(expected, abs=1e-12)
+    assert run.data.tags["overrides"].startswith(" ".join(args))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_same_command_gives_same_metrics(name, cli, store):
+    for _ in range(2):
+        code, err = cli(f"experiment={name}", "seed=3")
+        assert code == 0, err
+
+    first, second = runs_of(store, name)
+    assert first.info.run_id != second.info.run_id
+    assert first.data.metrics == second.data.metrics
+    assert first.data.params == second.data.params
+
+
+@pytest.mark.parametrize(("args", "names", "experiment"), [
+    (["experiment=nonexistent"], "jacobian", None),
+    (["experiment=jacobian", "experiment.point=[1,2]"], "experiment.point", "jacobian"),
+    (["experiment=basic_gradients", "experiment.x=abc"], "experiment.x", "basic_gradients"),
+    (["experiment=basic_gradients", "experiment.xx=1"], "experiment.xx", "basic_gradients"),
+    (["experiment=basic_gradients", "seed=abc"], "seed", "basic_gradients"),
+    (["experiment=basic_gradients", "device=banana"], "device", "basic_gradients"),
+    (["experiment=computational_graph", "dtype=float16"], "dtype", "computational_graph"),
+    (["experiment=computational_graph", "threads=0"], "threads", "computational_graph"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_fails_before_any_run(args, names, experiment, cli, store):
+    code, err = cli(*args)
+
+    assert code != 0
+    assert any(names in line for line in err.splitlines()), err
+    assert "Traceback" not in err
+    if experiment:
+        assert runs_of(store, experiment) == []
+    assert all_runs(store) == []
+
+
+def test_unknown_experiment_lists_every_option(cli):
+    code, err = cli("experiment=nonexistent")
+
+    assert code != 0
+    assert "Available options in 'experiment'" in err
+    assert all(name in err for name in EXPERIMENTS)
+
+
+def test_multirun_children_under_one_parent(cli, store, tmp_path):
+    code, err = cli("experiment=basic_gradients", "experiment.x=1,2", multirun=True)
+
+    assert code == 0, err
+    runs = runs_of(store, "basic_gradients")
+    assert len(runs) == 3
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    parent_id = parent.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
+    # grad = 2 a x + b with a = 1, b = 3
+    by_x = {float(c.data.params["experiment.x"]): c.data.metrics["grad"] for c in children}
+    assert by_x == {1.0: 5.0, 2.0: 7.0}
+    assert {c.data.tags["job_num"] for c in children} == {"0", "1"}
+
+    assert "report/jobs.csv" in artifact_paths(store, parent_id, "report")
+    table = client_for(store).download_artifacts(parent_id, "report/jobs.csv",
+                                                 str(tmp_path / "download"))
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    assert {row["run_id"] for row in rows} == {c.info.run_id for c in children}
+
+
+def run_module(*args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "gradkit.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_real_subprocess_run_from_another_directory(store, tmp_path):
+    done = run_module("experiment=basic_gradients", f"tracking.root={store}",
+                      f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    [run] = runs_of(store, "basic_gradients")
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["grad"] == 7.0
+    assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_help_lists_the_experiments(tmp_path):
+    done = run_module("--help", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert "experiment:" in done.stdout
+    assert all(name in done.stdout for name in EXPERIMENTS)
