@@ -39,6 +39,9 @@ run-one: $(STAMP) ## run one experiment: make run-one EXP=jacobian ARGS='experim
 sweep: $(STAMP) ## run a sweep preset: make sweep SWEEP=descent_lr_start LAUNCHER=joblib
 	$(RUN) sweep=$(SWEEP) hydra/launcher=$(LAUNCHER) $(ARGS)
 
+sweep-descent: SWEEP = descent_lr_start
+sweep-descent: sweep ## the gradient descent learning-rate x start sweep (18 jobs)
+
 test: $(STAMP) ## run the test suite
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest
 
@@ -48,7 +51,7 @@ lint: $(STAMP) ## ruff
 bench: $(STAMP) ## benchmarks, written to bench/results/
 	$(PY) bench/run.py
 
-ui: $(STAMP) ## MLflow UI on the embedded store, at http://$(HOST):$(PORT)
+ui: $(STAMP) ## MLflow UI on the embedded store (http://127.0.0.1:5000; HOST=, PORT= to change)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts

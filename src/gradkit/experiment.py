@@ -51,6 +51,7 @@ class RunContext:
     generator: torch.Generator
     output_dir: Path
     log: logging.Logger
+    threads: int = 1
 
 
 class Experiment(ABC):

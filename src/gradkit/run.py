@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit import sweeps
-from gradkit.experiment import Experiment
+from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
 from gradkit.runtime import build_context
 from gradkit.tracking import Tracker, flatten, run_name
@@ -50,29 +50,36 @@ def main(cfg: DictConfig) -> float:
 
     overrides = list(hydra_cfg.overrides.task)
     tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": cfg.seed,
-            "device": str(ctx.device), "dtype": cfg.dtype, **(sweep.tags if sweep else {})}
+            "device": str(ctx.device), "dtype": cfg.dtype, "threads": ctx.threads,
+            **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     tracker = Tracker.from_config(cfg.tracking)
     parent = sweep.parent_run_id(experiment.name) if sweep else None
     with tracker.run(experiment.name, name, tags, parent) as run_id:
-        tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-        tracker.log_artifact(run_id, output_dir / "config.yaml")
-        tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
-        log.info("%s: running %s", experiment.name, name)
-        result = experiment.run(ctx)
-        tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi,
-                           cfg.tracking.max_series_points)
-        failed = result.failed_checks
-        log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
-                 "failed: " + ", ".join(failed) if failed else "passed")
-        for log_file in output_dir.glob("*.log"):
-            tracker.log_artifact(run_id, log_file)
-        if failed:
-            raise ChecksFailed(f"{experiment.name}: checks failed: " + ", ".join(
-                f"{n} (error {result.checks[n].error:.3g} > {result.checks[n].tolerance:.3g})"
-                for n in failed))
+        try:
+            tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
+            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+            tracker.log_artifact(run_id, output_dir / "config.yaml")
+            tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
+            log.info("%s: running %s", experiment.name, name)
+            result = experiment.run(ctx)
+            tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi,
+                               cfg.tracking.max_series_points)
+            log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
+                     describe_checks(result))
+        finally:
+            for log_file in output_dir.glob("*.log"):
+                tracker.log_artifact(run_id, log_file)
+        if result.failed_checks:
+            raise ChecksFailed(f"{experiment.name}: checks failed: {describe_checks(result)}")
     return result.objective
+
+
+def describe_checks(result: Result) -> str:
+    """`passed`, or the failed checks with their errors and tolerances."""
+    failed = [f"{name} (error {result.checks[name].error:.3g} > "
+              f"{result.checks[name].tolerance:.3g})" for name in result.failed_checks]
+    return ", ".join(failed) if failed else "passed"
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ def build_context(cfg, output_dir: Path, parallel_jobs: int | None = None) -> Ru
     """Validate the global keys, seed everything and return the run's context."""
     device = resolve_device(str(cfg.device))
     dtype = DTYPES[choice("dtype", cfg.dtype, DTYPES)]
-    torch.set_num_threads(resolve_threads(cfg.threads, parallel_jobs))
+    threads = resolve_threads(cfg.threads, parallel_jobs)
+    torch.set_num_threads(threads)
     generator = seed_everything(integer("seed", cfg.seed), bool(cfg.deterministic))
     return RunContext(device=device, dtype=dtype, generator=generator, output_dir=output_dir,
-                      log=logging.getLogger("gradkit"))
+                      log=logging.getLogger("gradkit"), threads=threads)
