@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,7 @@ from matplotlib.figure import Figure
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import OBJECTIVES, Objective, objective
 from gradkit.plotting import figure
-from gradkit.validation import integer, number, vector
+from gradkit.validation import ConfigError, integer, number, vector
 
 GRADIENT_TOLERANCE = 1e-10
 EXPLOSION_FACTOR = 1e6  # a loss this many times the starting loss (or 1) counts as divergence
@@ -86,6 +87,9 @@ class GradientDescent(Experiment):
         self.max_iterations = integer("experiment.max_iterations", max_iterations, minimum=1)
         self.tolerance = number("experiment.tolerance", tolerance, positive=True)
         self.momentum = number("experiment.momentum", momentum, minimum=0.0, maximum=0.999)
+        at_start = self.objective.value(torch.tensor(self.start, dtype=torch.float64)).item()
+        if not math.isfinite(at_start):
+            raise ConfigError(f"experiment.start={list(self.start)}: f = {at_start} there")
 
     def run(self, ctx: RunContext) -> Result:
         fn = self.objective
@@ -169,7 +173,7 @@ class GradientDescent(Experiment):
             key = f"{job['params'].get('experiment.function')} from "
             key += job["params"].get("experiment.start", "?")
             groups.setdefault(key, []).append(job)
-        for (label, group), marker in zip(sorted(groups.items()), "osD^v<>p*h", strict=False):
+        for (label, group), marker in zip(sorted(groups.items()), itertools.cycle("osD^v<>p*h")):
             group.sort(key=lambda j: float(j["params"]["experiment.learning_rate"]))
             lrs = [float(j["params"]["experiment.learning_rate"]) for j in group]
             losses = [j["metrics"]["final_loss"] for j in group]

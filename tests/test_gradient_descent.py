@@ -1,0 +1,221 @@
+"""Gradient descent: the `descend` loop, the experiment's Result, validation, the sweep figure."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from gradkit.experiment import RunContext
+from gradkit.experiments.gradient_descent import DIVERGED_OBJECTIVE, GradientDescent, descend
+from gradkit.validation import ConfigError
+
+CURVATURE = 2.0  # f(p) = a/2 |p|^2 with a = CURVATURE
+START = (1.0, -0.5)
+ROSENBROCK_START = [-1.5, 2.5]
+
+
+def quadratic(p: torch.Tensor) -> torch.Tensor:
+    return CURVATURE / 2 * (p**2).sum()
+
+
+def make_context(output_dir) -> RunContext:
+    return RunContext(torch.device("cpu"), torch.float64, torch.Generator(), output_dir,
+                      logging.getLogger("test"))
+
+
+@pytest.fixture
+def ctx(tmp_path) -> RunContext:
+    return make_context(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+    """Rosenbrock from (-1.5, 2.5) at a learning rate five times its stability limit."""
+    return GradientDescent(start=ROSENBROCK_START, learning_rate=0.01).run(
+        make_context(tmp_path_factory.mktemp("diverged")))
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    """Rosenbrock from (-1.5, 2.5) below the stability limit: 2000 steps, still descending."""
+    return GradientDescent(start=ROSENBROCK_START, learning_rate=1e-3).run(
+        make_context(tmp_path_factory.mktemp("slow")))
+
+
+# --- descend -------------------------------------------------------------------------------
+
+def test_plain_descent_on_a_quadratic_follows_the_closed_form():
+    lr = 0.1
+    trace = descend(quadratic, START, lr, max_iterations=500, tolerance=1e-8)
+
+    assert trace.status == "converged"
+    assert trace.grad_norms[-1] < 1e-8 <= min(trace.grad_norms[:-1])
+    for k, point in enumerate(trace.points):
+        expected = tuple((1 - lr * CURVATURE) ** k * x0 for x0 in START)
+        assert point == pytest.approx(expected, rel=1e-12)
+        assert trace.losses[k] == pytest.approx(CURVATURE / 2 * sum(e**2 for e in expected),
+                                               rel=1e-12)
+
+
+def test_momentum_changes_the_path_and_still_converges():
+    plain = descend(quadratic, START, 0.05, max_iterations=500, tolerance=1e-8)
+    heavy = descend(quadratic, START, 0.05, max_iterations=500, tolerance=1e-8, momentum=0.5)
+
+    assert plain.status == heavy.status == "converged"
+    assert plain.points[:2] == heavy.points[:2]  # the first step has no velocity yet
+    assert heavy.points[2] != pytest.approx(plain.points[2])
+    # heavy ball: v_k = m v_(k-1) + a x_k, x_(k+1) = x_k - lr v_k
+    x, v = START[0], 0.0
+    for point in heavy.points[:10]:
+        assert point[0] == pytest.approx(x, rel=1e-12)
+        v = 0.5 * v + CURVATURE * x
+        x -= 0.05 * v
+    assert heavy.iterations < plain.iterations  # 0.05 * 2 = 0.1 is a small step: momentum helps
+
+
+def test_one_iteration_takes_exactly_one_step():
+    trace = descend(quadratic, START, 0.1, max_iterations=1, tolerance=1e-12)
+
+    assert trace.status == "max_iterations"
+    assert trace.iterations == 1
+    assert len(trace.points) == len(trace.losses) == len(trace.grad_norms) == 2
+    assert trace.points[1] == pytest.approx(tuple(0.8 * x0 for x0 in START), rel=1e-12)
+
+
+def test_descent_starting_at_a_minimum_converges_without_a_step():
+    trace = descend(quadratic, (0.0, 0.0), 0.1, max_iterations=10, tolerance=1e-8)
+
+    assert (trace.status, trace.iterations, trace.points) == ("converged", 0, [(0.0, 0.0)])
+
+
+# --- GradientDescent.run -------------------------------------------------------------------
+
+def test_rosenbrock_at_a_large_learning_rate_diverges(diverged):
+    assert diverged.summary["status"] == "diverged"
+    assert diverged.tags == {"status": "diverged"}
+    assert diverged.metrics["diverged"] == 1.0
+    assert diverged.metrics["converged"] == 0.0
+    assert diverged.objective == DIVERGED_OBJECTIVE
+    assert all(math.isfinite(v) for values in diverged.series.values() for v in values)
+    assert all(math.isfinite(v) for v in diverged.metrics.values())
+    assert isinstance(diverged.figures["descent"], Figure)
+    assert not diverged.failed_checks
+
+
+def test_rosenbrock_at_a_small_learning_rate_runs_out_of_iterations(slow):
+    assert slow.tags == {"status": "max_iterations"}
+    assert slow.metrics["iterations"] == 2000
+    assert (slow.metrics["converged"], slow.metrics["diverged"]) == (0.0, 0.0)
+    assert slow.metrics["final_loss"] < slow.series["loss"][0] == 12.5
+    assert slow.objective == slow.metrics["final_loss"] == slow.series["loss"][-1]
+    assert slow.checks["gradient"].passed
+    assert isinstance(slow.figures["descent"], Figure)
+
+
+@pytest.mark.parametrize("result_of", ["diverged", "slow"])
+def test_series_lengths_and_distance_travelled_agree(result_of, request):
+    result = request.getfixturevalue(result_of)
+    series, metrics = result.series, result.metrics
+
+    assert len(series["x"]) == len(series["y"]) == len(series["loss"]) == len(
+        series["grad_norm"])
+    assert len(series["step_size"]) == metrics["iterations"]
+    assert metrics["distance_travelled"] == pytest.approx(sum(series["step_size"]), rel=1e-12)
+    assert [series["x"][0], series["y"][0]] == ROSENBROCK_START
+    assert result.summary["end"] == [series["x"][-1], series["y"][-1]]
+    assert metrics["final_grad_norm"] == series["grad_norm"][-1]
+
+
+def test_himmelblau_from_near_a_minimum_converges_to_it(ctx):
+    result = GradientDescent(function="himmelblau", start=[3.2, 2.1], learning_rate=0.01).run(ctx)
+
+    assert result.tags == {"status": "converged"}
+    assert result.metrics["converged"] == 1.0
+    assert result.metrics["final_grad_norm"] < 1e-6
+    assert result.metrics["distance_to_minimum"] < 1e-6
+    assert result.summary["end"] == pytest.approx([3.0, 2.0], abs=1e-6)
+    assert result.metrics["iterations"] < 2000
+
+
+def test_max_iterations_one_runs_one_step(ctx):
+    result = GradientDescent(start=ROSENBROCK_START, max_iterations=1).run(ctx)
+
+    assert result.metrics["iterations"] == 1
+    assert len(result.series["step_size"]) == 1
+    assert len(result.series["loss"]) == 2
+
+
+def test_start_where_the_loss_overflows_is_not_a_crash(ctx):
+    """Rosenbrock's 100 x^4 overflows float64 at x = 1e100: refuse the start or diverge."""
+    try:
+        result = GradientDescent(start=[1e100, 1e100]).run(ctx)
+    except ConfigError as error:
+        assert "experiment.start" in str(error)
+    else:
+        assert result.tags == {"status": "diverged"}
+        assert result.objective == DIVERGED_OBJECTIVE
+
+
+# --- validation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "key"), [
+    ({"learning_rate": -1e-3}, "experiment.learning_rate"),
+    ({"learning_rate": 0}, "experiment.learning_rate"),
+    ({"start": [1.0, 2.0, 3.0]}, "experiment.start"),
+    ({"start": "origin"}, "experiment.start"),
+    ({"momentum": 1.0}, "experiment.momentum"),
+    ({"momentum": -0.1}, "experiment.momentum"),
+    ({"max_iterations": 0}, "experiment.max_iterations"),
+    ({"max_iterations": 1.5}, "experiment.max_iterations"),
+    ({"tolerance": 0.0}, "experiment.tolerance"),
+    ({"function": "sphere"}, "experiment.function"),
+], ids=lambda v: str(v) if isinstance(v, dict) else None)
+def test_invalid_parameter_names_its_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        GradientDescent(**kwargs)
+
+
+# --- sweep figure --------------------------------------------------------------------------
+
+def sweep_row(job: int, lr: str, final_loss: float | None, diverged: bool = False,
+              start: str = "[-1.5, 2.5]") -> dict:
+    """A row of the sweep report; a job without a final loss failed before logging metrics."""
+    params = {"experiment.learning_rate": lr, "experiment.start": start,
+              "experiment.function": "rosenbrock"}
+    metrics = {} if final_loss is None else {"final_loss": final_loss,
+                                             "diverged": float(diverged)}
+    return {"job": job, "overrides": f"learning_rate={lr}",
+            "status": "FAILED" if final_loss is None else "COMPLETED",
+            "params": params, "metrics": metrics}
+
+
+def test_sweep_figure_plots_final_loss_against_learning_rate():
+    jobs = [sweep_row(0, "0.001", 0.25), sweep_row(1, "0.01", 4507.95, diverged=True),
+            sweep_row(2, "0.0005", 1.5, start="[0.5, 0.5]"), sweep_row(3, "0.002", None)]
+
+    fig = GradientDescent.sweep_figure(jobs)
+
+    assert isinstance(fig, Figure)
+    [ax] = fig.axes
+    assert len(ax.get_lines()) == 3  # one line per start, plus the stability limit
+    assert "1 failed" in ax.get_title()
+
+
+def test_sweep_figure_draws_every_start_point():
+    starts = [f"[{x}, 0.0]" for x in range(12)]
+    jobs = [sweep_row(i, "0.001", 1.0, start=start) for i, start in enumerate(starts)]
+
+    [ax] = GradientDescent.sweep_figure(jobs).axes
+
+    drawn = [line.get_label() for line in ax.get_lines()]
+    assert {f"rosenbrock from {start}" for start in starts} <= set(drawn)
+
+
+@pytest.mark.parametrize("jobs", [[], [sweep_row(0, "0.001", None), sweep_row(1, "0.01", None)]],
+                         ids=["no jobs", "only failed jobs"])
+def test_sweep_figure_is_none_without_metrics(jobs):
+    assert GradientDescent.sweep_figure(jobs) is None

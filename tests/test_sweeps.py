@@ -1,0 +1,186 @@
+"""Multiruns: parent runs per MLflow experiment, child runs, the sweep report, failures."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from itertools import product
+
+import pytest
+from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from gradkit.sweeps import swept_experiments
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@pytest.fixture(autouse=True)
+def _compact_hydra_errors(monkeypatch):
+    """HYDRA_FULL_ERROR=1 in the caller's shell would turn exit codes into tracebacks."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+def family(store, experiment: str) -> tuple:
+    """The one parent run of `experiment` and its children, by job number."""
+    runs = runs_of(store, experiment)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    [parent] = parents
+    children = [r for r in runs if r is not parent]
+    assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
+    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
+
+
+def read_report(store, parent, tmp_path) -> list[dict[str, str]]:
+    path = client_for(store).download_artifacts(parent.info.run_id, "report/jobs.csv",
+                                                str(tmp_path / "download"))
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def artifact_paths(store, run_id: str, path: str) -> set[str]:
+    return {a.path for a in client_for(store).list_artifacts(run_id, path)}
+
+
+def run_module(*args: str, cwd) -> subprocess.CompletedProcess:
+    """`python -m gradkit.run --multirun ARGS` in a fresh interpreter."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, "-m", "gradkit.run", "--multirun", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
+
+
+# --- in process ----------------------------------------------------------------------------
+
+def test_learning_rate_sweep_reports_convergence_and_divergence(cli, store, tmp_path):
+    code, err = cli("experiment=gradient_descent", "experiment.learning_rate=1e-3,1e-2",
+                    "experiment.max_iterations=200", multirun=True)
+
+    assert code == 0, err
+    parent, children = family(store, "gradient_descent")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert [c.data.params["experiment.learning_rate"] for c in children] == ["0.001", "0.01"]
+    assert [c.data.tags["status"] for c in children] == ["max_iterations", "diverged"]
+    assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
+
+    assert artifact_paths(store, parent.info.run_id, "report") == {
+        "report/jobs.csv", "report/comparison.png"}
+    rows = read_report(store, parent, tmp_path)
+    assert [row["overrides"] for row in rows] == [
+        "learning_rate=0.001 max_iterations=200", "learning_rate=0.01 max_iterations=200"]
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    assert [row["outcome"] for row in rows] == ["max_iterations", "diverged"]
+    assert [row["diverged"] for row in rows] == ["0.0", "1.0"]
+    assert [row["run_id"] for row in rows] == [c.info.run_id for c in children]
+
+
+def test_sweep_over_two_experiments_has_one_parent_each(cli, store, tmp_path):
+    code, err = cli("experiment=basic_gradients,jacobian", multirun=True)
+
+    assert code == 0, err
+    sweep_ids = set()
+    for experiment in ("basic_gradients", "jacobian"):
+        parent, children = family(store, experiment)
+        assert parent.info.status == "FINISHED"
+        assert parent.data.metrics == {"jobs": 1.0, "jobs_failed": 0.0}
+        [child] = children
+        assert child.info.status == "FINISHED"
+        assert child.data.params["experiment._target_"].split(".")[-2] == experiment
+        [row] = read_report(store, parent, tmp_path / experiment)
+        assert row["run_id"] == child.info.run_id
+        sweep_ids |= {parent.data.tags["sweep_id"], child.data.tags["sweep_id"]}
+    assert len(sweep_ids) == 1
+    assert all(runs_of(store, name) == [] for name in EXPERIMENTS
+               if name not in ("basic_gradients", "jacobian"))
+
+
+def test_single_run_has_no_parent(cli, store):
+    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=5")
+
+    assert code == 0, err
+    [run] = runs_of(store, "gradient_descent")
+    assert run.info.status == "FINISHED"
+    assert not {PARENT_TAG, "sweep_id", "job_num"} & set(run.data.tags)
+
+
+# --- composition ---------------------------------------------------------------------------
+
+def hydra_config(*overrides: str):
+    """The composed config with its hydra node; GlobalHydra stays set up for the caller."""
+    return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_descent_preset_sweeps_six_learning_rates_by_three_starts():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_config("sweep=descent_lr_start")
+        experiments = swept_experiments(cfg)
+
+    params = cfg.hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
+    values = {o.key_or_group: list(o.sweep_string_iterator()) for o in parsed}
+    assert set(values) == {"experiment.learning_rate", "experiment.start"}
+    assert len(set(values["experiment.learning_rate"])) == 6
+    assert len(set(values["experiment.start"])) == 3
+    assert len(list(product(*values.values()))) == 18
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert cfg.experiment.function == "rosenbrock"
+    assert experiments == ["gradient_descent"]
+
+
+@pytest.mark.parametrize(("swept", "expected"), [
+    ("basic_gradients,jacobian", ["basic_gradients", "jacobian"]),
+    ("jacobian,nonexistent,jacobian", ["jacobian"]),
+    ("choice(jacobian,computational_graph)", ["jacobian", "computational_graph"]),
+    ("glob(*)", EXPERIMENTS),
+    ("glob(*,exclude=j*)", [e for e in EXPERIMENTS if not e.startswith("j")]),
+])
+def test_swept_experiments_from_sweeper_params(swept, expected):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_config("sweep=descent_lr_start",
+                           f"+hydra.sweeper.params.experiment='{swept}'")
+        assert swept_experiments(cfg) == expected
+
+
+# --- real processes ------------------------------------------------------------------------
+
+def test_invalid_job_fails_the_sweep_but_not_the_valid_job(store, tmp_path):
+    done = run_module("experiment=gradient_descent", "experiment.learning_rate=1e-3,-1",
+                      "experiment.max_iterations=50", f"tracking.root={store}",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+
+    assert done.returncode != 0
+    assert "experiment.learning_rate" in done.stderr
+    parent, children = family(store, "gradient_descent")
+    assert parent.info.status == "FAILED"
+    assert "learning_rate=-1" in parent.data.tags["failed_jobs"]
+    assert "learning_rate=0.001" not in parent.data.tags["failed_jobs"]
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 1.0}
+    [valid] = [c for c in children if c.info.status == "FINISHED"]
+    assert valid.data.params["experiment.learning_rate"] == "0.001"
+    assert valid.data.metrics["iterations"] == 50
+    assert valid.data.tags["status"] == "max_iterations"
+    invalid = [r for r in runs_of(store, "gradient_descent") if r.data.tags.get("job_num") == "1"]
+    assert all(r.info.status not in ("RUNNING", "FINISHED") for r in invalid)
+
+
+def test_parallel_joblib_sweep_into_a_fresh_store(tmp_path):
+    store = tmp_path / "new" / "store"
+    done = run_module("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      "experiment=basic_gradients", "experiment.x=1,2,3,4",
+                      f"tracking.root={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                      cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    parent, children = family(store, "basic_gradients")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"jobs": 4.0, "jobs_failed": 0.0}
+    assert [c.info.status for c in children] == ["FINISHED"] * 4
+    assert [c.data.tags["job_num"] for c in children] == ["0", "1", "2", "3"]
+    # grad = 2 a x + b with a = 1, b = 3
+    assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]

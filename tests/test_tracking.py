@@ -1,0 +1,95 @@
+"""Tracking helpers (flatten, run names, series downsampling) and a series logged end to end."""
+
+from __future__ import annotations
+
+import csv
+from itertools import pairwise
+
+import pytest
+from conftest import client_for, runs_of
+
+from gradkit.tracking import _steps, flatten, run_name
+
+
+@pytest.mark.parametrize(("tree", "expected"), [
+    ({}, {}),
+    ({"seed": 42, "dtype": "float32"}, {"seed": "42", "dtype": "float32"}),
+    ({"experiment": {"start": [-1.5, 2.5], "lr": 0.001}},
+     {"experiment.start": "[-1.5, 2.5]", "experiment.lr": "0.001"}),
+    ({"a": {"b": {"c": None, "d": [{"e": 1}]}}, "f": True},
+     {"a.b.c": "None", "a.b.d": "[{'e': 1}]", "f": "True"}),
+])
+def test_flatten_dots_nested_keys_and_keeps_lists_as_leaves(tree, expected):
+    assert flatten(tree) == expected
+
+
+def test_flatten_prefix():
+    assert flatten({"x": {"y": 1}}, "run.") == {"run.x.y": "1"}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    ([], "defaults"),
+    (["experiment=gradient_descent"], "defaults"),
+    (["experiment=jacobian", "tracking.root=/tmp/store", "tracking.max_series_points=0",
+      "hydra.sweep.dir=/tmp/sweep", "hydra.launcher.n_jobs=2", "sweep=descent_lr_start"],
+     "defaults"),
+    (["experiment=gradient_descent", "experiment.learning_rate=0.01"], "learning_rate=0.01"),
+    (["experiment.start=[0.5,0.5]", "seed=3", "tracking.root=/x", "experiment.momentum=0.9"],
+     "start=[0.5,0.5] seed=3 momentum=0.9"),
+])
+def test_run_name_keeps_only_what_the_command_line_changed(overrides, expected):
+    assert run_name(overrides) == expected
+
+
+@pytest.mark.parametrize("max_points", [0, 1, 2, 3, 7, 10, 200])
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 9, 10, 11, 101, 2001])
+def test_steps_keep_the_ends_and_at_most_max_points(length, max_points):
+    steps = _steps(length, max_points)
+
+    if max_points == 0 or length <= max_points:
+        assert steps == list(range(length))
+        return
+    assert len(steps) <= max_points
+    assert all(a < b for a, b in pairwise(steps))
+    assert steps[-1] == length - 1
+    if max_points > 1:
+        assert steps[0] == 0
+
+
+def test_steps_are_evenly_spread():
+    steps = _steps(2001, 200)
+
+    gaps = {b - a for a, b in pairwise(steps)}
+    assert len(steps) == 200
+    assert gaps <= {10, 11}
+
+
+def read_series(path) -> dict[str, list[float]]:
+    series: dict[str, list[float]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            values = series.setdefault(row["series"], [])
+            assert int(row["step"]) == len(values)
+            values.append(float(row["value"]))
+    return series
+
+
+def test_series_are_downsampled_in_mlflow_and_complete_in_series_csv(cli, store, tmp_path):
+    code, err = cli("experiment=gradient_descent")
+
+    assert code == 0, err
+    [run] = runs_of(store, "gradient_descent")
+    assert run.data.tags["status"] == "max_iterations"
+    client = client_for(store)
+    csv_path = client.download_artifacts(run.info.run_id, "series.csv", str(tmp_path / "dl"))
+    series = read_series(csv_path)
+    assert len(series["loss"]) == 2001
+    assert len(series["step_size"]) == 2000
+
+    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    steps = [m.step for m in history]
+    assert len(history) <= 200  # tracking.max_series_points
+    assert steps[0] == 0 and steps[-1] == 2000
+    assert len(set(steps)) == len(steps)
+    assert {m.step: m.value for m in history} == {s: series["loss"][s] for s in steps}
+    assert run.data.metrics["loss"] == series["loss"][-1] == run.data.metrics["final_loss"]
