@@ -25,9 +25,9 @@ class Objective:
     @functools.cached_property
     def stability_limit(self) -> float:
         """The largest stable gradient-descent step near the minima: 2 / max Hessian eigenvalue."""
-        eigenvalues = [torch.linalg.eigvalsh(torch.func.hessian(self.value)(
-            torch.tensor(m, dtype=torch.float64))).max().item() for m in self.minima]
-        return 2 / max(eigenvalues)
+        hessian = torch.autograd.functional.hessian
+        hessians = [hessian(self.value, torch.tensor(m, dtype=torch.float64)) for m in self.minima]
+        return 2 / max(torch.linalg.eigvalsh(h).max().item() for h in hessians)
 
     def distance_to_minimum(self, point: torch.Tensor) -> float:
         """Distance from `point` to the nearest known minimum."""

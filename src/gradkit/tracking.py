@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import time
@@ -70,10 +71,10 @@ class Tracker:
     def from_config(cls, tracking: Mapping[str, Any]) -> Tracker:
         """The store a `tracking` config group names (kind: local | server)."""
         if tracking["kind"] == "server":
-            return cls(str(tracking["uri"]))
+            return _open(str(tracking["uri"]), None)
         root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+        return _open(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
 
     def experiment_id(self, name: str) -> str:
         """The id of MLflow experiment `name`, created on first use."""
@@ -183,6 +184,12 @@ def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
         for name, values in series.items():
             writer.writerows((name, step, repr(float(v))) for step, v in enumerate(values))
     return path
+
+
+@functools.lru_cache(maxsize=8)
+def _open(uri: str, artifact_root: Path | None) -> Tracker:
+    """One Tracker per store and process (a sweep's jobs share it in the basic launcher)."""
+    return Tracker(uri, artifact_root)
 
 
 def _summary(result: Result) -> dict[str, Any]:

@@ -153,10 +153,11 @@ class GradientDescent(Experiment):
                                label=f"{name} at nearest minimum")
         axes[1, 1].set(title="Parameters", xlabel="iteration", ylabel="value")
         axes[1, 1].legend()
-        axes[1, 2].plot(-np.diff(trace.losses), color="tab:purple")
-        axes[1, 2].set_yscale("symlog", linthresh=1e-8)
-        axes[1, 2].set(title="Loss improvement per iteration", xlabel="iteration",
-                       ylabel="f(xₖ) − f(xₖ₊₁) (symlog)")
+        improvement = -np.diff(trace.losses)
+        axes[1, 2].semilogy(np.abs(improvement), color="tab:purple")
+        rises = int((improvement < 0).sum())
+        axes[1, 2].set(title=f"Loss change per iteration ({rises} rises)", xlabel="iteration",
+                       ylabel="|f(xₖ) − f(xₖ₊₁)| (log scale)")
         return fig
 
     @classmethod
