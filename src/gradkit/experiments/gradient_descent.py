@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import OBJECTIVES, Objective, objective
@@ -139,25 +140,30 @@ class GradientDescent(Experiment):
         path = np.array(trace.points)
         plot_path(axes[0, 0], fn, path)
         iters = np.arange(len(trace.losses))
-        axes[0, 1].semilogy(iters, trace.losses, color="tab:blue")
+        short = {"marker": "o", "markersize": 4} if len(iters) < 50 else {}
+        axes[0, 1].semilogy(iters, trace.losses, color="tab:blue", **short)
         axes[0, 1].set(title="Loss (log scale)", xlabel="iteration", ylabel="f(x, y)")
-        axes[0, 2].semilogy(iters, trace.grad_norms, color="tab:orange")
+        axes[0, 2].semilogy(iters, trace.grad_norms, color="tab:orange", **short)
         axes[0, 2].set(title="Gradient norm (log scale)", xlabel="iteration", ylabel="‖∇f(x, y)‖")
-        axes[1, 0].semilogy(np.arange(len(trace.step_sizes)), trace.step_sizes, color="tab:green")
+        axes[1, 0].semilogy(trace.step_sizes, color="tab:green", **short)
         axes[1, 0].set(title="Step size (log scale)", xlabel="iteration",
                        ylabel="‖step‖ = lr · ‖velocity‖")
         target = fn.minima[int(np.argmin([np.hypot(*(path[-1] - m)) for m in fn.minima]))]
         for i, (name, color) in enumerate((("x", "tab:blue"), ("y", "tab:red"))):
-            axes[1, 1].plot(path[:, i], color=color, label=name)
+            axes[1, 1].plot(path[:, i], color=color, label=name, **short)
             axes[1, 1].axhline(target[i], color=color, linestyle="--", alpha=0.6,
                                label=f"{name} at nearest minimum")
         axes[1, 1].set(title="Parameters", xlabel="iteration", ylabel="value")
         axes[1, 1].legend()
         improvement = -np.diff(trace.losses)
-        axes[1, 2].semilogy(np.abs(improvement), color="tab:purple")
+        axes[1, 2].semilogy(np.abs(improvement), color="tab:purple", **short)
         rises = int((improvement < 0).sum())
-        axes[1, 2].set(title=f"Loss change per iteration ({rises} rises)", xlabel="iteration",
+        axes[1, 2].set(title=f"Loss change per iteration (rises: {rises})", xlabel="iteration",
                        ylabel="|f(xₖ) − f(xₖ₊₁)| (log scale)")
+        for ax in axes.flat[1:]:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if short:
+                ax.set_xlim(-0.5, len(iters) - 0.5)
         return fig
 
     @classmethod
