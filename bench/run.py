@@ -4,9 +4,10 @@ Prints a table and writes bench/results/sweep.json. Everything is measured in th
 side by side, so the ratios hold even on a noisy machine:
   - startup:  a Python process that imports gradkit.run (paid once per sweep process)
   - compute:  the 18 experiments run in-process (descent + figure building), no tracking
-  - basic:    `python -m gradkit.run sweep=descent_lr_start` into a fresh store
+  - store:    creating an empty MLflow store (once per store, so outside the sweep timings)
+  - basic:    `python -m gradkit.run sweep=descent_lr_start` into an existing empty store
   - joblib:   the same with hydra/launcher=joblib, 2 workers
-The per-job cost beyond the computation is (basic - startup - compute) / jobs.
+The per-job cost beyond the computation is (basic - startup - compute - figures) / jobs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from gradkit.reproducibility import PROJECT_ROOT
 
 PRESET = PROJECT_ROOT / "conf" / "sweep" / "descent_lr_start.yaml"
 RESULTS = PROJECT_ROOT / "bench" / "results"
+STORE = ("from gradkit.tracking import Tracker; "
+         "Tracker.from_config({{'kind': 'local', 'root': '{}'}}).client.search_experiments()")
 
 
 def wall(command: list[str]) -> float:
@@ -74,6 +77,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         startup = wall([sys.executable, "-c", "import gradkit.run"])
+        store = wall([sys.executable, "-c", STORE.format(tmp / "basic")])
+        wall([sys.executable, "-c", STORE.format(tmp / "joblib")])
         run_s, save_s = compute_seconds(grid, tmp)
         basic = wall([*python, "sweep=descent_lr_start", f"tracking.root={tmp}/basic",
                       f"hydra.sweep.dir={tmp}/sweep-basic"])
@@ -82,7 +87,7 @@ def main() -> None:
                        f"hydra.sweep.dir={tmp}/sweep-joblib"])
     overhead = (basic - startup - run_s - save_s) / jobs
     results = {
-        "jobs": jobs, "cpus": os.cpu_count(), "startup_s": startup,
+        "jobs": jobs, "cpus": os.cpu_count(), "startup_s": startup, "store_creation_s": store,
         "compute_s": run_s, "figures_s": save_s,
         "basic_s": basic, "joblib_2_workers_s": joblib, "joblib_speedup": basic / joblib,
         "tracking_and_hydra_per_job_s": overhead,
@@ -91,6 +96,7 @@ def main() -> None:
     (RESULTS / "sweep.json").write_text(json.dumps(results, indent=2))
     print(f"descent_lr_start: {jobs} jobs on {os.cpu_count()} CPUs")
     print(f"  process startup (imports)        {startup:6.2f} s")
+    print(f"  creating an empty store (once)   {store:6.2f} s  (includes a startup)")
     print(f"  compute, in-process (all jobs)   {run_s:6.2f} s  ({run_s / jobs:.3f} s/job)")
     print(f"  writing figures (all jobs)       {save_s:6.2f} s  ({save_s / jobs:.3f} s/job)")
     print(f"  basic launcher, whole sweep      {basic:6.2f} s")
