@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from gradkit.plotting import objective_by_job
+
 
 @dataclass(frozen=True)
 class Check:
@@ -74,6 +76,4 @@ class Experiment(ABC):
 
         The default plots each job's objective; experiments override it with a better view.
         """
-        from gradkit.plotting import objective_by_job
-
         return objective_by_job(jobs)

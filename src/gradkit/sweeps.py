@@ -156,23 +156,30 @@ def report_sweep(sweep_dir: Path, tracker: Tracker, dpi: int, completed: bool) -
     records = [json.loads(p.read_text()) for p in (sweep_dir / STATE_DIR / "jobs").glob("*.json")]
     for experiment, parent in state["parents"].items():
         jobs = _job_rows(tracker, experiment, parent, records)
-        report_dir = sweep_dir / "report" / experiment
-        report_dir.mkdir(parents=True, exist_ok=True)
-        _write_csv(report_dir / "jobs.csv", jobs)
-        tracker.log_artifact(parent, report_dir / "jobs.csv", "report")
-        target = next((job["target"] for job in jobs if job["target"]), "")
-        figure_of = get_class(target).sweep_figure if target else Experiment.sweep_figure
-        fig = figure_of(jobs) if jobs else None
-        if fig is not None:
-            tracker.log_artifact(parent, save(fig, report_dir / "comparison.png", dpi), "report")
         failed = [job for job in jobs if job["status"] != "COMPLETED"]
-        tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
-        if failed:
-            names = "; ".join(f"#{job['job']} {job['overrides']}" for job in failed)
-            tracker.set_tags(parent, {"failed_jobs": names})
-        if not completed:
-            tracker.set_tags(parent, {"sweep_stopped": "the sweep ended on an error"})
-        tracker.end(parent, "FINISHED" if completed and jobs and not failed else "FAILED")
+        try:
+            _log_report(tracker, parent, jobs, sweep_dir / "report" / experiment, dpi)
+            tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
+            if failed:
+                names = "; ".join(f"#{job['job']} {job['overrides']}" for job in failed)
+                tracker.set_tags(parent, {"failed_jobs": names})
+            if not completed:
+                tracker.set_tags(parent, {"sweep_stopped": "the sweep ended on an error"})
+        finally:  # a parent never stays RUNNING, even if its report cannot be made
+            tracker.end(parent, "FINISHED" if completed and jobs and not failed else "FAILED")
+
+
+def _log_report(tracker: Tracker, parent: str, jobs: list[dict[str, Any]], folder: Path,
+                dpi: int) -> None:
+    """Write and log `jobs.csv` and the experiment's comparison figure."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(folder / "jobs.csv", jobs)
+    tracker.log_artifact(parent, folder / "jobs.csv", "report")
+    target = next((job["target"] for job in jobs if job["target"]), "")
+    figure_of = get_class(target).sweep_figure if target else Experiment.sweep_figure
+    fig = figure_of(jobs) if jobs else None
+    if fig is not None:
+        tracker.log_artifact(parent, save(fig, folder / "comparison.png", dpi), "report")
 
 
 def _job_rows(tracker: Tracker, experiment: str, parent: str,
