@@ -184,3 +184,22 @@ def test_parallel_joblib_sweep_into_a_fresh_store(tmp_path):
     assert [c.data.tags["job_num"] for c in children] == ["0", "1", "2", "3"]
     # grad = 2 a x + b with a = 1, b = 3
     assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]
+
+
+def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path):
+    from gradkit.sweeps import _write_csv
+
+    def job(num, params, status="COMPLETED"):
+        return {"job": num, "overrides": f"x={num}", "status": status, "outcome": "",
+                "run_id": "", "error": "", "params": params,
+                "metrics": {"value": float(num)} if params else {}}
+
+    jobs = [job(0, {"x": "0", "seed": "42"}), job(1, {"x": "1", "seed": "42"}),
+            job(2, {}, status="FAILED")]
+    _write_csv(tmp_path / "jobs.csv", jobs)
+    with open(tmp_path / "jobs.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["job", "overrides", "status", "outcome", "run_id", "error", "x",
+                             "value"]
+    assert [(r["x"], r["value"], r["status"]) for r in rows] == [
+        ("0", "0.0", "COMPLETED"), ("1", "1.0", "COMPLETED"), ("", "", "FAILED")]

@@ -47,11 +47,14 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
 
 def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:
     """Each job's objective as a horizontal bar, failed jobs marked."""
-    fig, ax = figure("Objective by job", size=(8, 2.5 + 0.35 * len(jobs)))
+    fig, ax = figure(f"{jobs[0]['experiment']}: objective by job",
+                     size=(8, 2.5 + 0.35 * len(jobs)))
     labels = [f"#{job['job']} {job['overrides']}" for job in jobs]
-    values = [job["metrics"].get("objective", float("nan")) for job in jobs]
+    values = [job["metrics"].get("objective", 0.0) for job in jobs]
     colors = ["tab:blue" if job["status"] == "COMPLETED" else "tab:red" for job in jobs]
-    ax.barh(labels, values, color=colors)
+    bars = ax.barh(labels, values, color=colors)
+    ax.bar_label(bars, [f"{v:.4g}" if job["status"] == "COMPLETED" else "failed"
+                        for v, job in zip(values, jobs, strict=True)], padding=3)
     ax.invert_yaxis()
     ax.set_xlabel("objective")
     ax.set_ylabel("job")

@@ -202,8 +202,9 @@ def _job_rows(tracker: Tracker, experiment: str, parent: str,
 
 
 def _write_csv(path: Path, jobs: list[dict[str, Any]]) -> None:
-    varying = sorted({key for job in jobs for key, value in job["params"].items()
-                      if len({j["params"].get(key) for j in jobs}) > 1})
+    logged = [job["params"] for job in jobs if job["params"]]  # failed early: no params
+    varying = sorted({key for params in logged for key in params
+                      if len({p.get(key) for p in logged}) > 1})
     metrics = sorted({key for job in jobs for key in job["metrics"]})
     fields = ["job", "overrides", "status", "outcome", "run_id", "error", *varying, *metrics]
     with path.open("w", newline="") as handle:
