@@ -7,6 +7,7 @@ side by side, so the ratios hold even on a noisy machine:
   - store:    creating an empty MLflow store (once per store, so outside the sweep timings)
   - basic:    `python -m gradkit.run sweep=descent_lr_start` into an existing empty store
   - joblib:   the same with hydra/launcher=joblib, 2 workers
+  - no PNGs:  basic launcher with plotting.figures=false (the report figure is still made)
 The per-job cost beyond the computation is (basic - startup - compute - figures) / jobs.
 """
 
@@ -78,18 +79,23 @@ def main() -> None:
         tmp = Path(tmp)
         startup = wall([sys.executable, "-c", "import gradkit.run"])
         store = wall([sys.executable, "-c", STORE.format(tmp / "basic")])
-        wall([sys.executable, "-c", STORE.format(tmp / "joblib")])
+        for name in ("joblib", "no-figures"):
+            wall([sys.executable, "-c", STORE.format(tmp / name)])
         run_s, save_s = compute_seconds(grid, tmp)
         basic = wall([*python, "sweep=descent_lr_start", f"tracking.root={tmp}/basic",
                       f"hydra.sweep.dir={tmp}/sweep-basic"])
         joblib = wall([*python, "sweep=descent_lr_start", "hydra/launcher=joblib",
                        "hydra.launcher.n_jobs=2", f"tracking.root={tmp}/joblib",
                        f"hydra.sweep.dir={tmp}/sweep-joblib"])
+        no_figures = wall([*python, "sweep=descent_lr_start", "plotting.figures=false",
+                           f"tracking.root={tmp}/no-figures",
+                           f"hydra.sweep.dir={tmp}/sweep-no-figures"])
     overhead = (basic - startup - run_s - save_s) / jobs
     results = {
         "jobs": jobs, "cpus": os.cpu_count(), "startup_s": startup, "store_creation_s": store,
         "compute_s": run_s, "figures_s": save_s,
         "basic_s": basic, "joblib_2_workers_s": joblib, "joblib_speedup": basic / joblib,
+        "basic_without_figures_s": no_figures,
         "tracking_and_hydra_per_job_s": overhead,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -101,6 +107,7 @@ def main() -> None:
     print(f"  writing figures (all jobs)       {save_s:6.2f} s  ({save_s / jobs:.3f} s/job)")
     print(f"  basic launcher, whole sweep      {basic:6.2f} s")
     print(f"  joblib launcher, 2 workers       {joblib:6.2f} s  (x{basic / joblib:.2f} vs basic)")
+    print(f"  basic launcher, no per-job PNGs  {no_figures:6.2f} s")
     print(f"  tracking + Hydra per job         {overhead:6.3f} s")
 
 

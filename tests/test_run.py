@@ -48,3 +48,13 @@ def test_an_exception_ends_the_run_failed_with_the_error(cli, store):
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: numerical trouble"
     assert "run.log" in {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
+
+
+def test_figures_can_be_switched_off(cli, store):
+    code, err = cli("experiment=jacobian", "plotting.figures=false")
+    assert code == 0, err
+    (run,) = runs_of(store, "jacobian")
+    artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
+    assert "figures" not in artifacts
+    assert {"summary.json", "config.yaml"} <= artifacts
+    assert run.data.params["plotting.figures"] == "False"

@@ -45,6 +45,11 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
     return path
 
 
+def discard(fig: Figure) -> None:
+    """Close `fig` without writing it."""
+    plt.close(fig)
+
+
 def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:
     """Each job's objective as a horizontal bar, failed jobs marked."""
     fig, ax = figure(f"{jobs[0]['experiment']}: objective by job",

@@ -63,8 +63,9 @@ def main(cfg: DictConfig) -> float:
             tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
             log.info("%s: running %s", experiment.name, name)
             result = experiment.run(ctx)
-            tracker.log_result(run_id, result, output_dir, cfg.plotting.dpi,
-                               cfg.tracking.max_series_points)
+            tracker.log_result(run_id, result, output_dir, dpi=cfg.plotting.dpi,
+                               max_series_points=cfg.tracking.max_series_points,
+                               figures=cfg.plotting.figures)
             log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
                      describe_checks(result))
         finally:

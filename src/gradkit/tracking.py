@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from gradkit.experiment import Result
-from gradkit.plotting import save
+from gradkit.plotting import discard, save
 from gradkit.reproducibility import PROJECT_ROOT
 
 PARAMS_PER_CALL = 100
@@ -147,10 +147,10 @@ class Tracker:
             raise
         self.end(run_id, "FINISHED")
 
-    def log_result(self, run_id: str, result: Result, output_dir: Path, dpi: int,
-                   max_series_points: int = 0) -> None:
+    def log_result(self, run_id: str, result: Result, output_dir: Path, *, dpi: int = 100,
+                   max_series_points: int = 0, figures: bool = True) -> None:
         """Log a Result: metrics, series (all points also in series.csv), checks, figures as
-        PNG and summary.json."""
+        PNG (unless `figures` is false) and summary.json."""
         checks = {f"check.{name}.error": check.error for name, check in result.checks.items()}
         self.log_metrics(run_id, {**result.metrics, **checks, "objective": result.objective})
         if result.series:
@@ -158,11 +158,14 @@ class Tracker:
             self.log_artifact(run_id, _write_series(output_dir / "series.csv", result.series))
         verdict = "failed" if result.failed_checks else "passed"
         self.set_tags(run_id, {**result.tags, "checks": verdict})
-        figures = output_dir / "figures"
+        folder = output_dir / "figures"
         for name, fig in result.figures.items():
-            save(fig, figures / f"{name}.png", dpi)
-        if result.figures:
-            self.log_artifacts(run_id, figures, "figures")
+            if figures:
+                save(fig, folder / f"{name}.png", dpi)
+            else:
+                discard(fig)
+        if figures and result.figures:
+            self.log_artifacts(run_id, folder, "figures")
         summary = output_dir / "summary.json"
         summary.write_text(json.dumps(_summary(result), indent=2, default=str))
         self.log_artifact(run_id, summary)
