@@ -92,6 +92,7 @@ def test_same_command_gives_same_metrics(name, cli, store):
     (["experiment=basic_gradients", "device=banana"], "device", "basic_gradients"),
     (["experiment=computational_graph", "dtype=float16"], "dtype", "computational_graph"),
     (["experiment=computational_graph", "threads=0"], "threads", "computational_graph"),
+    (["experiment=jacobian", "tracking.kind=bogus"], "tracking.kind", "jacobian"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_fails_before_any_run(args, names, experiment, cli, store):
     code, err = cli(*args)

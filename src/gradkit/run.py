@@ -45,6 +45,7 @@ def main(cfg: DictConfig) -> float:
     experiment = build_experiment(cfg)
     try:
         ctx = build_context(cfg, output_dir, sweep.parallel_jobs if sweep else None)
+        tracker = Tracker.from_config(cfg.tracking)
     except ConfigError as error:
         raise BadConfig(str(error)) from None
 
@@ -53,7 +54,6 @@ def main(cfg: DictConfig) -> float:
             "device": str(ctx.device), "dtype": cfg.dtype, "threads": ctx.threads,
             **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
-    tracker = Tracker.from_config(cfg.tracking)
     parent = sweep.parent_run_id(experiment.name) if sweep else None
     with tracker.run(experiment.name, name, tags, parent) as run_id:
         try:

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from gradkit.experiment import Result
 from gradkit.plotting import discard, save
 from gradkit.reproducibility import PROJECT_ROOT
+from gradkit.validation import choice
 
 PARAMS_PER_CALL = 100
 METRICS_PER_CALL = 1000
@@ -70,7 +71,7 @@ class Tracker:
     @classmethod
     def from_config(cls, tracking: Mapping[str, Any]) -> Tracker:
         """The store a `tracking` config group names (kind: local | server)."""
-        if tracking["kind"] == "server":
+        if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
             return _open(str(tracking["uri"]), None)
         root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
