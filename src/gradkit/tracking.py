@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import getpass
 import json
 import math
 import time
@@ -25,6 +26,7 @@ PARAMS_PER_CALL = 100
 METRICS_PER_CALL = 1000
 MAX_TAG_LENGTH = 5000
 PARENT_TAG = "mlflow.parentRunId"
+USER_TAG = "mlflow.user"
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -53,6 +55,13 @@ def _steps(length: int, max_points: int) -> list[int]:
     if max_points == 1:
         return [length - 1]
     return sorted({round(i * (length - 1) / (max_points - 1)) for i in range(max_points)})
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name in this environment
+        return "unknown"
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -91,7 +100,8 @@ class Tracker:
     def start_run(self, experiment: str, name: str, tags: Mapping[str, str],
                   parent_run_id: str | None = None) -> str:
         """Create a RUNNING run and return its id."""
-        tags = {key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}
+        tags = {USER_TAG: _user(),
+                **{key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}}
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=tags)
