@@ -184,6 +184,8 @@ def test_parallel_joblib_sweep_into_a_fresh_store(tmp_path):
     assert [c.data.tags["job_num"] for c in children] == ["0", "1", "2", "3"]
     # grad = 2 a x + b with a = 1, b = 3
     assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]
+    # threads=auto shares the cores among the 2 workers
+    assert {c.data.tags["threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
 
 
 def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path):
