@@ -219,3 +219,11 @@ def test_sweep_figure_draws_every_start_point():
                          ids=["no jobs", "only failed jobs"])
 def test_sweep_figure_is_none_without_metrics(jobs):
     assert GradientDescent.sweep_figure(jobs) is None
+
+
+def test_a_start_far_outside_the_plot_window_is_still_drawn(tmp_path):
+    ctx = RunContext(torch.device("cpu"), torch.float64, torch.Generator(), tmp_path,
+                     logging.getLogger())
+    result = GradientDescent(start=[100.0, 100.0], learning_rate=1e-9, max_iterations=3).run(ctx)
+    (ax,) = [a for a in result.figures["descent"].axes if a.get_title().startswith("Path")]
+    assert ax.get_xlim()[1] >= 100.0 and ax.get_ylim()[1] >= 100.0

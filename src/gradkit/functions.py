@@ -20,7 +20,6 @@ class Objective:
     gradient: Callable[[torch.Tensor], torch.Tensor]
     minima: tuple[tuple[float, float], ...]
     window: tuple[tuple[float, float], tuple[float, float]]
-    log_contours: bool
 
     @functools.cached_property
     def stability_limit(self) -> float:
@@ -60,11 +59,11 @@ def himmelblau_gradient(p: torch.Tensor) -> torch.Tensor:
 
 OBJECTIVES = {
     "rosenbrock": Objective("rosenbrock", rosenbrock, rosenbrock_gradient, ((1.0, 1.0),),
-                            ((-2.0, 2.0), (-1.0, 3.0)), log_contours=True),
+                            ((-2.0, 2.0), (-1.0, 3.0))),
     "himmelblau": Objective(
         "himmelblau", himmelblau, himmelblau_gradient,
         ((3.0, 2.0), (-2.805118, 3.131312), (-3.779310, -3.283186), (3.584428, -1.848127)),
-        ((-5.0, 5.0), (-5.0, 5.0)), log_contours=True),
+        ((-5.0, 5.0), (-5.0, 5.0))),
 }
 
 

@@ -114,9 +114,8 @@ class Tracker:
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        for batch in _chunks(entries, METRICS_PER_CALL):
-            self.client.log_batch(run_id, metrics=batch)
+        self._log_metric_entries(run_id, [Metric(key, float(value), now, step)
+                                          for key, value in metrics.items()])
 
     def log_series(self, run_id: str, series: Mapping[str, list[float]],
                    max_points: int = 0) -> None:
@@ -126,8 +125,11 @@ class Tracker:
         step numbers; SQLite stores cost ~0.1 ms a point, so this bounds the cost of a run.
         """
         now = int(time.time() * 1000)
-        entries = [Metric(key, float(values[step]), now, step)
-                   for key, values in series.items() for step in _steps(len(values), max_points)]
+        self._log_metric_entries(run_id, [
+            Metric(key, float(values[step]), now, step)
+            for key, values in series.items() for step in _steps(len(values), max_points)])
+
+    def _log_metric_entries(self, run_id: str, entries: list[Metric]) -> None:
         for batch in _chunks(entries, METRICS_PER_CALL):
             self.client.log_batch(run_id, metrics=batch)
 

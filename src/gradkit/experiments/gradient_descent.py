@@ -208,6 +208,7 @@ def plot_path(ax, fn: Objective, path: np.ndarray) -> None:
     (x0, x1), (y0, y1) = fn.window
     near = path[(np.abs(path[:, 0]) < 10 * max(abs(x0), abs(x1)))
                 & (np.abs(path[:, 1]) < 10 * max(abs(y0), abs(y1)))]
+    near = np.vstack([path[:1], near])  # far-flung points of a divergence are cut; the start not
     x0, x1 = min(x0, near[:, 0].min() - 0.2), max(x1, near[:, 0].max() + 0.2)
     y0, y1 = min(y0, near[:, 1].min() - 0.2), max(y1, near[:, 1].max() + 0.2)
     gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
