@@ -153,7 +153,9 @@ def test_resolve_threads_rejects(threads):
 
 
 def global_config(**changes):
-    keys = {"device": "cpu", "dtype": "float64", "threads": 1, "seed": 7, "deterministic": False}
+    keys = {"device": "cpu", "dtype": "float64", "threads": 1, "seed": 7, "deterministic": False,
+            "plotting": SimpleNamespace(dpi=100, figures=True),
+            "tracking": SimpleNamespace(max_series_points=200)}
     return SimpleNamespace(**{**keys, **changes})
 
 
@@ -167,10 +169,12 @@ def _keep_torch_threads():
 
 @pytest.mark.usefixtures("_keep_torch_threads")
 def test_build_context(tmp_path):
-    ctx = runtime.build_context(global_config(threads=1), tmp_path)
+    settings = runtime.read_settings(global_config(threads=1))
+    ctx = runtime.build_context(settings, tmp_path)
 
     assert (ctx.device, ctx.dtype, ctx.output_dir) == (torch.device("cpu"), torch.float64,
                                                        tmp_path)
+    assert (settings.dpi, settings.figures, settings.max_series_points) == (100, True, 200)
     assert torch.get_num_threads() == 1
     assert ctx.generator.initial_seed() == 7
     expected = torch.Generator().manual_seed(7)
@@ -182,9 +186,23 @@ def test_build_context(tmp_path):
     ({"dtype": "float16"}, "dtype"),
     ({"seed": "abc"}, "seed"),
     ({"seed": -1}, "seed"),
+    ({"seed": 2**32}, "seed"),
     ({"threads": 0}, "threads"),
+    ({"threads": "many"}, "threads"),
+    ({"deterministic": "no"}, "deterministic"),
+    ({"deterministic": "false"}, "deterministic"),
+    ({"deterministic": 0}, "deterministic"),
+    ({"plotting": SimpleNamespace(dpi="abc", figures=True)}, "plotting.dpi"),
+    ({"plotting": SimpleNamespace(dpi=0, figures=True)}, "plotting.dpi"),
+    ({"plotting": SimpleNamespace(dpi=5000, figures=True)}, "plotting.dpi"),
+    ({"plotting": SimpleNamespace(dpi=100, figures="yes")}, "plotting.figures"),
+    ({"tracking": SimpleNamespace(max_series_points="abc")}, "tracking.max_series_points"),
+    ({"tracking": SimpleNamespace(max_series_points=-5)}, "tracking.max_series_points"),
 ])
-@pytest.mark.usefixtures("_keep_torch_threads")
-def test_build_context_rejects_bad_global_keys(change, key, tmp_path):
+def test_read_settings_rejects_bad_global_keys(change, key):
     with pytest.raises(ConfigError, match=rf"^{key}="):
-        runtime.build_context(global_config(**change), tmp_path)
+        runtime.read_settings(global_config(**change))
+
+
+def test_seed_at_the_numpy_limit_is_accepted():
+    assert runtime.read_settings(global_config(seed=2**32 - 1)).seed == 2**32 - 1

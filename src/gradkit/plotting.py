@@ -58,7 +58,7 @@ def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:
     values = [job["metrics"].get("objective", 0.0) for job in jobs]
     colors = ["tab:blue" if job["status"] == "COMPLETED" else "tab:red" for job in jobs]
     bars = ax.barh(labels, values, color=colors)
-    ax.bar_label(bars, [f"{v:.4g}" if job["status"] == "COMPLETED" else "failed"
+    ax.bar_label(bars, [f"{v:.4g}" if job["status"] == "COMPLETED" else job["status"].lower()
                         for v, job in zip(values, jobs, strict=True)], padding=3)
     ax.invert_yaxis()
     ax.set_xlabel("objective")

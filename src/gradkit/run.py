@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -11,10 +12,10 @@ from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradkit import sweeps
+from gradkit import interrupts, sweeps
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
-from gradkit.runtime import build_context
+from gradkit.runtime import build_context, read_settings
 from gradkit.tracking import Tracker, flatten, run_name
 from gradkit.validation import ConfigError
 
@@ -38,20 +39,23 @@ def build_experiment(cfg: DictConfig) -> Experiment:
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
-def main(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig) -> float:
+    """One job: every key checked before any work, then one MLflow run."""
+    interrupts.install()  # a parallel launcher's worker process handles signals too
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
     experiment = build_experiment(cfg)
     try:
-        ctx = build_context(cfg, output_dir, sweep.parallel_jobs if sweep else None)
-        tracker = Tracker.from_config(cfg.tracking)
+        settings = read_settings(cfg)
+        tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
     except ConfigError as error:
         raise BadConfig(str(error)) from None
+    ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None)
 
     overrides = list(hydra_cfg.overrides.task)
-    tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": cfg.seed,
-            "device": str(ctx.device), "dtype": cfg.dtype, "threads": ctx.threads,
+    tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": settings.seed,
+            "device": str(ctx.device), "dtype": settings.dtype, "threads": ctx.threads,
             **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(experiment.name) if sweep else None
@@ -63,9 +67,9 @@ def main(cfg: DictConfig) -> float:
             tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
             log.info("%s: running %s", experiment.name, name)
             result = experiment.run(ctx)
-            tracker.log_result(run_id, result, output_dir, dpi=cfg.plotting.dpi,
-                               max_series_points=cfg.tracking.max_series_points,
-                               figures=cfg.plotting.figures)
+            tracker.log_result(run_id, result, output_dir, dpi=settings.dpi,
+                               max_series_points=settings.max_series_points,
+                               figures=settings.figures)
             log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
                      describe_checks(result))
         finally:
@@ -81,6 +85,19 @@ def describe_checks(result: Result) -> str:
     failed = [f"{name} (error {result.checks[name].error:.3g} > "
               f"{result.checks[name].tolerance:.3g})" for name in result.failed_checks]
     return ", ".join(failed) if failed else "passed"
+
+
+def main() -> None:
+    """`python -m gradkit.run`: Ctrl-C or SIGTERM end every open run, then the process."""
+    interrupts.install()
+    try:
+        run_job()
+    except interrupts.Interrupted as stop:
+        ended = [*stop.ended, *sweeps.end_open_sweeps(interrupted=True)]
+        print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
+        interrupts.exit_terminated(stop.signum)
+    finally:  # Hydra skips on_multirun_end when a job raises
+        sweeps.end_open_sweeps(interrupted=False)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,36 @@
-"""Turn the global config keys (device, dtype, threads, seed) into a RunContext."""
+"""The global config keys, checked before any work, and the RunContext built from them."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from gradkit.experiment import RunContext
 from gradkit.reproducibility import seed_everything
-from gradkit.validation import ConfigError, choice, integer
+from gradkit.validation import ConfigError, boolean, choice, integer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+MAX_DPI = 1000
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every global key of a job, validated."""
+
+    device: torch.device
+    dtype: str
+    threads: int | str
+    seed: int
+    deterministic: bool
+    dpi: int
+    figures: bool
+    max_series_points: int
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,12 +56,31 @@ def resolve_threads(threads: int | str, parallel_jobs: int | None) -> int:
     return threads
 
 
-def build_context(cfg, output_dir: Path, parallel_jobs: int | None = None) -> RunContext:
-    """Validate the global keys, seed everything and return the run's context."""
-    device = resolve_device(str(cfg.device))
-    dtype = DTYPES[choice("dtype", cfg.dtype, DTYPES)]
-    threads = resolve_threads(cfg.threads, parallel_jobs)
+def read_settings(cfg: Any) -> Settings:
+    """The global keys of `cfg`, each checked; a bad one raises a ConfigError naming it."""
+    seed = integer("seed", cfg.seed)
+    if seed > MAX_SEED:
+        raise ConfigError(f"seed={seed} must be <= {MAX_SEED}")
+    dpi = integer("plotting.dpi", cfg.plotting.dpi, minimum=1)
+    if dpi > MAX_DPI:
+        raise ConfigError(f"plotting.dpi={dpi} must be <= {MAX_DPI}")
+    return Settings(
+        device=resolve_device(str(cfg.device)),
+        dtype=choice("dtype", cfg.dtype, DTYPES),
+        threads=cfg.threads if cfg.threads == "auto" else resolve_threads(cfg.threads, None),
+        seed=seed,
+        deterministic=boolean("deterministic", cfg.deterministic),
+        dpi=dpi,
+        figures=boolean("plotting.figures", cfg.plotting.figures),
+        max_series_points=integer("tracking.max_series_points", cfg.tracking.max_series_points),
+    )
+
+
+def build_context(settings: Settings, output_dir: Path,
+                  parallel_jobs: int | None = None) -> RunContext:
+    """Seed everything, set the torch threads and return the run's context."""
+    threads = resolve_threads(settings.threads, parallel_jobs)
     torch.set_num_threads(threads)
-    generator = seed_everything(integer("seed", cfg.seed), bool(cfg.deterministic))
-    return RunContext(device=device, dtype=dtype, generator=generator, output_dir=output_dir,
-                      log=logging.getLogger("gradkit"), threads=threads)
+    generator = seed_everything(settings.seed, settings.deterministic)
+    return RunContext(device=settings.device, dtype=DTYPES[settings.dtype], generator=generator,
+                      output_dir=output_dir, log=logging.getLogger("gradkit"), threads=threads)

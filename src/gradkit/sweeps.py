@@ -2,55 +2,66 @@
 
 Jobs may run in other processes or on other machines, so everything a job needs from the
 sweep (parent run ids) and everything the report needs from a job (status, error) passes
-through files in the sweep directory, never through memory.
+through files in the sweep directory, never through memory. Records live under the sweep's
+id, so a reused sweep directory never mixes two sweeps.
 """
 
 from __future__ import annotations
 
-import atexit
 import csv
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gradkit.experiment import Experiment
 from gradkit.plotting import save
+from gradkit.runtime import read_settings
 from gradkit.tracking import Tracker, run_name
+from gradkit.validation import ConfigError
 
 STATE_DIR = ".gradkit"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+COMPLETED = JobStatus.COMPLETED.name
 
 
 def _state_file(sweep_dir: Path) -> Path:
     return sweep_dir / STATE_DIR / "sweep.json"
 
 
-def _job_file(sweep_dir: Path, job_num: int) -> Path:
-    return sweep_dir / STATE_DIR / "jobs" / f"{job_num}.json"
+def _records_dir(sweep_dir: Path, sweep_id: str) -> Path:
+    return sweep_dir / STATE_DIR / sweep_id
+
+
+def _sweep_overrides(config: DictConfig) -> list[str]:
+    """The sweeper's params followed by the command line's overrides, as the sweeper reads them."""
+    params = config.hydra.sweeper.get("params") or {}
+    return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
 
 
 def swept_experiments(config: DictConfig) -> list[str]:
     """The known experiment options a multirun will run, from its overrides and sweeper params.
 
-    Unknown options are left out: Hydra itself stops the sweep at the job that names one.
+    Unknown options are left out: the sweep's job plan refuses them before any job.
     """
-    params = config.hydra.sweeper.get("params") or {}
-    overrides = [f"{key}={value}" for key, value in params.items()]
-    overrides += list(config.hydra.overrides.task)
     available = GlobalHydra.instance().config_loader().get_group_options("experiment")
     chosen = [OmegaConf.select(config, "hydra.runtime.choices.experiment", default=None)]
-    for override in OverridesParser.create().parse_overrides(overrides):
+    for override in OverridesParser.create().parse_overrides(_sweep_overrides(config)):
         if override.key_or_group != "experiment":
             continue
         if isinstance(override.value(), Glob):
@@ -60,6 +71,53 @@ def swept_experiments(config: DictConfig) -> list[str]:
         else:
             chosen = [override.value()]
     return [name for name in dict.fromkeys(chosen) if name in available]
+
+
+def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
+    """Every job of a basic-sweeper multirun, in Hydra's order, checked before any job runs.
+
+    Composition depends on the config-group choices (experiment=, tracking=, ...), not on
+    plain values, so one job per distinct combination of group choices is composed: an
+    unknown option or a misspelt key raises a ConfigError naming the job's overrides, and
+    the sweep stops before anything is written. Other sweepers choose their jobs as they
+    go: None.
+    """
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    loader = GlobalHydra.instance().config_loader()
+    try:
+        parsed = OverridesParser.create(config_loader=loader).parse_overrides(
+            _sweep_overrides(config))
+    except HydraException as error:
+        raise ConfigError(_one_line(str(error))) from None
+    groups = {o.key_or_group for o in parsed if loader.get_group_options(o.key_or_group)}
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    jobs = []
+    for num, overrides in enumerate(job for batch in BasicSweeper.split_arguments(parsed, None)
+                                    for job in batch):
+        choices = tuple(o for o in overrides if o.split("=")[0].lstrip("+~") in groups)
+        if choices not in composed:
+            try:
+                composed[choices] = loader.load_sweep_config(config, list(overrides))
+            except (HydraException, OmegaConfBaseException) as error:
+                raise ConfigError(f"job #{num} ({' '.join(overrides)}): "
+                                  f"{_one_line(str(error))}") from None
+        job = composed[choices]
+        jobs.append({"job": num, "experiment": job.hydra.runtime.choices.experiment,
+                     "target": job.experiment.get("_target_", ""),
+                     "overrides": run_name(list(overrides)), "command": list(overrides)})
+    return jobs
+
+
+def _one_line(message: str) -> str:
+    """Hydra's multi-line composition message as one line, without its `+key` advice."""
+    lines = [line.strip() for line in message.split("Config search path")[0].splitlines()
+             if line.strip() and not line.strip().startswith("To append to your config")]
+    listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")),
+                  None)
+    if listed is None:
+        return " ".join(lines)
+    return f"{' '.join(lines[:listed])} Available: {', '.join(lines[listed + 1:])}"
 
 
 @dataclass(frozen=True)
@@ -89,116 +147,178 @@ class SweepJob:
         return self.state.get("parents", {}).get(experiment)
 
 
+_open_sweeps: list[SweepTracker] = []  # sweeps this process started and has not yet ended
+
+
+def end_open_sweeps(interrupted: bool) -> list[str]:
+    """End every sweep this process started and has not ended; one line about each parent."""
+    return [line for sweep in list(_open_sweeps) for line in sweep.end(interrupted=interrupted)]
+
+
 class SweepTracker(Callback):
     """Hydra callback: one parent run per swept experiment, finished with a sweep report."""
 
     def __init__(self) -> None:
-        self._sweep_dir: Path | None = None
-        self._finished = False
+        self._sweep: dict[str, Any] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check every key and job, open the store and the parents: all before any job.
+
+        Hydra turns a callback's exceptions into warnings and goes on, so a bad sweep exits
+        here with one line (SystemExit passes through Hydra).
+        """
+        try:
+            settings = read_settings(config)
+            jobs = plan_jobs(config)
+            tracker = Tracker.from_config(config.tracking, base=Path(config.hydra.runtime.cwd))
+        except ConfigError as error:
+            raise SystemExit(f"gradkit: {error}") from None
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
-        experiments = swept_experiments(config)
-        tracker = Tracker.from_config(config.tracking)  # creates the store before any job
         started = datetime.now()
         sweep_id = started.strftime("%Y%m%d-%H%M%S-%f")
         preset = config.hydra.runtime.choices.get("sweep") or "sweep"
         name = f"{preset} {started:%Y-%m-%d %H:%M:%S}"
         tags = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
+        experiments = swept_experiments(config)
         parents = {exp: tracker.start_run(exp, name, tags) for exp in experiments}
         state_file = _state_file(sweep_dir)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"sweep_id": sweep_id, "parents": parents}))
-        self._sweep_dir = sweep_dir
-        # Hydra skips on_multirun_end when a job raises: finish the parents at exit instead.
-        atexit.register(self._finish, config)
+        self._sweep = {"dir": sweep_dir, "id": sweep_id, "parents": parents, "jobs": jobs,
+                       "tracker": tracker, "dpi": settings.dpi}
+        _open_sweeps.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        if not _state_file(sweep_dir).exists():
+            return
+        sweep_id = json.loads(_state_file(sweep_dir).read_text())["sweep_id"]
         error = ""
         if job_return.status != JobStatus.COMPLETED:
             try:
                 job_return.return_value  # noqa: B018 - raises the job's exception
             except Exception as raised:
                 error = f"{type(raised).__name__}: {raised}"
+        overrides = list(config.hydra.overrides.task)
         record = {
             "job": int(config.hydra.job.num),
             "experiment": config.hydra.runtime.choices.experiment,
             "target": config.experiment.get("_target_", ""),
-            "overrides": run_name(list(config.hydra.overrides.task)),
+            "overrides": run_name(overrides),
+            "command": overrides,
             "status": job_return.status.name,
             "error": error,
         }
-        job_file = _job_file(sweep_dir, record["job"])
+        job_file = _records_dir(sweep_dir, sweep_id) / f"{record['job']}.json"
         job_file.parent.mkdir(parents=True, exist_ok=True)
         job_file.write_text(json.dumps(record))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish(config, completed=True)
+        self.end(interrupted=False)
 
-    def _finish(self, config: DictConfig, completed: bool = False) -> None:
-        if self._finished or self._sweep_dir is None:
-            return
-        self._finished = True
-        report_sweep(self._sweep_dir, Tracker.from_config(config.tracking),
-                     int(config.plotting.dpi), completed)
+    def end(self, interrupted: bool) -> list[str]:
+        """Report and end the parents once; one line about each."""
+        if self._sweep is None or self not in _open_sweeps:
+            return []
+        _open_sweeps.remove(self)
+        sweep = self._sweep
+        records = [json.loads(path.read_text())
+                   for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
+        return report_sweep(sweep["tracker"], sweep["parents"], sweep["jobs"], records,
+                            sweep["dir"], sweep["dpi"], interrupted)
 
 
-def report_sweep(sweep_dir: Path, tracker: Tracker, dpi: int, completed: bool) -> None:
-    """Log each parent's report (CSV + comparison figure) and end it FINISHED or FAILED.
+def report_sweep(tracker: Tracker, parents: dict[str, str], plan: list[dict[str, Any]] | None,
+                 records: list[dict[str, Any]], sweep_dir: Path, dpi: int,
+                 interrupted: bool) -> list[str]:
+    """Log each parent's report (CSV, comparison figure, rerun commands) and end it.
 
-    A parent is FINISHED only if the sweep completed and every one of its jobs succeeded.
+    Every planned job has a row: its record's status, KILLED when it was stopped while
+    running, NOT_RUN when it never started. A parent is FINISHED only if all its jobs
+    completed; `sweep_stopped` says why jobs are missing, and is absent when all ran.
     """
-    state = json.loads(_state_file(sweep_dir).read_text())
-    records = [json.loads(p.read_text()) for p in (sweep_dir / STATE_DIR / "jobs").glob("*.json")]
-    for experiment, parent in state["parents"].items():
-        jobs = _job_rows(tracker, experiment, parent, records)
-        failed = [job for job in jobs if job["status"] != "COMPLETED"]
+    lines = []
+    for experiment, parent in parents.items():
+        jobs = _job_rows(tracker, experiment, parent, plan, records)
+        failed = [job for job in jobs if job["status"] != COMPLETED]
+        missing = [job for job in jobs if job["status"] in ("KILLED", "NOT_RUN")]
         try:
             _log_report(tracker, parent, jobs, sweep_dir / "report" / experiment, dpi)
             tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
             if failed:
-                names = "; ".join(f"#{job['job']} {job['overrides']}" for job in failed)
+                names = "; ".join(f"#{job['job']} {job['overrides']} ({job['status']})"
+                                  for job in failed)
                 tracker.set_tags(parent, {"failed_jobs": names})
-            if not completed:
-                tracker.set_tags(parent, {"sweep_stopped": "the sweep ended on an error"})
+            if missing or (interrupted and not jobs):
+                reason = "interrupted" if interrupted else "a job failed"
+                tracker.set_tags(parent, {"sweep_stopped": reason})
         finally:  # a parent never stays RUNNING, even if its report cannot be made
-            tracker.end(parent, "FINISHED" if completed and jobs and not failed else "FAILED")
-
-
-def _log_report(tracker: Tracker, parent: str, jobs: list[dict[str, Any]], folder: Path,
-                dpi: int) -> None:
-    """Write and log `jobs.csv` and the experiment's comparison figure."""
-    folder.mkdir(parents=True, exist_ok=True)
-    _write_csv(folder / "jobs.csv", jobs)
-    tracker.log_artifact(parent, folder / "jobs.csv", "report")
-    target = next((job["target"] for job in jobs if job["target"]), "")
-    figure_of = get_class(target).sweep_figure if target else Experiment.sweep_figure
-    fig = figure_of(jobs) if jobs else None
-    if fig is not None:
-        tracker.log_artifact(parent, save(fig, folder / "comparison.png", dpi), "report")
+            status = "FINISHED" if jobs and not failed else "FAILED"
+            tracker.end(parent, status)
+        done = len(jobs) - len(failed)
+        lines.append(f"sweep parent {parent} ({experiment}) ended {status}: {done} of "
+                     f"{len(jobs)} jobs completed, {len(missing)} killed or not run")
+    return lines
 
 
 def _job_rows(tracker: Tracker, experiment: str, parent: str,
+              plan: list[dict[str, Any]] | None,
               records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per job of `experiment`: its record joined with its MLflow run."""
+    """One row per job of `experiment`: planned or recorded, joined with its MLflow run.
+
+    A child run still RUNNING belongs to a job that was stopped: it is ended KILLED here.
+    """
     runs = {run.data.tags.get("job_num"): run for run in tracker.child_runs(experiment, parent)}
+    recorded = {record["job"]: record for record in records}
+    jobs = {job["job"]: job for job in plan or []} | recorded
+    if plan is None:  # no plan: the jobs are those that left a record or a run
+        jobs |= {int(num): {"job": int(num), "experiment": experiment, "target": "",
+                            "overrides": run.info.run_name, "command": []}
+                 for num, run in runs.items() if num is not None and int(num) not in jobs}
     rows = []
-    for record in sorted(records, key=lambda r: r["job"]):
-        if record["experiment"] != experiment:
+    for num in sorted(jobs):
+        job = jobs[num]
+        if job["experiment"] != experiment:
             continue
-        run = runs.get(str(record["job"]))
+        run = runs.get(str(num))
+        status = job.get("status") or ("KILLED" if run else "NOT_RUN")
+        if run and run.info.status == "RUNNING":
+            tracker.set_tags(run.info.run_id, {"error": "stopped with the sweep"})
+            tracker.end(run.info.run_id, "KILLED")
+            status = "KILLED"
         rows.append({
-            **record,
+            **job,
+            "status": status,
+            "error": job.get("error", ""),
             "run_id": run.info.run_id if run else "",
             "outcome": run.data.tags.get("status", "") if run else "",
             "params": dict(run.data.params) if run else {},
             "metrics": dict(run.data.metrics) if run else {},
         })
     return rows
+
+
+def _log_report(tracker: Tracker, parent: str, jobs: list[dict[str, Any]], folder: Path,
+                dpi: int) -> None:
+    """Write and log `jobs.csv`, the comparison figure and `rerun.sh` for jobs to redo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_csv(folder / "jobs.csv", jobs)
+    tracker.log_artifact(parent, folder / "jobs.csv", "report")
+    redo = [job for job in jobs if job["status"] != COMPLETED and job["command"]]
+    if redo:
+        commands = [f"# {len(redo)} job(s) that did not complete, each as a single run"]
+        commands += [" ".join(["python -m gradkit.run", *map(shlex.quote, job["command"]),
+                               "hydra.mode=RUN"]) for job in redo]
+        (folder / "rerun.sh").write_text("\n".join(commands) + "\n")
+        tracker.log_artifact(parent, folder / "rerun.sh", "report")
+    target = next((job["target"] for job in jobs if job["target"]), "")
+    figure_of = get_class(target).sweep_figure if target else Experiment.sweep_figure
+    fig = figure_of(jobs) if jobs else None
+    if fig is not None:
+        tracker.log_artifact(parent, save(fig, folder / "comparison.png", dpi), "report")
 
 
 def _write_csv(path: Path, jobs: list[dict[str, Any]]) -> None:

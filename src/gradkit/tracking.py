@@ -3,30 +3,47 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import functools
 import getpass
 import json
 import math
+import os
+import sqlite3
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from gradkit.experiment import Result
+from gradkit.interrupts import Interrupted
 from gradkit.plotting import discard, save
 from gradkit.reproducibility import PROJECT_ROOT
-from gradkit.validation import choice
+from gradkit.validation import ConfigError, choice
 
 PARAMS_PER_CALL = 100
 METRICS_PER_CALL = 1000
 MAX_TAG_LENGTH = 5000
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
+SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
+# MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
+for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}.items():
+    os.environ.setdefault(_key, _value)
+
+
+class StoreError(ConfigError):
+    """The MLflow store cannot be opened; the message names it and what to do."""
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -78,13 +95,24 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=uri)
 
     @classmethod
-    def from_config(cls, tracking: Mapping[str, Any]) -> Tracker:
-        """The store a `tracking` config group names (kind: local | server)."""
+    def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None) -> Tracker:
+        """The store a `tracking` config group names (kind: local | server), checked usable.
+
+        A relative `root` is taken relative to `base` (the directory the command started in).
+        """
         if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
-            return _open(str(tracking["uri"]), None)
-        root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser().resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        return _open(f"sqlite:///{root / 'mlflow.db'}", root / "artifacts")
+            uri = str(tracking["uri"]).rstrip("/")
+            _check_server(uri)
+            return _open(uri, None)
+        root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser()
+        root = (base or Path.cwd()) / root if not root.is_absolute() else root
+        database = _local_database(root.resolve())
+        tracker = _open(f"sqlite:///{database}", database.parent / "artifacts")
+        try:
+            tracker.client.search_experiments(max_results=1)
+        except Exception as error:  # whatever MLflow or SQLite raise for a broken database
+            raise _unusable(database, str(error).splitlines()[0]) from None
+        return tracker
 
     def experiment_id(self, name: str) -> str:
         """The id of MLflow experiment `name`, created on first use."""
@@ -157,6 +185,8 @@ class Tracker:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
             self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
             self.end(run_id, status)
+            if isinstance(error, Interrupted):
+                error.ended.append(f"run {run_id} ({name}) ended KILLED")
             raise
         self.end(run_id, "FINISHED")
 
@@ -206,6 +236,70 @@ def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
 def _open(uri: str, artifact_root: Path | None) -> Tracker:
     """One Tracker per store and process (a sweep's jobs share it in the basic launcher)."""
     return Tracker(uri, artifact_root)
+
+
+def _unusable(database: Path, reason: str) -> StoreError:
+    return StoreError(f"tracking.root={database.parent}: {database} is not a usable MLflow store "
+                      f"({reason}); move it away or set tracking.root to another folder")
+
+
+def _local_database(root: Path) -> Path:
+    """`root/mlflow.db`, created complete or not at all, and refused if it is not MLflow's.
+
+    The schema is built in a temporary file under an exclusive lock and renamed into place,
+    so an interrupted creation or two commands starting at once never leave a broken store.
+    """
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"tracking.root={root} is a file; point it at a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        database = root / "mlflow.db"
+        if not database.exists() or database.stat().st_size == 0:
+            _create_database(database)
+    except OSError as error:
+        raise StoreError(f"tracking.root={root}: cannot create the MLflow store there "
+                         f"({error.strerror}); choose a writable folder") from None
+    try:
+        with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as error:
+        raise _unusable(database, str(error)) from None
+    if "experiments" not in tables or any(t.startswith("_alembic_tmp") for t in tables):
+        raise _unusable(database, "its MLflow tables are missing or half-built")
+    return database
+
+
+def _create_database(database: Path) -> None:
+    with (database.parent / "mlflow.db.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the holder exits, however it exits
+        if database.exists() and database.stat().st_size > 0:
+            return  # another process made it while this one waited
+        for stale in database.parent.glob(".mlflow.db.*.tmp*"):  # left by an interrupted try
+            stale.unlink()
+        building = database.parent / f".mlflow.db.{os.getpid()}.tmp"
+        try:
+            store = SqlAlchemyStore(f"sqlite:///{building}", str(database.parent / "artifacts"))
+            store.engine.dispose()
+            os.replace(building, database)
+        finally:
+            building.unlink(missing_ok=True)
+
+
+@functools.cache
+def _check_server(uri: str) -> None:
+    """Fail with one line unless an HTTP server answers at `uri` (once per process)."""
+    if not uri.startswith(("http://", "https://")) or "//" not in uri or not uri.split("//")[1]:
+        raise StoreError(f"tracking.uri={uri!r} is not a tracking server URL; use "
+                         "http://HOST:PORT (e.g. http://127.0.0.1:5000)")
+    try:
+        urllib.request.urlopen(f"{uri}/health", timeout=SERVER_TIMEOUT).close()
+    except urllib.error.HTTPError:
+        return  # something answers: MLflow will say more if it is not a tracking server
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        reason = getattr(reason, "strerror", None) or str(reason)
+        raise StoreError(f"no MLflow server at {uri}: {reason.lower()}; start one with "
+                         "`make server` or fix tracking.uri") from None
 
 
 def _summary(result: Result) -> dict[str, Any]:

@@ -47,9 +47,25 @@ def vector(key: str, value: Any, dim: int) -> tuple[float, ...]:
     return tuple(number(f"{key}[{i}]", v) for i, v in enumerate(values))
 
 
+def boolean(key: str, value: Any) -> bool:
+    """`value` if it is a boolean (true or false, unquoted, on the command line)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be true or false")
+    return value
+
+
 def choice(key: str, value: Any, allowed: Iterable[str]) -> str:
     """`value` if it is one of `allowed`."""
     allowed = list(allowed)
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
     return value
+
+
+def representable(key: str, value: Any, **quantities: float) -> None:
+    """Refuse `value` of `key` when a quantity computed from it overflows float64."""
+    overflowing = [name for name, q in quantities.items() if not math.isfinite(q)]
+    if overflowing:
+        verb = "overflows" if len(overflowing) == 1 else "overflow"
+        raise ConfigError(f"{key}={value}: {' and '.join(overflowing)} {verb} float64 there; "
+                          "choose values of smaller magnitude")

@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.plotting import figure
-from gradkit.validation import number
+from gradkit.validation import number, representable
 
 TOLERANCE = 1e-12
 
@@ -21,9 +21,11 @@ class BasicGradients(Experiment):
         self.b = number("experiment.b", b)
         self.c = number("experiment.c", c)
         self.x = number("experiment.x", x)
+        representable("experiment.x", f"{self.x:g} (with a={self.a:g}, b={self.b:g}, c={self.c:g})",
+                      **{"f(x)": self.f(self.x), "f'(x)": 2 * self.a * self.x + self.b})
 
     def f(self, x):
-        return self.a * x**2 + self.b * x + self.c
+        return self.a * x * x + self.b * x + self.c
 
     def run(self, ctx: RunContext) -> Result:
         x = torch.tensor(self.x, dtype=torch.float64, requires_grad=True)

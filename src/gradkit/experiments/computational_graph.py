@@ -10,7 +10,7 @@ from matplotlib.patches import FancyBboxPatch
 
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.plotting import figure
-from gradkit.validation import number
+from gradkit.validation import number, representable
 
 TOLERANCE = 1e-10
 NODES = ("x", "a", "b", "c", "d", "e")
@@ -42,6 +42,8 @@ class ComputationalGraph(Experiment):
 
     def __init__(self, x: float = 2.0):
         self.x = number("experiment.x", x)
+        b = 3 * self.x + 1
+        representable("experiment.x", self.x, **{"c = (3x + 1)²": b * b})
 
     def run(self, ctx: RunContext) -> Result:
         x = torch.tensor(self.x, dtype=torch.float64, requires_grad=True)

@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from gradkit.derivatives import jacobian_by_rows
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.plotting import figure
-from gradkit.validation import vector
+from gradkit.validation import representable, vector
 
 TOLERANCE = 1e-12
 
@@ -29,11 +29,21 @@ def analytic_jacobian(x: torch.Tensor) -> torch.Tensor:
     ])
 
 
+def frobenius_norm(matrix: torch.Tensor) -> float:
+    """‖M‖_F computed on M / max|M|, so it is finite whenever the true norm is."""
+    scale = matrix.abs().max()
+    return (scale * torch.linalg.matrix_norm(matrix / scale)).item() if scale > 0 else 0.0
+
+
 class Jacobian(Experiment):
     """J of f(x) = [x1^2, x1 x2, x2 x3] by row-wise backward, jacrev and jacfwd."""
 
     def __init__(self, point: list[float] = (1.0, 2.0, 3.0)):
         self.point = vector("experiment.point", point, 3)
+        x = torch.tensor(self.point, dtype=torch.float64)
+        determinant = torch.linalg.det(analytic_jacobian(x)).item()
+        representable("experiment.point", list(self.point),
+                      **{"f(x)": f(x).abs().max().item(), "det J": determinant})
 
     def run(self, ctx: RunContext) -> Result:
         x = torch.tensor(self.point, dtype=torch.float64)
@@ -47,7 +57,7 @@ class Jacobian(Experiment):
                               TOLERANCE * max(1.0, expected.abs().max().item()))
                   for name, j in ways.items()}
         jac = ways["backward_rows"]
-        norm = torch.linalg.matrix_norm(jac).item()
+        norm = frobenius_norm(jac)
         metrics = {"jacobian_norm": norm, "determinant": torch.linalg.det(jac).item()}
         metrics |= {f"jacobian.{i}{j}": jac[i, j].item() for i in range(3) for j in range(3)}
         return Result(
