@@ -169,25 +169,6 @@ def test_invalid_job_fails_the_sweep_but_not_the_valid_job(store, tmp_path):
     assert all(r.info.status not in ("RUNNING", "FINISHED") for r in invalid)
 
 
-def test_parallel_joblib_sweep_into_a_fresh_store(tmp_path):
-    store = tmp_path / "new" / "store"
-    done = run_module("hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                      "experiment=basic_gradients", "experiment.x=1,2,3,4",
-                      f"tracking.root={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                      cwd=tmp_path)
-
-    assert done.returncode == 0, done.stderr
-    parent, children = family(store, "basic_gradients")
-    assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"jobs": 4.0, "jobs_failed": 0.0}
-    assert [c.info.status for c in children] == ["FINISHED"] * 4
-    assert [c.data.tags["job_num"] for c in children] == ["0", "1", "2", "3"]
-    # grad = 2 a x + b with a = 1, b = 3
-    assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]
-    # threads=auto shares the cores among the 2 workers
-    assert {c.data.tags["threads"] for c in children} == {str(max(1, os.cpu_count() // 2))}
-
-
 def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path):
     from gradkit.sweeps import _write_csv
 

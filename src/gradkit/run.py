@@ -16,7 +16,7 @@ from gradkit import interrupts, sweeps
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
 from gradkit.runtime import build_context, read_settings
-from gradkit.tracking import Tracker, flatten, run_name
+from gradkit.tracking import StoreError, Tracker, flatten, run_name
 from gradkit.validation import ConfigError
 
 log = logging.getLogger("gradkit")
@@ -24,6 +24,10 @@ log = logging.getLogger("gradkit")
 
 class BadConfig(CompactHydraException):
     """A config value that cannot be used (printed as one line, no traceback)."""
+
+
+class StoreFailed(CompactHydraException):
+    """The MLflow store failed during the run (printed as one line)."""
 
 
 class ChecksFailed(CompactHydraException):
@@ -59,24 +63,28 @@ def run_job(cfg: DictConfig) -> float:
             **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(experiment.name) if sweep else None
-    with tracker.run(experiment.name, name, tags, parent) as run_id:
-        try:
-            tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
-            OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-            tracker.log_artifact(run_id, output_dir / "config.yaml")
-            tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
-            log.info("%s: running %s", experiment.name, name)
-            result = experiment.run(ctx)
-            tracker.log_result(run_id, result, output_dir, dpi=settings.dpi,
-                               max_series_points=settings.max_series_points,
-                               figures=settings.figures)
-            log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
-                     describe_checks(result))
-        finally:
-            for log_file in output_dir.glob("*.log"):
-                tracker.log_artifact(run_id, log_file)
-        if result.failed_checks:
-            raise ChecksFailed(f"{experiment.name}: checks failed: {describe_checks(result)}")
+    try:
+        with tracker.run(experiment.name, name, tags, parent) as run_id:
+            try:
+                tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
+                OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+                tracker.log_artifact(run_id, output_dir / "config.yaml")
+                tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
+                log.info("%s: running %s", experiment.name, name)
+                result = experiment.run(ctx)
+                tracker.log_result(run_id, result, output_dir, dpi=settings.dpi,
+                                   max_series_points=settings.max_series_points,
+                                   figures=settings.figures)
+                log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
+                         describe_checks(result))
+            finally:
+                for log_file in output_dir.glob("*.log"):
+                    tracker.log_artifact(run_id, log_file)
+            if result.failed_checks:
+                raise ChecksFailed(f"{experiment.name}: checks failed: "
+                                   f"{describe_checks(result)}")
+    except StoreError as error:
+        raise StoreFailed(str(error)) from None
     return result.objective
 
 
@@ -97,7 +105,8 @@ def main() -> None:
         print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
         interrupts.exit_terminated(stop.signum)
     finally:  # Hydra skips on_multirun_end when a job raises
-        sweeps.end_open_sweeps(interrupted=False)
+        for line in sweeps.end_open_sweeps(interrupted=False):
+            print(f"gradkit: {line}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shlex
+import sys
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +37,7 @@ from gradkit.runtime import read_settings
 from gradkit.tracking import Tracker, run_name
 from gradkit.validation import ConfigError
 
+log = logging.getLogger("gradkit")
 STATE_DIR = ".gradkit"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 COMPLETED = JobStatus.COMPLETED.name
@@ -165,14 +168,8 @@ class SweepTracker(Callback):
         """Check every key and job, open the store and the parents: all before any job.
 
         Hydra turns a callback's exceptions into warnings and goes on, so a bad sweep exits
-        here with one line (SystemExit passes through Hydra).
+        here after one line (SystemExit passes through Hydra).
         """
-        try:
-            settings = read_settings(config)
-            jobs = plan_jobs(config)
-            tracker = Tracker.from_config(config.tracking, base=Path(config.hydra.runtime.cwd))
-        except ConfigError as error:
-            raise SystemExit(f"gradkit: {error}") from None
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         started = datetime.now()
         sweep_id = started.strftime("%Y%m%d-%H%M%S-%f")
@@ -180,8 +177,15 @@ class SweepTracker(Callback):
         name = f"{preset} {started:%Y-%m-%d %H:%M:%S}"
         tags = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
-        experiments = swept_experiments(config)
-        parents = {exp: tracker.start_run(exp, name, tags) for exp in experiments}
+        try:
+            settings = read_settings(config)
+            jobs = plan_jobs(config)
+            tracker = Tracker.from_config(config.tracking, base=Path(config.hydra.runtime.cwd))
+            parents = {exp: tracker.start_run(exp, name, tags)
+                       for exp in swept_experiments(config)}
+        except ConfigError as error:
+            print(f"gradkit: {error}", file=sys.stderr)
+            raise SystemExit(1) from None
         state_file = _state_file(sweep_dir)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"sweep_id": sweep_id, "parents": parents}))
@@ -217,7 +221,8 @@ class SweepTracker(Callback):
         job_file.write_text(json.dumps(record))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self.end(interrupted=False)
+        for line in self.end(interrupted=False):
+            log.info(line)
 
     def end(self, interrupted: bool) -> list[str]:
         """Report and end the parents once; one line about each."""
@@ -242,26 +247,40 @@ def report_sweep(tracker: Tracker, parents: dict[str, str], plan: list[dict[str,
     """
     lines = []
     for experiment, parent in parents.items():
+        try:
+            lines.append(_report_parent(tracker, experiment, parent, plan, records, sweep_dir,
+                                        dpi, interrupted))
+        except Exception as error:  # e.g. a failing store: say so, the other parents still end
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            lines.append(f"sweep parent {parent} ({experiment}) could not be reported: "
+                         f"{type(error).__name__}: {reason}")
+    return lines
+
+
+def _report_parent(tracker: Tracker, experiment: str, parent: str,
+                   plan: list[dict[str, Any]] | None, records: list[dict[str, Any]],
+                   sweep_dir: Path, dpi: int, interrupted: bool) -> str:
+    jobs: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    try:
         jobs = _job_rows(tracker, experiment, parent, plan, records)
         failed = [job for job in jobs if job["status"] != COMPLETED]
         missing = [job for job in jobs if job["status"] in ("KILLED", "NOT_RUN")]
-        try:
-            _log_report(tracker, parent, jobs, sweep_dir / "report" / experiment, dpi)
-            tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
-            if failed:
-                names = "; ".join(f"#{job['job']} {job['overrides']} ({job['status']})"
-                                  for job in failed)
-                tracker.set_tags(parent, {"failed_jobs": names})
-            if missing or (interrupted and not jobs):
-                reason = "interrupted" if interrupted else "a job failed"
-                tracker.set_tags(parent, {"sweep_stopped": reason})
-        finally:  # a parent never stays RUNNING, even if its report cannot be made
-            status = "FINISHED" if jobs and not failed else "FAILED"
-            tracker.end(parent, status)
-        done = len(jobs) - len(failed)
-        lines.append(f"sweep parent {parent} ({experiment}) ended {status}: {done} of "
-                     f"{len(jobs)} jobs completed, {len(missing)} killed or not run")
-    return lines
+        _log_report(tracker, parent, jobs, sweep_dir / "report" / experiment, dpi)
+        tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
+        if failed:
+            names = "; ".join(f"#{job['job']} {job['overrides']} ({job['status']})"
+                              for job in failed)
+            tracker.set_tags(parent, {"failed_jobs": names})
+        if missing or (interrupted and not jobs):
+            tracker.set_tags(parent, {"sweep_stopped": "interrupted" if interrupted
+                                      else "a job failed"})
+    finally:  # a parent never stays RUNNING, even if its report cannot be made
+        status = "FINISHED" if jobs and not failed else "FAILED"
+        tracker.end(parent, status)
+    return (f"sweep parent {parent} ({experiment}) ended {status}: {len(jobs) - len(failed)} "
+            f"of {len(jobs)} jobs completed, {len(missing)} killed or not run")
 
 
 def _job_rows(tracker: Tracker, experiment: str, parent: str,

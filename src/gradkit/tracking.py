@@ -14,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -132,8 +132,17 @@ class Tracker:
                 **{key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}}
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
-        run = self.client.create_run(self.experiment_id(experiment), run_name=name, tags=tags)
+        try:
+            run = self.client.create_run(self.experiment_id(experiment), run_name=name,
+                                         tags=tags)
+        except MlflowException as error:
+            raise self.failed(error) from None
         return run.info.run_id
+
+    def failed(self, error: BaseException) -> StoreError:
+        """An MLflow error as one line naming the store."""
+        return StoreError(f"the MLflow store at {self.uri} failed: "
+                          f"{str(error).strip().splitlines()[0]}")
 
     def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         entries = [Param(key, value) for key, value in params.items()]
@@ -177,18 +186,25 @@ class Tracker:
     @contextmanager
     def run(self, experiment: str, name: str, tags: Mapping[str, str],
             parent_run_id: str | None = None) -> Iterator[str]:
-        """A run that ends FINISHED, or FAILED (with an `error` tag) if the body raises."""
+        """A run that ends FINISHED, FAILED (with an `error` tag) if the body raises, or KILLED
+        if it is interrupted. A failing store becomes a StoreError."""
         run_id = self.start_run(experiment, name, tags, parent_run_id)
         try:
             yield run_id
         except BaseException as error:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
-            self.end(run_id, status)
+            with suppress(MlflowException):  # the store itself may be what failed
+                self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
+                self.end(run_id, status)
             if isinstance(error, Interrupted):
                 error.ended.append(f"run {run_id} ({name}) ended KILLED")
+            if isinstance(error, MlflowException):
+                raise self.failed(error) from None
             raise
-        self.end(run_id, "FINISHED")
+        try:
+            self.end(run_id, "FINISHED")
+        except MlflowException as error:
+            raise self.failed(error) from None
 
     def log_result(self, run_id: str, result: Result, output_dir: Path, *, dpi: int = 100,
                    max_series_points: int = 0, figures: bool = True) -> None:

@@ -1,0 +1,405 @@
+"""Faults, with real processes and signals: Ctrl-C and SIGTERM, interrupted or concurrent store
+creation, broken stores, unreachable servers, reused sweep folders, sweeps Hydra refuses."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import client_for, runs_of
+from mlflow.entities import ViewType
+
+from gradkit.tracking import Tracker
+
+PARENT_TAG = "mlflow.parentRunId"
+# A descent that never ends by itself: the work a signal interrupts.
+ENDLESS = ["experiment=gradient_descent", "experiment.max_iterations=100000000",
+           "experiment.tolerance=1e-300", "plotting.figures=false"]
+WAIT = 120  # seconds a subprocess may take to start on a loaded 2-core machine
+
+
+@pytest.fixture(autouse=True)
+def _compact_hydra_errors(monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+def start(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    """`python -m gradkit.run ARGS` in the background."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen([sys.executable, "-m", "gradkit.run", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+
+
+def all_runs(store: Path) -> list:
+    client = client_for(store)
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(ids, run_view_type=ViewType.ALL) if ids else []
+
+
+def wait_for_running(store: Path, children: int = 0) -> None:
+    """Until a plain run (children=0) or that many sweep children are RUNNING."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if (store / "mlflow.db").exists():
+            running = [r for r in all_runs(store) if r.info.status == "RUNNING"
+                       and (PARENT_TAG in r.data.tags) == bool(children)]
+            if len(running) >= max(children, 1):
+                return
+        time.sleep(0.3)
+    raise AssertionError("no run started")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def finish(process: subprocess.Popen) -> tuple[int, str]:
+    _, err = process.communicate(timeout=WAIT)
+    return process.returncode, err
+
+
+def report_rows(sweep_dir: Path, experiment: str) -> list[dict[str, str]]:
+    with (sweep_dir / "report" / experiment / "jobs.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def family(store: Path, experiment: str) -> tuple:
+    runs = runs_of(store, experiment)
+    [parent] = [r for r in runs if PARENT_TAG not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
+
+
+# --- signals -------------------------------------------------------------------------------
+
+def test_sigterm_ends_a_single_run_killed(store, tmp_path):
+    process = start(*ENDLESS, f"tracking.root={store}", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path)
+    wait_for_running(store)
+    process.send_signal(signal.SIGTERM)
+    code, err = finish(process)
+
+    assert code == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("gradkit: stopped by SIGTERM; run ")
+    [run] = all_runs(store)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["error"] == "Interrupted: SIGTERM"
+
+
+def test_ctrl_c_stops_a_sweep_and_accounts_for_every_job(store, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    process = start("--multirun", *ENDLESS, "experiment.learning_rate=1e-4,2e-4,3e-4",
+                    f"tracking.root={store}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path,
+                    new_session=True)
+    wait_for_running(store, children=1)
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C sends: the whole process group
+    code, err = finish(process)
+
+    assert code == 128 + signal.SIGINT
+    assert "Traceback" not in err
+    assert "ended FAILED: 0 of 3 jobs completed, 3 killed or not run" in err.splitlines()[-1]
+    parent, [child] = family(store, "gradient_descent")
+    assert (parent.info.status, child.info.status) == ("FAILED", "KILLED")
+    assert parent.data.tags["sweep_stopped"] == "interrupted"
+    assert parent.data.metrics == {"jobs": 3.0, "jobs_failed": 3.0}
+    assert "(NOT_RUN)" in parent.data.tags["failed_jobs"]
+    rows = report_rows(sweep_dir, "gradient_descent")
+    assert [row["status"] for row in rows] == ["KILLED", "NOT_RUN", "NOT_RUN"]
+    assert rows[0]["run_id"] == child.info.run_id
+    rerun = (sweep_dir / "report" / "gradient_descent" / "rerun.sh").read_text().splitlines()
+    assert len(rerun) == 4 and "experiment.learning_rate=0.0003" in rerun[3]
+
+
+def test_sigterm_stops_a_joblib_sweep_and_its_workers(store, tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    process = start("--multirun", *ENDLESS, "experiment.learning_rate=1e-4,2e-4,3e-4",
+                    "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                    f"tracking.root={store}", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    wait_for_running(store, children=2)
+    workers = descendants(process.pid)
+    process.send_signal(signal.SIGTERM)  # to the main process only, as `timeout` does
+    code, err = finish(process)
+
+    assert code == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    assert workers
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if alive(pid)]
+    assert "RUNNING" not in {run.info.status for run in all_runs(store)}
+    parent, children = family(store, "gradient_descent")
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["sweep_stopped"] == "interrupted"
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    assert [row["status"] for row in report_rows(sweep_dir, "gradient_descent")] == [
+        "KILLED", "KILLED", "NOT_RUN"]
+
+
+# --- creating a store ----------------------------------------------------------------------
+
+CREATE = "from gradkit.tracking import Tracker; Tracker.from_config({{'kind': 'local', " \
+         "'root': '{}'}})"
+
+
+@pytest.mark.parametrize(("moment", "signum"), [(0.0, signal.SIGKILL), (0.3, signal.SIGINT)])
+def test_store_creation_interrupted_leaves_a_usable_store(moment, signum, tmp_path):
+    root = tmp_path / "mlruns"
+    process = subprocess.Popen([sys.executable, "-c", CREATE.format(root)],
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + WAIT
+    while not list(root.glob(".mlflow.db.*.tmp*")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert list(root.glob(".mlflow.db.*.tmp*")), "the schema was never being built"
+    time.sleep(moment)
+    process.send_signal(signum)
+    process.wait(timeout=WAIT)
+
+    assert (root / "mlflow.db").exists() is (process.returncode == 0)  # all or nothing
+    tracker = Tracker.from_config({"kind": "local", "root": str(root)})
+    with tracker.run("store_check", "after the interruption", {}) as run_id:
+        tracker.log_metrics(run_id, {"value": 1.0})
+    assert runs_of(root, "store_check")[0].data.metrics == {"value": 1.0}
+    assert not list(root.glob(".mlflow.db.*"))
+
+
+def test_two_sweeps_starting_at_once_on_a_fresh_store(tmp_path):
+    root = tmp_path / "fresh"
+    first = start("--multirun", "experiment=basic_gradients", "experiment.x=1,2",
+                  f"tracking.root={root}", f"hydra.sweep.dir={tmp_path / 'a'}", cwd=tmp_path)
+    second = start("--multirun", "experiment=basic_gradients", "experiment.x=3,4",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   f"tracking.root={root}", f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path)
+    for process in (first, second):
+        code, err = finish(process)
+        assert code == 0, err
+
+    runs = runs_of(root, "basic_gradients")
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert len(runs) == 6 and len(parents) == 2
+    for parent in parents:
+        assert parent.info.status == "FINISHED"
+        children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+        assert len(children) == 2
+        assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
+    children = sorted((r for r in runs if PARENT_TAG in r.data.tags),
+                      key=lambda r: r.data.metrics["grad"])
+    assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]  # 2 x + 3
+    # threads=auto shares the cores among the 2 joblib workers of the second sweep
+    assert {c.data.tags["threads"] for c in children[2:]} == {str(max(1, os.cpu_count() // 2))}
+
+
+# --- stores that cannot be opened ----------------------------------------------------------
+
+@pytest.fixture
+def gradkit(tmp_path, monkeypatch, capsys):
+    """Run `python -m gradkit.run ARGS` in this process, with no store chosen for it."""
+    from gradkit.run import main
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+        return code, capsys.readouterr().err
+
+    return run
+
+
+def make_broken(kind: str, folder: Path) -> Path:
+    """A tracking.root that cannot be used; returns the path whose bytes must not change."""
+    folder.mkdir()
+    database = folder / "mlflow.db"
+    if kind == "file":
+        (folder / "notes").write_text("a file, not a folder")
+        return folder / "notes"
+    if kind == "under_a_file":
+        (folder / "notes").write_text("a file, not a folder")
+        return folder / "notes"
+    if kind == "garbage":
+        database.write_bytes(b"not a database at all\n" * 100)
+        return database
+    with sqlite3.connect(database) as db:
+        if kind == "half_built":
+            db.execute("CREATE TABLE experiments (id INTEGER)")
+            db.execute("CREATE TABLE _alembic_tmp_experiments (id INTEGER)")
+        else:  # another program's database
+            db.execute("CREATE TABLE notes (body TEXT)")
+    return database
+
+
+ROOTS = {"file": "notes", "under_a_file": "notes/mlruns", "garbage": "", "half_built": "",
+         "foreign": ""}
+
+
+@pytest.mark.parametrize("kind", ROOTS)
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_unusable_store_gets_one_line_before_any_work(kind, multirun, gradkit, tmp_path):
+    untouched = make_broken(kind, tmp_path / "store")
+    before = untouched.read_bytes()
+    root = tmp_path / "store" / ROOTS[kind]
+    sweep_dir = tmp_path / "sweep"
+    args = ["experiment=basic_gradients", f"tracking.root={root}",
+            f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={sweep_dir}"]
+    code, err = gradkit(*(["--multirun", "experiment.x=1,2"] if multirun else []), *args)
+
+    assert code != 0
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines()
+              if "tracking.root=" in line and not line.startswith("Error executing job")]
+    assert str(tmp_path / "store") in line
+    assert untouched.read_bytes() == before
+    assert not (sweep_dir / "0").exists()
+
+
+def test_relative_root_is_relative_to_where_the_command_started(gradkit, tmp_path,
+                                                               monkeypatch, empty_store):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / "mlflow.db").write_bytes(empty_store.read_bytes())
+    code, err = gradkit("--multirun", "experiment=basic_gradients", "experiment.x=1,2",
+                        "tracking.root=here", "hydra.job.chdir=true", "hydra.sweep.dir=sweep")
+
+    assert code == 0, err
+    assert len(runs_of(tmp_path / "here", "basic_gradients")) == 3
+    assert not list((tmp_path / "sweep").rglob("mlflow.db"))
+
+
+# --- tracking servers ----------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])
+def test_no_server_listening_fails_fast_with_one_line(multirun, gradkit, tmp_path):
+    uri = f"http://127.0.0.1:{free_port()}"
+    code, err = gradkit(*(["--multirun", "experiment.x=1,2"] if multirun else []),
+                        "experiment=basic_gradients", "tracking=server", f"tracking.uri={uri}",
+                        f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 's'}")
+
+    assert code != 0
+    assert "Traceback" not in err
+    assert f"no MLflow server at {uri}: connection refused; start one with `make server`" in err
+    assert not (tmp_path / "s" / "0").exists()
+
+
+def test_a_bogus_server_uri_is_named(gradkit, tmp_path):
+    code, err = gradkit("tracking=server", "tracking.uri=bogus",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+
+    assert code != 0
+    assert "tracking.uri='bogus' is not a tracking server URL" in err
+
+
+class FailingServer(http.server.BaseHTTPRequestHandler):
+    """Answers the health check, then fails every API call as an overloaded server would."""
+
+    api_calls = 0
+
+    def do_GET(self):
+        if self.path == "/health":
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+            return
+        type(self).api_calls += 1
+        self.send_response(503)
+        self.end_headers()
+
+    do_POST = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_failing_server_is_retried_a_bounded_number_of_times(gradkit, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code, err = gradkit("tracking=server",
+                            f"tracking.uri=http://127.0.0.1:{server.server_port}",
+                            f"hydra.run.dir={tmp_path / 'run'}")
+    finally:
+        server.shutdown()
+
+    assert code != 0
+    assert "Traceback" not in err
+    assert 1 <= FailingServer.api_calls <= 3  # one call and MLFLOW_HTTP_REQUEST_MAX_RETRIES=2
+
+
+# --- sweep records -------------------------------------------------------------------------
+
+def test_a_reused_sweep_folder_reports_only_its_own_jobs(cli, store, tmp_path):
+    code, _ = cli("experiment=gradient_descent", "experiment.learning_rate=1e-3,-1",
+                  "experiment.max_iterations=5", multirun=True)
+    assert code != 0
+    code, err = cli("experiment=gradient_descent", "experiment.learning_rate=1e-3,2e-3",
+                    "experiment.max_iterations=5", multirun=True)
+
+    assert code == 0, err
+    parents = sorted((r for r in runs_of(store, "gradient_descent")
+                      if PARENT_TAG not in r.data.tags), key=lambda r: r.info.start_time)
+    assert [p.info.status for p in parents] == ["FAILED", "FINISHED"]
+    assert "sweep_stopped" not in parents[0].data.tags  # every job ran; one failed
+    assert parents[1].data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+    rows = report_rows(tmp_path / "sweep", "gradient_descent")
+    assert [(row["status"], row["overrides"]) for row in rows] == [
+        ("COMPLETED", "learning_rate=0.001 max_iterations=5"),
+        ("COMPLETED", "learning_rate=0.002 max_iterations=5")]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    (["experiment=jacobian,nonexistent"], "experiment=nonexistent"),
+    (["experiment=basic_gradients", "experiment.xx=1,2"], "experiment.xx"),
+    (["experiment=basic_gradients", "experiment.x=1,2", "plotting.dpi=0"], "plotting.dpi=0"),
+    (["experiment=basic_gradients", "experiment.x=1,2", "deterministic=no"], "deterministic"),
+])
+def test_a_sweep_hydra_or_we_refuse_writes_nothing(args, named, cli, store, tmp_path):
+    code, err = cli(*args, multirun=True)
+
+    assert code != 0
+    assert named in err
+    assert "Traceback" not in err
+    client = client_for(store)
+    assert [e.name for e in client.search_experiments(view_type=ViewType.ALL)] == ["Default"]
+    assert all_runs(store) == []
+    assert not (tmp_path / "sweep" / "0").exists()
