@@ -48,8 +48,8 @@ test: $(STAMP) ## run the test suite
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests bench
 
-bench: $(STAMP) ## benchmarks, written to bench/results/
-	$(PY) bench/run.py
+bench: $(STAMP) ## every benchmark in bench/, results in bench/results/
+	@for script in bench/*.py; do echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
 
 ui: $(STAMP) ## MLflow UI on the embedded store (http://127.0.0.1:5000; HOST=, PORT= to change)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \

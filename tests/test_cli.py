@@ -93,6 +93,21 @@ def test_same_command_gives_same_metrics(name, cli, store):
     (["experiment=computational_graph", "dtype=float16"], "dtype", "computational_graph"),
     (["experiment=computational_graph", "threads=0"], "threads", "computational_graph"),
     (["experiment=jacobian", "tracking.kind=bogus"], "tracking.kind", "jacobian"),
+    (["experiment=jacobian", "plotting.dpi=abc"], "plotting.dpi", "jacobian"),
+    (["experiment=jacobian", "plotting.dpi=0"], "plotting.dpi", "jacobian"),
+    (["experiment=jacobian", "plotting.figures=maybe"], "plotting.figures", "jacobian"),
+    (["experiment=jacobian", "tracking.max_series_points=abc"], "tracking.max_series_points",
+     "jacobian"),
+    (["experiment=jacobian", "tracking.max_series_points=-5"], "tracking.max_series_points",
+     "jacobian"),
+    (["experiment=jacobian", "deterministic=no"], "deterministic", "jacobian"),
+    (["experiment=jacobian", "deterministic='false'"], "deterministic", "jacobian"),
+    (["experiment=jacobian", "seed=4294967296"], "seed", "jacobian"),
+    (["experiment=basic_gradients", "experiment.x=1e155"], "experiment.x", "basic_gradients"),
+    (["experiment=computational_graph", "experiment.x=1e160"], "experiment.x",
+     "computational_graph"),
+    (["experiment=jacobian", "experiment.point=[1e200,1e200,1e200]"], "experiment.point",
+     "jacobian"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_input_fails_before_any_run(args, names, experiment, cli, store):
     code, err = cli(*args)

@@ -20,6 +20,7 @@ from gradkit.experiments import jacobian
 from gradkit.experiments.basic_gradients import BasicGradients
 from gradkit.experiments.computational_graph import ComputationalGraph
 from gradkit.experiments.jacobian import Jacobian
+from gradkit.validation import ConfigError
 
 FD_STEP = 1e-6
 
@@ -242,3 +243,23 @@ def test_finite_difference_jacobian_of_linear_map_is_the_matrix():
     found = finite_difference_jacobian(lambda v: matrix @ v, x)
 
     torch.testing.assert_close(found, matrix, rtol=1e-8, atol=1e-8)
+
+
+def test_jacobian_norm_is_finite_where_the_true_norm_is(ctx):
+    # J = [[2, 0, 0], [1e-200, 1, 0], [0, 1e200, 1e-200]]: squaring 1e200 overflows float64,
+    # the Frobenius norm itself (~1e200) does not.
+    result = Jacobian(point=[1.0, 1e-200, 1e200]).run(ctx)
+
+    assert result.metrics["jacobian_norm"] == pytest.approx(1e200, rel=1e-12)
+    assert not result.failed_checks
+
+
+@pytest.mark.parametrize(("make", "key"), [
+    (lambda: BasicGradients(x=1e155), "experiment.x"),
+    (lambda: BasicGradients(a=1e308), "experiment.x"),
+    (lambda: ComputationalGraph(x=-1e160), "experiment.x"),
+    (lambda: Jacobian(point=[1e103, 1e103, 1e103]), "experiment.point"),  # det J overflows
+])
+def test_inputs_that_overflow_float64_are_refused(make, key):
+    with pytest.raises(ConfigError, match=rf"^{key}=.*overflow"):
+        make()
