@@ -10,6 +10,7 @@ LAUNCHER ?= basic
 ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
+STORE ?= mlruns
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -51,10 +52,10 @@ lint: $(STAMP) ## ruff
 bench: $(STAMP) ## every benchmark in bench/, results in bench/results/
 	@for script in bench/*.py; do echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
 
-ui: $(STAMP) ## MLflow UI on the embedded store (http://127.0.0.1:5000; HOST=, PORT= to change)
+ui: $(STAMP) ## MLflow UI on a store (STORE=mlruns; http://127.0.0.1:5000, HOST=, PORT=)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts
+		--backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
+		--default-artifact-root $(abspath $(STORE))/artifacts
 
 server: $(STAMP) ## MLflow tracking server for tracking=server (bound to 127.0.0.1)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow server --host $(HOST) --port $(PORT) \

@@ -81,23 +81,41 @@ def test_learning_rate_sweep_reports_convergence_and_divergence(cli, store, tmp_
 
 
 def test_sweep_over_two_experiments_has_one_parent_each(cli, store, tmp_path):
-    code, err = cli("experiment=basic_gradients,jacobian", multirun=True)
+    code, err = cli("experiment=basic_gradients,jacobian", "experiment.point=[1,1,1],[2,2,2]",
+                    multirun=True)
+    assert code != 0  # basic_gradients has no point: refused before any job
+    assert "experiment.point" in err
+    code, err = cli("experiment=jacobian,gradient_descent", "seed=1,2",
+                    "experiment.max_iterations=5", multirun=True)
+    assert code != 0  # jacobian has no max_iterations
+    code, err = cli("experiment=jacobian,computational_graph", "seed=1,2", multirun=True)
 
     assert code == 0, err
     sweep_ids = set()
-    for experiment in ("basic_gradients", "jacobian"):
+    for experiment in ("jacobian", "computational_graph"):
         parent, children = family(store, experiment)
         assert parent.info.status == "FINISHED"
-        assert parent.data.metrics == {"jobs": 1.0, "jobs_failed": 0.0}
-        [child] = children
-        assert child.info.status == "FINISHED"
-        assert child.data.params["experiment._target_"].split(".")[-2] == experiment
-        [row] = read_report(store, parent, tmp_path / experiment)
-        assert row["run_id"] == child.info.run_id
-        sweep_ids |= {parent.data.tags["sweep_id"], child.data.tags["sweep_id"]}
+        assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+        assert [c.info.status for c in children] == ["FINISHED"] * 2
+        assert {c.data.params["experiment._target_"].split(".")[-2] for c in children} == {
+            experiment}
+        rows = read_report(store, parent, tmp_path / experiment)
+        assert [row["run_id"] for row in rows] == [c.info.run_id for c in children]
+        sweep_ids |= {parent.data.tags["sweep_id"]} | {c.data.tags["sweep_id"] for c in children}
     assert len(sweep_ids) == 1
     assert all(runs_of(store, name) == [] for name in EXPERIMENTS
-               if name not in ("basic_gradients", "jacobian"))
+               if name not in ("jacobian", "computational_graph"))
+
+
+def test_an_experiment_with_one_job_in_a_sweep_is_a_plain_run(cli, store):
+    code, err = cli("experiment=basic_gradients,jacobian", multirun=True)
+
+    assert code == 0, err
+    runs = [run for name in ("basic_gradients", "jacobian") for run in runs_of(store, name)]
+    assert len(runs) == 2
+    assert all(PARENT_TAG not in run.data.tags for run in runs)
+    assert len({run.data.tags["sweep_id"] for run in runs}) == 1
+    assert [run.info.status for run in runs] == ["FINISHED"] * 2
 
 
 def test_single_run_has_no_parent(cli, store):

@@ -36,6 +36,8 @@ def test_flatten_prefix():
     (["experiment=gradient_descent", "experiment.learning_rate=0.01"], "learning_rate=0.01"),
     (["experiment.start=[0.5,0.5]", "seed=3", "tracking.root=/x", "experiment.momentum=0.9"],
      "start=[0.5,0.5] seed=3 momentum=0.9"),
+    (["experiment.x=1", "plotting.figures=False", "plotting.dpi=50", "threads=1",
+      "deterministic=true", "+experiment.extra=2"], "x=1 deterministic=true extra=2"),
 ])
 def test_run_name_keeps_only_what_the_command_line_changed(overrides, expected):
     assert run_name(overrides) == expected

@@ -82,7 +82,8 @@ def run_job(cfg: DictConfig) -> float:
                     tracker.log_artifact(run_id, log_file)
             if result.failed_checks:
                 raise ChecksFailed(f"{experiment.name}: checks failed: "
-                                   f"{describe_checks(result)}")
+                                   f"{describe_checks(result)}; run {run_id}")
+        log.info(tracker.describe(run_id, experiment.name))
     except StoreError as error:
         raise StoreFailed(str(error)) from None
     return result.objective

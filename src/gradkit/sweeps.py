@@ -112,6 +112,11 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     return jobs
 
 
+def _jobs_of(jobs: list[dict[str, Any]] | None, experiment: str) -> int | None:
+    """How many planned jobs run `experiment` (None when the sweeper plans as it goes)."""
+    return None if jobs is None else sum(job["experiment"] == experiment for job in jobs)
+
+
 def _one_line(message: str) -> str:
     """Hydra's multi-line composition message as one line, without its `+key` advice."""
     lines = [line.strip() for line in message.split("Config search path")[0].splitlines()
@@ -167,6 +172,9 @@ class SweepTracker(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Check every key and job, open the store and the parents: all before any job.
 
+        An experiment with a single job in the sweep gets no parent: it is a plain run,
+        tagged with the sweep's id (`make run` runs every experiment once this way).
+
         Hydra turns a callback's exceptions into warnings and goes on, so a bad sweep exits
         here after one line (SystemExit passes through Hydra).
         """
@@ -174,7 +182,7 @@ class SweepTracker(Callback):
         started = datetime.now()
         sweep_id = started.strftime("%Y%m%d-%H%M%S-%f")
         preset = config.hydra.runtime.choices.get("sweep") or "sweep"
-        name = f"{preset} {started:%Y-%m-%d %H:%M:%S}"
+        name = f"{preset} {started:%Y-%m-%d %H:%M:%S.%f}"
         tags = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
         try:
@@ -182,7 +190,7 @@ class SweepTracker(Callback):
             jobs = plan_jobs(config)
             tracker = Tracker.from_config(config.tracking, base=Path(config.hydra.runtime.cwd))
             parents = {exp: tracker.start_run(exp, name, tags)
-                       for exp in swept_experiments(config)}
+                       for exp in swept_experiments(config) if _jobs_of(jobs, exp) != 1}
         except ConfigError as error:
             print(f"gradkit: {error}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -34,6 +34,8 @@ METRICS_PER_CALL = 1000
 MAX_TAG_LENGTH = 5000
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
+SOURCE_TAGS = {"mlflow.source.name": "python -m gradkit.run", "mlflow.source.type": "LOCAL"}
+SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
 SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -58,10 +60,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+NAMED_KEYS = ("seed=", "dtype=", "device=", "deterministic=")  # globals that change results
+
+
 def run_name(overrides: list[str]) -> str:
-    """Name a run by what its command line changed, e.g. `learning_rate=0.01`."""
-    shown = [o.removeprefix("experiment.") for o in overrides
-             if not o.startswith(("experiment=", "tracking", "hydra", "sweep="))]
+    """Name a run by the parameters its command line chose, e.g. `learning_rate=0.01 seed=3`.
+
+    Keys that do not change the result (plotting, tracking, hydra, threads) are left out.
+    """
+    shown = [o.lstrip("+").removeprefix("experiment.") for o in overrides
+             if o.lstrip("+").startswith(("experiment.", *NAMED_KEYS))]
     return " ".join(shown) or "defaults"
 
 
@@ -128,8 +136,10 @@ class Tracker:
     def start_run(self, experiment: str, name: str, tags: Mapping[str, str],
                   parent_run_id: str | None = None) -> str:
         """Create a RUNNING run and return its id."""
-        tags = {USER_TAG: _user(),
+        tags = {USER_TAG: _user(), **SOURCE_TAGS,
                 **{key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}}
+        if "git_commit" in tags:  # MLflow's UI shows it in its Version column
+            tags[SOURCE_COMMIT_TAG] = tags["git_commit"]
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
         try:
@@ -138,6 +148,16 @@ class Tracker:
         except MlflowException as error:
             raise self.failed(error) from None
         return run.info.run_id
+
+    def describe(self, run_id: str, experiment: str) -> str:
+        """Where a run landed and how to open it, in one line."""
+        where = f"run {run_id} in MLflow experiment {experiment}"
+        if self.artifact_root is None:  # a server: link straight to the run
+            eid = self.experiment_id(experiment)
+            return f"{where}: {self.uri}/#/experiments/{eid}/runs/{run_id}"
+        root = self.artifact_root.parent
+        store = "" if root == PROJECT_ROOT / "mlruns" else f" STORE={root}"
+        return f"{where}, store {root}: open it with `make ui{store}`"
 
     def failed(self, error: BaseException) -> StoreError:
         """An MLflow error as one line naming the store."""
