@@ -124,7 +124,8 @@ def test_unknown_experiment_lists_every_option(cli):
     code, err = cli("experiment=nonexistent")
 
     assert code != 0
-    assert "Available options in 'experiment'" in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("gradkit: In 'config': Could not find 'experiment/nonexistent'")
     assert all(name in err for name in EXPERIMENTS)
 
 
@@ -181,3 +182,27 @@ def test_help_lists_the_experiments(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "experiment:" in done.stdout
     assert all(name in done.stdout for name in EXPERIMENTS)
+
+
+@pytest.mark.parametrize("args", [
+    ["experiment=jacobian", "experiment.pont=1"],
+    ["experiment=jacobian", "+experiment.pont=1"],
+    ["experiment=basic_gradients,jacobian", "experiment.pont=1"],
+])
+def test_a_misspelt_key_names_the_parameters_of_its_experiment(args, cli, store):
+    code, err = cli(*args, multirun="," in args[0])
+
+    assert code != 0
+    assert "experiment.pont is not a parameter of " in err
+    assert ("jacobian; its parameters: point" in err
+            or "basic_gradients; its parameters: a, b, c, x" in err)
+    assert "use +experiment" not in err
+    assert all_runs(store) == []
+
+
+def test_a_misspelt_key_in_a_preset_names_the_preset_experiment(cli):
+    code, err = cli("sweep=descent_lr_start", "experiment.learnin_rate=1", multirun=True)
+
+    assert code != 0
+    assert ("experiment.learnin_rate is not a parameter of gradient_descent; its parameters: "
+            "function, start, learning_rate") in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit import interrupts, sweeps
+from gradkit.errors import UNEXPECTED, explain, not_a_parameter
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
 from gradkit.runtime import build_context, read_settings
@@ -34,12 +36,19 @@ class ChecksFailed(CompactHydraException):
     """A demonstration's identity did not hold: a bug, so the job fails."""
 
 
-def build_experiment(cfg: DictConfig) -> Experiment:
+def build_experiment(cfg: DictConfig, name: str) -> Experiment:
+    """The experiment `cfg.experiment` describes; its constructor checks every parameter."""
     try:
         return hydra.utils.instantiate(cfg.experiment)
     except InstantiationException as error:
         cause = error.__cause__
-        raise BadConfig(str(cause) if isinstance(cause, ConfigError) else str(error)) from None
+        if isinstance(cause, ConfigError):
+            raise BadConfig(str(cause)) from None
+        unexpected = UNEXPECTED.search(str(cause))
+        if unexpected:  # +experiment.<key>=... for a key the experiment does not have
+            known = [key for key in cfg.experiment if key not in ("_target_", unexpected[1])]
+            raise BadConfig(not_a_parameter(f"experiment.{unexpected[1]}", name, known)) from None
+        raise BadConfig(str(error)) from None
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
@@ -49,7 +58,7 @@ def run_job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    experiment = build_experiment(cfg)
+    experiment = build_experiment(cfg, hydra_cfg.runtime.choices.experiment)
     try:
         settings = read_settings(cfg)
         tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
@@ -97,10 +106,17 @@ def describe_checks(result: Result) -> str:
 
 
 def main() -> None:
-    """`python -m gradkit.run`: Ctrl-C or SIGTERM end every open run, then the process."""
+    """`python -m gradkit.run`: errors in one line; Ctrl-C or SIGTERM end every open run."""
     interrupts.install()
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands every error back here
     try:
         run_job()
+    except Exception as error:
+        if full_error == "1":
+            raise
+        print(f"gradkit: {explain(error, sys.argv[1:])}", file=sys.stderr)
+        raise SystemExit(1) from None
     except interrupts.Interrupted as stop:
         ended = [*stop.ended, *sweeps.end_open_sweeps(interrupted=True)]
         print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
@@ -108,6 +124,10 @@ def main() -> None:
     finally:  # Hydra skips on_multirun_end when a job raises
         for line in sweeps.end_open_sweeps(interrupted=False):
             print(f"gradkit: {line}", file=sys.stderr)
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gradkit.errors import explain, one_line
 from gradkit.experiment import Experiment
 from gradkit.plotting import save
 from gradkit.runtime import read_settings
@@ -92,7 +93,7 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
         parsed = OverridesParser.create(config_loader=loader).parse_overrides(
             _sweep_overrides(config))
     except HydraException as error:
-        raise ConfigError(_one_line(str(error))) from None
+        raise ConfigError(one_line(str(error))) from None
     groups = {o.key_or_group for o in parsed if loader.get_group_options(o.key_or_group)}
     composed: dict[tuple[str, ...], DictConfig] = {}
     jobs = []
@@ -104,7 +105,7 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
                 composed[choices] = loader.load_sweep_config(config, list(overrides))
             except (HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(f"job #{num} ({' '.join(overrides)}): "
-                                  f"{_one_line(str(error))}") from None
+                                  f"{explain(error, list(overrides))}") from None
         job = composed[choices]
         jobs.append({"job": num, "experiment": job.hydra.runtime.choices.experiment,
                      "target": job.experiment.get("_target_", ""),
@@ -115,17 +116,6 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
 def _jobs_of(jobs: list[dict[str, Any]] | None, experiment: str) -> int | None:
     """How many planned jobs run `experiment` (None when the sweeper plans as it goes)."""
     return None if jobs is None else sum(job["experiment"] == experiment for job in jobs)
-
-
-def _one_line(message: str) -> str:
-    """Hydra's multi-line composition message as one line, without its `+key` advice."""
-    lines = [line.strip() for line in message.split("Config search path")[0].splitlines()
-             if line.strip() and not line.strip().startswith("To append to your config")]
-    listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")),
-                  None)
-    if listed is None:
-        return " ".join(lines)
-    return f"{' '.join(lines[:listed])} Available: {', '.join(lines[listed + 1:])}"
 
 
 @dataclass(frozen=True)
@@ -209,11 +199,9 @@ class SweepTracker(Callback):
             return
         sweep_id = json.loads(_state_file(sweep_dir).read_text())["sweep_id"]
         error = ""
-        if job_return.status != JobStatus.COMPLETED:
-            try:
-                job_return.return_value  # noqa: B018 - raises the job's exception
-            except Exception as raised:
-                error = f"{type(raised).__name__}: {raised}"
+        if job_return.status != JobStatus.COMPLETED:  # the exception, read without re-raising
+            raised = job_return._return_value
+            error = f"{type(raised).__name__}: {raised}"
         overrides = list(config.hydra.overrides.task)
         record = {
             "job": int(config.hydra.job.num),
