@@ -4,6 +4,7 @@ search for the backward operation that first produced a non-finite gradient."""
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -136,8 +137,10 @@ def findings(grads: dict[str, GradStats], activations: dict[str, ActivationStats
     - vanishing: gradient norm below `thresholds.vanishing`;
     - exploding: gradient norm above `thresholds.exploding`;
     - dead_units: at least `thresholds.dead_units` of the layer's units are dead;
-    - imbalance: largest / smallest finite layer gradient norm above `thresholds.imbalance`
+    - imbalance: largest / smallest layer gradient norm above `thresholds.imbalance`
       (reported on the smallest layer).
+
+    A layer with NaN or Inf entries gets only the nan_grad / inf_grad findings.
     """
     found = []
     for layer, stats in grads.items():
@@ -145,6 +148,8 @@ def findings(grads: dict[str, GradStats], activations: dict[str, ActivationStats
             found.append(Finding("nan_grad", layer, stats.nan_count, 0))
         if stats.inf_count:
             found.append(Finding("inf_grad", layer, stats.inf_count, 0))
+        if stats.nan_count or stats.inf_count:
+            continue  # the norm of what is left says nothing
         if stats.norm < thresholds.vanishing:
             found.append(Finding("vanishing", layer, stats.norm, thresholds.vanishing))
         if stats.norm > thresholds.exploding:
@@ -159,11 +164,13 @@ def findings(grads: dict[str, GradStats], activations: dict[str, ActivationStats
 
 
 def max_min_ratio(grads: dict[str, GradStats]) -> tuple[float, str]:
-    """Largest / smallest layer gradient norm (inf when one is 0) and the smallest layer."""
-    if not grads:
+    """Largest / smallest gradient norm among the layers without NaN or Inf (inf when the
+    smallest is 0, NaN when all are 0 or none is finite) and the smallest layer."""
+    finite = {k: s.norm for k, s in grads.items() if not (s.nan_count or s.inf_count)}
+    if not finite or max(finite.values()) == 0:
         return math.nan, ""
-    smallest = min(grads, key=lambda layer: grads[layer].norm)
-    low, high = grads[smallest].norm, max(stats.norm for stats in grads.values())
+    smallest = min(finite, key=finite.__getitem__)
+    low, high = finite[smallest], max(finite.values())
     return (high / low if low > 0 else math.inf), smallest
 
 
@@ -219,8 +226,8 @@ def backward_with_origin(loss: torch.Tensor) -> NonFiniteOrigin | None:
             kind = bad(produced)
             if kind and not first and not bad(received):
                 trace = node.metadata.get("traceback_", [])
-                line = trace[-1].strip().replace("\n", " ") if trace else ""
-                first.append(NonFiniteOrigin(node.name(), kind, " ".join(line.split())))
+                first.append(NonFiniteOrigin(node.name(), kind,
+                                             _frame_line(trace[-1]) if trace else ""))
         return hook
 
     handles = [node.register_hook(hook_for(node)) for node in graph_nodes(loss.grad_fn)]
@@ -230,6 +237,16 @@ def backward_with_origin(loss: torch.Tensor) -> NonFiniteOrigin | None:
         for handle in handles:
             handle.remove()
     return first[0] if first else None
+
+
+def _frame_line(frame: str) -> str:
+    """`file.py:line: code` from one formatted traceback frame."""
+    found = re.match(r'\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in \S+\s*(?P<code>.*)',
+                     frame, re.DOTALL)
+    if not found:
+        return " ".join(frame.split())
+    name = found["file"].replace("\\", "/").rsplit("/", 1)[-1]
+    return f"{name}:{found['line']}: {' '.join(found['code'].split())}"
 
 
 @contextmanager

@@ -159,23 +159,30 @@ def _depth(job: dict[str, Any]) -> int:
 
 def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
                      thresholds: Thresholds) -> None:
-    """Bars of the weight-gradient norm by layer (log), flagged layers in red."""
-    flagged = {f.layer for f in found if f.kind in ("vanishing", "exploding", "imbalance")}
+    """Bars of the weight-gradient norm by layer (log), flagged layers in red; a layer whose
+    norm is 0 or not finite gets no bar but its value written at the bottom."""
+    flagged = {f.layer for f in found}
     layers = list(norms)
-    heights = [max(norms[layer], 1e-30) for layer in layers]
+    heights = [v if 0 < v < math.inf else math.nan for v in norms.values()]
     colors = ["tab:red" if layer in flagged else "tab:blue" for layer in layers]
-    ax.bar(layers, heights, color=colors)
+    ax.bar(range(len(layers)), heights, color=colors)
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
     ax.set_yscale("log")
     ax.axhline(thresholds.vanishing, color="tab:purple", linestyle="--",
                label=f"vanishing below {thresholds.vanishing:g}")
     ax.axhline(thresholds.exploding, color="tab:orange", linestyle="--",
                label=f"exploding above {thresholds.exploding:g}")
+    for i, (value, height) in enumerate(zip(norms.values(), heights, strict=True)):
+        if math.isnan(height):
+            ax.text(i, 0.02, f"{value:g}", transform=ax.get_xaxis_transform(), ha="center",
+                    color="tab:red", fontweight="bold")
     ax.set(title="Gradient norm by layer", xlabel="Linear layer (input → output)",
            ylabel="‖∂L/∂W‖ (log scale)")
     _rotate_if_many(ax, len(layers))
     handles, _ = ax.get_legend_handles_labels()
     if flagged:
-        handles.append(Patch(color="tab:red", label="flagged layer"))
+        handles.append(Patch(color="tab:red", label="layer with a finding"))
     ax.legend(handles=handles, fontsize=8)
 
 
