@@ -203,10 +203,10 @@ class Checkpointing(Experiment):
         positions = np.arange(len(done))
         fig, (memory_ax, time_ax) = figure(
             "Gradient checkpointing sweep: memory against recomputation", 1, 2, size=(14, 5))
-        for key, label, marker in (("peak_saved_bytes", "peak, with recomputation", "o"),
-                                   ("saved_bytes", "after forward", "s")):
+        for key, label, style in (("peak_saved_bytes", "peak, with recomputation", "o-"),
+                                  ("saved_bytes", "after forward", "s--")):
             values = [j["metrics"][f"{key}.checkpointed"] / MIB for j in done]
-            memory_ax.plot(positions, values, marker=marker, label=label)
+            memory_ax.plot(positions, values, style, label=label)
         peaks = [j["metrics"]["peak_saved_bytes.checkpointed"] for j in done]
         best = int(np.argmin(peaks))
         memory_ax.scatter([positions[best]], [peaks[best] / MIB], s=250, marker="*",
@@ -219,6 +219,7 @@ class Checkpointing(Experiment):
                          label=label)
         time_ax.set(title="Forward + backward time", xlabel="segments (0 = no checkpointing)",
                     ylabel="milliseconds (best of the repeats)")
+        time_ax.set_ylim(bottom=0)
         for ax in (memory_ax, time_ax):
             ax.set_xticks(positions, [str(s) for s in segments])
             ax.legend(fontsize=8)
