@@ -40,7 +40,7 @@ def run(**kwargs):
 
 
 @pytest.mark.parametrize("block", ["chain", "mlp"])
-@pytest.mark.parametrize("segments", [0, 1, 2, 4])
+@pytest.mark.parametrize("segments", [0, 2, 4])
 def test_checkpointed_gradients_equal_plain_ones(block, segments):
     result = run(block=block, segments=segments)
 
@@ -107,7 +107,7 @@ def test_bad_input_names_its_key(kwargs, key):
 
 def test_run_end_to_end(cli, store):
     code, err = cli("experiment=checkpointing", "experiment.width=100", "experiment.depth=4",
-                    "experiment.segments=2")
+                    "experiment.segments=2", "experiment.repeats=1")
 
     assert code == 0, err
     [run_] = runs_of(store, "checkpointing")
@@ -137,7 +137,8 @@ def test_preset_and_its_smoke_sweep(cli, store):
     assert cfg.experiment.depth == 16
 
     code, err = cli("sweep=checkpoint_segments", "experiment.segments=0,4",
-                    "experiment.width=100", multirun=True)
+                    "experiment.width=100", "experiment.depth=8", "experiment.repeats=1",
+                    multirun=True)
 
     assert code == 0, err
     saved = {int(r.data.params["experiment.segments"]): r.data.metrics["saved_bytes.checkpointed"]
