@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradkit import sweeps
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
-from gradkit.runtime import build_context
+from gradkit.runtime import build_context, weights_cache_dir
 from gradkit.tracking import Tracker, flatten, run_name
 from gradkit.validation import ConfigError
 
@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> float:
     sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
     experiment = build_experiment(cfg)
     try:
-        ctx = build_context(cfg, output_dir, sweep.parallel_jobs if sweep else None)
+        ctx = build_context(cfg, output_dir, sweep.parallel_jobs if sweep else None,
+                            weights_cache_dir(cfg.tracking))
         tracker = Tracker.from_config(cfg.tracking)
     except ConfigError as error:
         raise BadConfig(str(error)) from None

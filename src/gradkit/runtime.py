@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from gradkit.experiment import RunContext
-from gradkit.reproducibility import seed_everything
+from gradkit.reproducibility import PROJECT_ROOT, seed_everything
 from gradkit.validation import ConfigError, choice, integer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -38,7 +38,15 @@ def resolve_threads(threads: int | str, parallel_jobs: int | None) -> int:
     return threads
 
 
-def build_context(cfg, output_dir: Path, parallel_jobs: int | None = None) -> RunContext:
+def weights_cache_dir(tracking) -> Path:
+    """Where trained weights are cached: `<root>/cache` beside a local store; with a
+    server (no root), the project's `mlruns/cache`."""
+    root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser()
+    return (root / "cache").resolve()
+
+
+def build_context(cfg, output_dir: Path, parallel_jobs: int | None = None,
+                  cache_dir: Path | None = None) -> RunContext:
     """Validate the global keys, seed everything and return the run's context."""
     device = resolve_device(str(cfg.device))
     dtype = DTYPES[choice("dtype", cfg.dtype, DTYPES)]
@@ -46,4 +54,4 @@ def build_context(cfg, output_dir: Path, parallel_jobs: int | None = None) -> Ru
     torch.set_num_threads(threads)
     generator = seed_everything(integer("seed", cfg.seed), bool(cfg.deterministic))
     return RunContext(device=device, dtype=dtype, generator=generator, output_dir=output_dir,
-                      log=logging.getLogger("gradkit"), threads=threads)
+                      log=logging.getLogger("gradkit"), threads=threads, cache_dir=cache_dir)
