@@ -131,6 +131,7 @@ class SweepTracker(Callback):
             "overrides": run_name(list(config.hydra.overrides.task)),
             "status": job_return.status.name,
             "error": error,
+            "output_dir": str(config.hydra.runtime.output_dir),  # for reports reading job files
         }
         job_file = _job_file(sweep_dir, record["job"])
         job_file.parent.mkdir(parents=True, exist_ok=True)
