@@ -258,34 +258,42 @@ class LrFinder(Experiment):
         fig, (curve_ax, bar_ax) = figure("LR range test sweep: smoothed loss and suggestions", 1,
                                          2, size=(16, 6))
         labels = [_job_label(job) for job in done]
+        starts = []
         for job, label in zip(done, labels, strict=True):
             curve = _smoothed_curve(job.get("output_dir"))
-            if curve:
+            if curve and curve[0]:
                 (line,) = curve_ax.semilogx(*curve, label=label)
+                starts.append(curve[1][0])
                 if "suggested_lr" in job["metrics"]:
                     curve_ax.axvline(job["metrics"]["suggested_lr"], color=line.get_color(),
                                      linestyle="--", alpha=0.7)
         curve_ax.set(title="Smoothed loss (dashed: each suggestion)",
                      xlabel="learning rate (log scale)", ylabel="smoothed cross-entropy")
-        if curve_ax.lines:
+        if starts:
+            curve_ax.set_ylim(top=1.5 * max(starts))  # divergence spikes would flatten the rest
             curve_ax.legend(fontsize=8)
         else:
             curve_ax.text(0.5, 0.5, "job folders not at hand: no curves", ha="center",
                           transform=curve_ax.transAxes)
-        suggested = [job["metrics"].get("suggested_lr", math.nan) for job in done]
-        bars = bar_ax.barh(labels, suggested, color="tab:orange")
-        accuracies = [job["metrics"].get("validation.accuracy.suggested") for job in done]
-        bar_ax.bar_label(bars, [f"{lr:.3g}, test acc {acc:.3f}" if acc is not None
-                                else "no suggestion"
-                                for lr, acc in zip(suggested, accuracies, strict=True)],
-                         padding=3, fontsize=9)
+        rows = range(len(done))
+        for row, job in zip(rows, done, strict=True):
+            lr = job["metrics"].get("suggested_lr")
+            accuracy = job["metrics"].get("validation.accuracy.suggested")
+            if lr is None or accuracy is None:
+                bar_ax.text(0.5, row, "no suggestion", ha="center", va="center",
+                            transform=bar_ax.get_yaxis_transform())
+                continue
+            bar_ax.plot(lr, row, "o", color="tab:orange", markersize=9)
+            bar_ax.annotate(f"{lr:.3g}  (test acc {accuracy:.3f})", (lr, row),
+                            xytext=(8, 0), textcoords="offset points", va="center", fontsize=9)
         bar_ax.set_xscale("log")
-        bar_ax.invert_yaxis()
+        bar_ax.set_yticks(list(rows), labels)
+        bar_ax.set_ylim(len(done) - 0.5, -0.5)
+        bar_ax.margins(x=0.5)
         failed = len(jobs) - len(done)
-        bar_ax.set(title="Suggested lr (label: test accuracy after training there)"
-                   + (f"; {failed} jobs failed" if failed else ""),
+        bar_ax.set(title="Suggested lr, and test accuracy after training at it"
+                   + (f" ({failed} jobs failed)" if failed else ""),
                    xlabel="suggested learning rate (log scale)")
-        bar_ax.margins(x=0.6)
         return fig
 
 
