@@ -63,8 +63,8 @@ class Adversarial(Experiment):
 
     def __init__(self, attack: str = "pgd", epsilon: float = 0.1, steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, model: str = "cnn",
-                 examples: int = 6, epochs: int = 8, batch_size: int = 32,
-                 learning_rate: float = 3e-3, test_fraction: float = 0.2, cache: bool = True):
+                 examples: int = 6, epochs: int = 8, batch_size: int = 64,
+                 learning_rate: float = 5e-3, test_fraction: float = 0.2, cache: bool = True):
         self.attack = choice("experiment.attack", attack, ATTACKS)
         self.epsilon = number("experiment.epsilon", epsilon, minimum=0.0, maximum=1.0)
         self.steps = integer("experiment.steps", steps, minimum=1)
