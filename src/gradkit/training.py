@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -18,6 +19,21 @@ from gradkit.models import image_classifier
 
 OPTIMIZERS = ("sgd", "adam")
 SGD_MOMENTUM = 0.9
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op torch thread for the block (usable as a decorator), then the previous count.
+
+    The digits networks are tiny (about 6k parameters, 8x8 inputs): a second thread only adds
+    synchronisation, and on a busy machine its spin-waits made a run up to 15x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:

@@ -19,7 +19,7 @@ from gradkit.data import DIGIT_CLASSES, digits
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import CLASSIFIERS
 from gradkit.plotting import figure
-from gradkit.training import TrainSpec, trained_classifier
+from gradkit.training import TrainSpec, single_threaded, trained_classifier
 from gradkit.validation import ConfigError, choice, integer, number
 
 ATTACKS = ("fgsm", "pgd")
@@ -80,6 +80,7 @@ class Adversarial(Experiment):
                                     maximum=0.5)
         self.cache = flag("experiment.cache", cache)
 
+    @single_threaded()
     def run(self, ctx: RunContext) -> Result:
         seed = ctx.generator.initial_seed()
         data = digits(seed, self.test_fraction, ctx.dtype).to(ctx.device)

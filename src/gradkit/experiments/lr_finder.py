@@ -26,7 +26,14 @@ from gradkit.data import DIGIT_CLASSES, digits
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import CLASSIFIERS, image_classifier
 from gradkit.plotting import figure
-from gradkit.training import OPTIMIZERS, batches, evaluate, make_optimizer, train_steps
+from gradkit.training import (
+    OPTIMIZERS,
+    batches,
+    evaluate,
+    make_optimizer,
+    single_threaded,
+    train_steps,
+)
 from gradkit.validation import ConfigError, choice, integer, number
 
 # The validation runs: the suggestion, ten times lower and ten times higher.
@@ -140,6 +147,7 @@ class LrFinder(Experiment):
         self.test_fraction = number("experiment.test_fraction", test_fraction, minimum=0.05,
                                     maximum=0.5)
 
+    @single_threaded()
     def run(self, ctx: RunContext) -> Result:
         data = digits(ctx.generator.initial_seed(), self.test_fraction, ctx.dtype).to(ctx.device)
         model = image_classifier(self.model, DIGIT_CLASSES, ctx.generator).to(ctx.device,
