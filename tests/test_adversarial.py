@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import client_for, runs_of
+from conftest import CONF_DIR, client_for, runs_of
+from hydra import compose, initialize_config_dir
 from torch import nn
 
 from gradkit.data import DIGIT_CLASSES, digits
@@ -233,3 +234,39 @@ def test_epsilon_smoke_sweep_with_parallel_workers(store, tmp_path):
     assert high["robust_accuracy"] <= low["robust_accuracy"]
     report = {a.path for a in client_for(store).list_artifacts(parent.info.run_id, "report")}
     assert report == {"report/jobs.csv", "report/comparison.png"}
+
+
+def test_preset_sweeps_two_attacks_by_six_epsilons():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["sweep=adversarial_epsilons"],
+                      return_hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {
+        "experiment.attack": "fgsm,pgd", "experiment.epsilon": "0.0,0.02,0.05,0.1,0.2,0.3"}
+    assert cfg.experiment._target_.endswith("Adversarial")
+    assert cfg.experiment.cache is True
+
+
+def test_sweep_figure_draws_one_line_per_attack_and_skips_jobs_without_metrics():
+    def job(num, status="COMPLETED", attack="fgsm", epsilon=0.1, robust=None):
+        logged = robust is not None
+        return {"job": num, "experiment": "adversarial", "overrides": "", "status": status,
+                "outcome": "",
+                "params": {"experiment.attack": attack,
+                           "experiment.epsilon": str(epsilon)} if logged else {},
+                "metrics": {"robust_accuracy": robust, "clean_accuracy": 0.98} if logged
+                else {}}
+
+    jobs = [job(0, attack="fgsm", epsilon=0.0, robust=0.98),
+            job(1, attack="fgsm", epsilon=0.1, robust=0.6),
+            job(2, attack="pgd", epsilon=0.1, robust=0.5),
+            job(3, attack="pgd", epsilon=0.0, robust=0.98),
+            job(4, "FAILED"), job(5, "NOT_RUN")]
+
+    ax = Adversarial.sweep_figure(jobs).axes[0]
+
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+             for line in ax.lines}
+    assert lines["FGSM"] == ([0.0, 0.1], [0.98, 0.6])
+    assert lines["PGD"] == ([0.0, 0.1], [0.98, 0.5])
+    assert "2 not completed" in ax.get_title()
+    assert Adversarial.sweep_figure([job(0, "KILLED")]) is None

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,7 @@ from torch import nn
 
 from gradkit.experiments.lr_finder import (
     LrFinder,
+    RangeTest,
     exponential_schedule,
     range_test,
     state_mismatches,
@@ -205,7 +208,7 @@ def test_bad_input_fails_before_any_run(cli, store):
     assert runs_of(store, "lr_finder") == []
 
 
-def test_preset_sweeps_optimizers_by_batch_sizes_and_its_first_jobs_run(cli, store):
+def test_preset_sweeps_optimizers_by_batch_sizes_and_its_first_jobs_run(cli, store, tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["sweep=lr_finder_optimizers"],
                       return_hydra_config=True)
@@ -224,6 +227,9 @@ def test_preset_sweeps_optimizers_by_batch_sizes_and_its_first_jobs_run(cli, sto
     assert sorted(c.data.params["experiment.optimizer"] for c in children) == ["adam", "sgd"]
     for child in children:
         assert_logged_run(child)
+    for record in (tmp_path / "sweep" / ".gradkit" / "jobs").glob("*.json"):
+        output_dir = Path(json.loads(record.read_text())["output_dir"])
+        assert (output_dir / "series.csv").is_file()  # where the report reads the curves
 
 
 def assert_logged_run(run) -> None:
@@ -245,3 +251,34 @@ def assert_logged_run(run) -> None:
         assert metrics[f"validation.loss.{which}"] > 0
     assert metrics["objective"] == metrics["validation.loss.suggested"]
     assert metrics["lr"] == pytest.approx(schedule[steps - 1], rel=1e-9)  # the last step's lr
+
+
+def job(num: int, status: str = "COMPLETED", output_dir: str | None = None, **metrics) -> dict:
+    params = {"experiment.optimizer": "sgd", "experiment.batch_size": "64",
+              "experiment.model": "mlp"} if metrics else {}
+    return {"job": num, "experiment": "lr_finder", "overrides": f"job {num}", "status": status,
+            "outcome": "", "params": params, "metrics": metrics, "output_dir": output_dir}
+
+
+def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_path):
+    from gradkit.tracking import _write_series
+
+    folder = tmp_path / "0"
+    folder.mkdir()
+    trace = RangeTest(lrs=[1e-3, 1e-2, 1e-1], smoothed=[2.3, 2.0, 1.5])
+    _write_series(folder / "series.csv", {"lr": trace.lrs, "loss": [2.3, 1.9, 1.2],
+                                          "smoothed_loss": trace.smoothed})
+    jobs = [job(0, output_dir=str(folder), suggested_lr=1e-2,
+                **{"validation.accuracy.suggested": 0.9}),
+            job(1, output_dir=str(tmp_path / "gone"), iterations_run=3.0),  # no suggestion
+            job(2, "FAILED"), job(3, "NOT_RUN"), job(4, "KILLED")]
+
+    fig = LrFinder.sweep_figure(jobs)
+
+    curves, points = fig.axes[0], fig.axes[1]
+    [curve] = [line for line in curves.lines if len(line.get_xdata()) == 3]
+    assert list(curve.get_ydata()) == trace.smoothed
+    assert [tick.get_text() for tick in points.get_yticklabels()] == [
+        "#0 mlp sgd batch 64", "#1 mlp sgd batch 64"]
+    assert "3 jobs failed" in points.get_title()
+    assert LrFinder.sweep_figure([job(0, "FAILED"), job(1, "NOT_RUN")]) is None
