@@ -208,6 +208,21 @@ def test_bad_input_fails_before_any_run(cli, store):
     assert runs_of(store, "lr_finder") == []
 
 
+def test_a_test_that_diverges_at_once_is_a_finished_run_without_a_suggestion(cli, store):
+    code, err = cli("experiment=lr_finder", "experiment.start_lr=100", "experiment.end_lr=1e4",
+                    "experiment.num_iter=20", "experiment.skip_start=3", "experiment.skip_end=3")
+
+    assert code == 0, err
+    [run] = runs_of(store, "lr_finder")
+    metrics = run.data.metrics
+    assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "no_suggestion")
+    assert metrics["iterations_run"] < 3 + 3 + 2
+    assert metrics["diverged"] == 1.0
+    assert not {"suggested_lr", "validation.accuracy.suggested"} & set(metrics)
+    assert math.isnan(metrics["objective"])
+    assert metrics["check.state_restored.error"] == 0.0
+
+
 def test_preset_sweeps_optimizers_by_batch_sizes_and_its_first_jobs_run(cli, store, tmp_path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["sweep=lr_finder_optimizers"],

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from gradkit.data import DIGIT_CLASSES, digits
+from gradkit.data import DIGIT_CLASSES, Digits, digits
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import CLASSIFIERS, image_classifier
 from gradkit.plotting import figure
@@ -188,7 +188,7 @@ class LrFinder(Experiment):
             objective=validation["suggested"][1] if validation else math.nan,
         )
 
-    def validate(self, initial: nn.Module, data, lr: float,
+    def validate(self, initial: nn.Module, data: Digits, lr: float,
                  seed: int) -> dict[str, tuple[float, float, float]]:
         """(lr, test loss, test accuracy) after `validation_steps` steps from the same initial
         weights and batch order at lr / 10, lr and lr x 10."""
@@ -238,7 +238,8 @@ class LrFinder(Experiment):
         grad_ax.loglog(trace.lrs, trace.grad_norms, color="tab:green")
         grad_ax.set(title="Gradient norm against learning rate",
                     xlabel="learning rate (log scale)", ylabel="‖∇loss‖ (log scale)")
-        grad_ax.legend(fontsize=8, loc="upper left")
+        if index is not None:
+            grad_ax.legend(fontsize=8, loc="upper left")
         self.plot_validation(bar_ax, validation)
         return fig
 
