@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import torch
 
 
@@ -22,3 +24,36 @@ def classification_batch(size: int, input_dim: int, classes: int, generator: tor
     x = torch.randn(size, input_dim, generator=generator, dtype=dtype)
     teacher = torch.randn(input_dim, classes, generator=generator, dtype=dtype)
     return x, (x @ teacher).argmax(dim=1)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) images in [0, 1], split into train and test."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def to(self, device: torch.device) -> Digits:
+        return Digits(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+DIGIT_CLASSES = 10
+DIGIT_MAX = 16.0  # the bundled images hold integers 0..16
+
+
+def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.float32) -> Digits:
+    """The bundled digits (1797 images, no download), stratified split fixed by `seed`."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
+
+    def pixels(rows) -> torch.Tensor:
+        return torch.as_tensor(rows / DIGIT_MAX, dtype=dtype).reshape(-1, 1, 8, 8)
+
+    return Digits(pixels(train_x), torch.as_tensor(train_y, dtype=torch.long),
+                  pixels(test_x), torch.as_tensor(test_y, dtype=torch.long))

@@ -54,6 +54,7 @@ class RunContext:
     output_dir: Path
     log: logging.Logger
     threads: int = 1
+    cache_dir: Path | None = None  # where trained weights are kept between runs (None: nowhere)
 
 
 class Experiment(ABC):

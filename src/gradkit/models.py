@@ -85,3 +85,32 @@ def _initialise(linear: nn.Linear, init: str, position: str,
             std = PROBLEMATIC_STD[position] if init == "problematic" else float(init[7:])
             nn.init.normal_(linear.weight, 0.0, std, generator=generator)
         linear.bias.zero_()
+
+
+CLASSIFIERS = ("cnn", "mlp")
+
+
+def digits_cnn(classes: int = 10, generator: torch.Generator | None = None) -> nn.Sequential:
+    """A small CNN for 1x8x8 images: two conv-ReLU-pool blocks (8 -> 4 -> 2), a Linear head.
+
+    Kaiming-normal conv weights and a Xavier-normal head drawn from `generator`, zero biases.
+    """
+    model = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 2 * 2, classes))
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, nn.Conv2d):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+                layer.bias.zero_()
+        _initialise(model[-1], "xavier_normal", "output", generator)
+    return model
+
+
+def image_classifier(kind: str, classes: int = 10, generator: torch.Generator | None = None
+                     ) -> nn.Sequential:
+    """`cnn` (digits_cnn) or `mlp` (flatten, then 64 -> 64 -> classes, ReLU) for 1x8x8 images."""
+    if kind == "cnn":
+        return digits_cnn(classes, generator)
+    return nn.Sequential(nn.Flatten(), *mlp(64, [64], classes, generator=generator))

@@ -64,7 +64,8 @@ def run_job(cfg: DictConfig) -> float:
         tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
     except ConfigError as error:
         raise BadConfig(str(error)) from None
-    ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None)
+    ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None,
+                        tracker.cache_dir)
 
     overrides = list(hydra_cfg.overrides.task)
     tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": settings.seed,

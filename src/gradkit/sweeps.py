@@ -211,6 +211,7 @@ class SweepTracker(Callback):
             "command": overrides,
             "status": job_return.status.name,
             "error": error,
+            "output_dir": str(config.hydra.runtime.output_dir),  # for reports reading job files
         }
         job_file = _records_dir(sweep_dir, sweep_id) / f"{record['job']}.json"
         job_file.parent.mkdir(parents=True, exist_ok=True)

@@ -149,6 +149,13 @@ class Tracker:
             raise self.failed(error) from None
         return run.info.run_id
 
+    @property
+    def cache_dir(self) -> Path:
+        """Where trained weights are cached: beside a local store; with a server, the
+        project's `mlruns/cache`."""
+        return (self.artifact_root.parent if self.artifact_root else PROJECT_ROOT / "mlruns") \
+            / "cache"
+
     def describe(self, run_id: str, experiment: str) -> str:
         """Where a run landed and how to open it, in one line."""
         where = f"run {run_id} in MLflow experiment {experiment}"
