@@ -27,3 +27,61 @@ def finite_difference_jacobian(f: VectorFunction, x: torch.Tensor,
         offset[j] = step
         columns.append((f(x + offset) - f(x - offset)) / (2 * step))
     return torch.stack(columns, dim=-1)
+
+
+ScalarFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+def batched_gradient(f: ScalarFunction, points: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and gradients of f at every point (..., n) with one backward over the sum.
+
+    The points are independent, so d(sum f)/d(point) is each point's own gradient.
+    """
+    points = points.detach().requires_grad_(True)
+    values = f(points)
+    (grads,) = torch.autograd.grad(values.sum(), points)
+    return values.detach(), grads
+
+
+def gradient_per_point(f: ScalarFunction, points: torch.Tensor) -> torch.Tensor:
+    """Gradients of f at each point of a (m, n) batch, one backward pass each (the slow way)."""
+    grads = []
+    for point in points:
+        point = point.detach().clone().requires_grad_(True)
+        f(point).backward()
+        grads.append(point.grad)
+    return torch.stack(grads)
+
+
+def hessian_by_rows(f: ScalarFunction, x: torch.Tensor) -> torch.Tensor:
+    """The Hessian of f at x by double backward, one row per pass (the textbook way)."""
+    x = x.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(f(x), x, create_graph=True)
+    rows = [torch.autograd.grad(grad[i], x, retain_graph=i < x.numel() - 1)[0]
+            for i in range(x.numel())]
+    return torch.stack(rows)
+
+
+def hessian_torch_func(f: ScalarFunction, x: torch.Tensor) -> torch.Tensor:
+    """The Hessian of f at x by torch.func.hessian (forward-over-reverse, vectorised)."""
+    return torch.func.hessian(f)(x.detach())
+
+
+def hessian_autograd_functional(f: ScalarFunction, x: torch.Tensor) -> torch.Tensor:
+    """The Hessian of f at x by torch.autograd.functional.hessian(vectorize=True)."""
+    return torch.autograd.functional.hessian(f, x.detach(), vectorize=True)
+
+
+HESSIANS = {"rows": hessian_by_rows, "torch_func": hessian_torch_func,
+            "autograd_functional": hessian_autograd_functional}
+
+
+def batched_hessian(f: ScalarFunction, points: torch.Tensor) -> torch.Tensor:
+    """Hessians (m, n, n) of f at each of the points (m, n), in one vectorised call."""
+    return torch.func.vmap(torch.func.hessian(f))(points.detach())
+
+
+def hvp(f: ScalarFunction, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The Hessian-vector product H(x) v by forward-over-reverse, without building H."""
+    return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v,))[1]
