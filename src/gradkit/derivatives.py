@@ -85,3 +85,16 @@ def batched_hessian(f: ScalarFunction, points: torch.Tensor) -> torch.Tensor:
 def hvp(f: ScalarFunction, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """The Hessian-vector product H(x) v by forward-over-reverse, without building H."""
     return torch.func.jvp(torch.func.grad(f), (x.detach(),), (v,))[1]
+
+
+ROWS_UP_TO = 4  # below ~5 inputs the row-by-row loop beats the vectorised call (bench/geometry.py)
+
+
+def default_hessian_method(n: int) -> str:
+    """The fastest way to build an n x n Hessian: `rows` when small, else vectorised."""
+    return "rows" if n <= ROWS_UP_TO else "autograd_functional"
+
+
+def hessian(f: ScalarFunction, x: torch.Tensor) -> torch.Tensor:
+    """The Hessian of f at x by the fastest method for its size."""
+    return HESSIANS[default_hessian_method(x.numel())](f, x)
