@@ -18,7 +18,7 @@ from gradkit.derivatives import (
     default_hessian_method,
     finite_difference_jacobian,
     hessian,
-    hvp,
+    hessian_operator,
 )
 from gradkit.experiment import RunContext
 from gradkit.experiments.hessian import Hessian
@@ -152,12 +152,17 @@ def test_each_method_matches_finite_differences_of_the_gradient(method):
     torch.testing.assert_close(found, found.T, rtol=1e-12, atol=1e-12)
 
 
-def test_hvp_and_default_hessian_agree_with_the_full_hessian():
+def test_hessian_operator_and_default_hessian_agree_with_the_full_hessian():
     x = torch.tensor([0.3, -0.7, 1.1], dtype=torch.float64)
     full = HESSIANS["rows"](smooth, x)
     v = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    batch = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    product = hessian_operator(smooth, x)
 
-    torch.testing.assert_close(hvp(smooth, x, v), full @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(product(v), full @ v, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(product(batch), batch @ full, rtol=1e-12, atol=1e-12)
+    forward_over_reverse = torch.func.jvp(torch.func.grad(smooth), (x,), (v,))[1]
+    torch.testing.assert_close(product(v), forward_over_reverse, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(hessian(smooth, x), full, rtol=1e-12, atol=1e-12)
     assert default_hessian_method(2) == "rows"
     assert default_hessian_method(200) == "autograd_functional"

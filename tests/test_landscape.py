@@ -213,8 +213,9 @@ def test_sweep_figure_plots_time_against_grid_size():
     assert isinstance(fig, Figure)
     [ax] = fig.axes
     lines = {line.get_label(): line for line in ax.get_lines()}
-    assert list(lines["rosenbrock"].get_xdata()) == [100**2, 400**2]
-    assert list(lines["rosenbrock"].get_ydata()) == [0.001, 0.01]
+    rosenbrock = lines["rosenbrock (1 critical point)"]
+    assert list(rosenbrock.get_xdata()) == [100**2, 400**2]
+    assert list(rosenbrock.get_ydata()) == [0.001, 0.01]
     assert "1 not completed" in ax.get_title()
 
 

@@ -201,7 +201,7 @@ def test_sweep_figure_plots_sharpness_and_trace_against_size():
     assert list(left.get_lines()[0].get_xdata()) == [49.0, 369.0]
     assert list(left.get_lines()[0].get_ydata()) == [3.8, 6.1]
     assert list(right.get_lines()[0].get_ydata()) == [7.6, 12.2]
-    assert "1 jobs not completed" in right.get_title()
+    assert "1 jobs not completed" in fig.get_suptitle()
 
 
 def test_sweep_figure_is_none_without_completed_jobs():

@@ -210,11 +210,11 @@ class Landscape(Experiment):
             group.sort(key=lambda j: int(j["params"]["experiment.resolution"]))
             sizes = [int(j["params"]["experiment.resolution"]) ** 2 for j in group]
             seconds = [j["metrics"]["gradient_seconds"] for j in group]
-            ax.loglog(sizes, seconds, marker=marker, label=name)
-            for size, s, job in zip(sizes, seconds, group, strict=True):
-                found = sum(job["metrics"].get(f"critical_points.{k}", 0) for k in KINDS)
-                ax.annotate(f"{found:.0f} critical pts", (size, s), textcoords="offset points",
-                            xytext=(5, -12), fontsize=8)
+            found = {sum(j["metrics"].get(f"critical_points.{k}", 0) for k in KINDS)
+                     for j in group}
+            counts = "/".join(f"{n:.0f}" for n in sorted(found))
+            ax.loglog(sizes, seconds, marker=marker,
+                      label=f"{name} ({counts} critical point{'' if found == {1} else 's'})")
         sizes = np.array(sorted({int(j["params"]["experiment.resolution"]) ** 2 for j in done}))
         reference = max(j["metrics"]["gradient_seconds"] for j in done) / sizes[-1]
         ax.loglog(sizes, reference * sizes, color="gray", linestyle="--",

@@ -19,7 +19,7 @@ from torch import nn
 
 from gradkit.curvature import hutchinson, hutchinson_std, lanczos
 from gradkit.data import regression_batch
-from gradkit.derivatives import hvp
+from gradkit.derivatives import hessian_operator
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import check_activation, check_widths, mlp
 from gradkit.plotting import figure
@@ -80,10 +80,11 @@ class LossCurvature(Experiment):
                                 dtype=dtype)
         loss, theta = flat_loss(model, x.to(ctx.device), y.to(ctx.device))
         start = torch.randn(self.parameters, generator=ctx.generator, dtype=dtype)
-        history = lanczos(lambda v: hvp(loss, theta, v), start.to(ctx.device), self.iterations)
+        product = hessian_operator(loss, theta)
+        history = lanczos(product, start.to(ctx.device), self.iterations)
         top = history[-1].flip(0)[:self.top_k].tolist()
-        samples = hutchinson(torch.func.vmap(lambda v: hvp(loss, theta, v)), self.parameters,
-                             self.hutchinson_samples, ctx.generator, theta)
+        samples = hutchinson(product, self.parameters, self.hutchinson_samples, ctx.generator,
+                             theta)
         trace = samples.mean().item()
         metrics = {
             **{f"top_eigenvalue.{i}": v for i, v in enumerate(top)},
@@ -196,14 +197,23 @@ class LossCurvature(Experiment):
         for ax, key, label in ((axes[0], "top_eigenvalue.0", "top eigenvalue λmax"),
                                (axes[1], "trace_estimate", "Hutchinson trace estimate")):
             values = [j["metrics"][key] for j in done]
-            ax.plot(sizes, values, "o-")
+            errors = [j["metrics"].get("trace_std_error", 0.0) if key == "trace_estimate"
+                      else 0.0 for j in done]
+            ax.errorbar(sizes, values, yerr=errors, marker="o", capsize=4, label=label)
             for size, value, job in zip(sizes, values, done, strict=True):
                 ax.annotate(job["params"].get("experiment.hidden", job["overrides"]),
                             (size, value), textcoords="offset points", xytext=(5, 5),
                             fontsize=8)
             ax.set_xscale("log")
             ax.set(xlabel="parameters (log scale)", ylabel=label, title=label)
+        exact = [(j["metrics"]["parameters"], j["metrics"]["exact_trace"]) for j in done
+                 if "exact_trace" in j["metrics"]]
+        if exact:
+            axes[1].scatter(*zip(*exact, strict=True), marker="x", s=80, color="black",
+                            zorder=3, label="exact trace")
+        axes[1].legend(fontsize=8)
+        axes[1].set_title("Hutchinson trace estimate ± its standard error")
         not_done = len(jobs) - len(done)
         if not_done:
-            axes[1].set_title(f"Hutchinson trace estimate ({not_done} jobs not completed)")
+            fig.suptitle(f"{fig.get_suptitle()} ({not_done} jobs not completed)")
         return fig
