@@ -10,7 +10,9 @@ this one run (the machine is shared and noisy; compare within a run, not across 
     the fastest at each size and the default method's ratio to it
   - loss_curvature: top eigenvalues by Lanczos (Hessian-vector products) against building
     the full Hessian and its eigenvalues, for two MLP widths
-Timings are the best of several calls after a warm-up call (first-call costs are start-up).
+Timings are the best of several calls after a warm-up call (first-call costs are start-up),
+with one torch thread (on a shared machine a second thread waits on other processes and the
+timings scatter tenfold); the 1000 x 1000 call is also timed with the default thread count.
 """
 
 from __future__ import annotations
@@ -52,9 +54,8 @@ def best_of(call: Callable[[], object], repeats: int) -> float:
     return best
 
 
-def landscape() -> dict:
+def landscape(threads: int) -> dict:
     results = {}
-    threads = torch.get_num_threads()
     for name in ("rosenbrock", "himmelblau"):
         fn = OBJECTIVES[name]
         (xr, yr) = fn.window
@@ -64,10 +65,10 @@ def landscape() -> dict:
         gradient_per_point(fn.value, small.reshape(-1, 2))
         loop = time.perf_counter() - start
         batched = best_of(lambda fn=fn, small=small: batched_gradient(fn.value, small), 20)
-        large_s = best_of(lambda fn=fn, large=large: batched_gradient(fn.value, large), 5)
-        torch.set_num_threads(1)
         large_1 = best_of(lambda fn=fn, large=large: batched_gradient(fn.value, large), 5)
         torch.set_num_threads(threads)
+        large_s = best_of(lambda fn=fn, large=large: batched_gradient(fn.value, large), 5)
+        torch.set_num_threads(1)
         results[name] = {"loop_100x100_s": loop, "batched_100x100_s": batched,
                          "speedup": loop / batched, "batched_1000x1000_s": large_s,
                          "batched_1000x1000_1_thread_s": large_1, "threads": threads}
@@ -82,7 +83,7 @@ def hessians() -> dict:
                      torch.randn(200, generator=generator, dtype=torch.float64))
     results = {}
     for dim, (fn, x) in problems.items():
-        seconds = {name: best_of(lambda m=method, fn=fn, x=x: m(fn.value, x), 20)
+        seconds = {name: best_of(lambda m=method, fn=fn, x=x: m(fn.value, x), 30)
                    for name, method in HESSIANS.items()}
         fastest = min(seconds, key=seconds.get)
         default = default_hessian_method(dim)
@@ -100,20 +101,23 @@ def curvature() -> dict:
         loss, theta = flat_loss(model, x, y)
         start = torch.randn(len(theta), generator=generator, dtype=torch.float64)
         lanczos_s = best_of(lambda loss=loss, theta=theta, start=start: lanczos(
-            hessian_operator(loss, theta), start, 60), 3)
+            hessian_operator(loss, theta), start, 60), 5)
         full_s = best_of(lambda loss=loss, theta=theta: torch.linalg.eigvalsh(
-            torch.func.hessian(loss)(theta)), 3)
+            torch.func.hessian(loss)(theta)), 5)
         results[f"hidden_{'x'.join(map(str, hidden))}"] = {
             "parameters": len(theta), "lanczos_60_s": lanczos_s, "full_hessian_eigvalsh_s": full_s}
     return results
 
 
 def main() -> None:
-    results = {"cpus": os.cpu_count(), "landscape": landscape(), "hessian": hessians(),
-               "loss_curvature": curvature()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared machine two threads contend with other processes
+    results = {"cpus": os.cpu_count(), "threads": 1, "landscape": landscape(threads),
+               "hessian": hessians(), "loss_curvature": curvature()}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "geometry.json").write_text(json.dumps(results, indent=2))
-    print(f"geometry benchmarks on {os.cpu_count()} CPUs (best of several calls)")
+    print(f"geometry benchmarks on {os.cpu_count()} CPUs, 1 torch thread unless said "
+          "(best of several calls)")
     for name, r in results["landscape"].items():
         print(f"  landscape {name:10s} 100x100: loop {r['loop_100x100_s']:7.3f} s, batched "
               f"{r['batched_100x100_s'] * 1e3:7.3f} ms  (x{r['speedup']:.0f})")
