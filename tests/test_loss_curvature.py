@@ -130,7 +130,8 @@ def test_top_eigenvalues_and_trace_against_the_full_hessian(ctx):
     m = result.metrics
     assert m["parameters"] == 6 * (INPUT_DIM + 1) + 7 == len(theta)
     assert [m["top_eigenvalue.0"], m["top_eigenvalue.1"]] == pytest.approx(
-        exact[:2].tolist(), rel=1e-6)
+        exact[:2].tolist(), rel=1e-10)
+    assert result.checks["top_eigenvalues"].error < 1e-10
     assert m["stability_limit"] == 2 / m["top_eigenvalue.0"]
     assert m["exact_trace"] == pytest.approx(torch.trace(full).item(), rel=1e-12)
     assert m["min_eigenvalue"] == pytest.approx(exact[-1].item(), rel=1e-9, abs=1e-12)

@@ -26,6 +26,7 @@ MAX_RESOLUTION = 2000
 GRADIENT_TOLERANCE = 1e-12
 LOOP_SAMPLE = 64  # grid points the per-point backward loop recomputes
 NEWTON_STEPS = 40
+NEWTON_STOP = 1e-15  # every step below this fraction of the window: converged
 MAX_SEEDS = 1000
 MERGE_DISTANCE = 1e-7  # relative to the window's size
 MARKERS = {"minimum": ("*", "tab:green"), "maximum": ("^", "tab:red"),
@@ -75,8 +76,11 @@ def critical_points(fn: Objective, points: torch.Tensor, grads: torch.Tensor,
     size = high - low
     gradient = torch.func.vmap(torch.func.grad(fn.value))
     for _ in range(NEWTON_STEPS):
-        step = torch.linalg.lstsq(batched_hessian(fn.value, x), gradient(x).unsqueeze(-1))
-        x = torch.clamp(x - step.solution.squeeze(-1), low - size, high + size)
+        step = torch.linalg.lstsq(batched_hessian(fn.value, x),
+                                  gradient(x).unsqueeze(-1)).solution.squeeze(-1)
+        x = torch.clamp(x - step, low - size, high + size)
+        if (step.abs() / size).max() < NEWTON_STOP:
+            break
     grad_norms = gradient(x).norm(dim=-1)
     keep = (grad_norms < STATIONARY_TOLERANCE) & ((x >= low) & (x <= high)).all(-1)
     found: list[torch.Tensor] = []
@@ -188,7 +192,8 @@ class Landscape(Experiment):
         histogram(axes[2, 1], magnitude, "‖∇f‖", "Distribution of gradient magnitudes",
                   "tab:orange")
         angles = np.arctan2(g[..., 1], g[..., 0]).ravel()
-        axes[2, 2].hist(angles, bins=72, range=(-np.pi, np.pi), color="tab:green")
+        counts, edges = np.histogram(angles, bins=72, range=(-np.pi, np.pi))
+        axes[2, 2].stairs(counts, edges, fill=True, color="tab:green")
         axes[2, 2].set_xticks(np.linspace(-np.pi, np.pi, 5), ["−π", "−π/2", "0", "π/2", "π"])
         axes[2, 2].set(title="Distribution of gradient directions",
                        xlabel="angle of ∇f (radians, 0 = +x)", ylabel="grid points")
@@ -315,10 +320,11 @@ def histogram(ax, values: np.ndarray, label: str, title: str, color: str) -> Non
     values = values.ravel()
     norm = value_norm(values)
     if isinstance(norm, LogNorm):
-        ax.hist(np.clip(values, norm.vmin, None), bins=np.geomspace(norm.vmin, norm.vmax, 61),
-                color=color)
+        counts, edges = np.histogram(np.clip(values, norm.vmin, None),
+                                     bins=np.geomspace(norm.vmin, norm.vmax, 61))
         ax.set_xscale("log")
         title += " (log bins)"
     else:
-        ax.hist(values, bins=60, color=color)
+        counts, edges = np.histogram(values, bins=60)
+    ax.stairs(counts, edges, fill=True, color=color)
     ax.set(title=title, xlabel=label, ylabel="grid points")
