@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 
 import matplotlib.pyplot as plt
 import pytest
@@ -221,7 +222,7 @@ def job(num: int, point: str, eigenvalues, grad_norm, condition) -> dict:
 def test_sweep_figure_labels_each_point_by_its_kind():
     jobs = [job(0, "[1, 1]", [0.4, 1001.6], 0.0, 2508.0),
             job(1, "[0, 0]", [2.0, 200.0], 2.0, 100.0),
-            job(2, "[0, 0]", [0.0, 1.0], 0.0, math.inf),
+            job(2, "[0, 0]", [0.0, 1.0], 0.0, sys.float_info.max),  # inf as MLflow stores it
             job(3, "[2, 2]", None, None, None)]
 
     fig = Hessian.sweep_figure(jobs)

@@ -83,13 +83,14 @@ def quadratic(matrix: torch.Tensor, vector: torch.Tensor, constant: float,
     matrix, vector = matrix.to(torch.float64), vector.to(torch.float64)
 
     def value(p: torch.Tensor) -> torch.Tensor:
-        return 0.5 * ((p @ matrix) * p).sum(-1) + p @ vector + constant
+        a, b = matrix.to(p.device), vector.to(p.device)
+        return 0.5 * ((p @ a) * p).sum(-1) + p @ b + constant
 
     def gradient(p: torch.Tensor) -> torch.Tensor:
-        return p @ matrix + vector
+        return p @ matrix.to(p.device) + vector.to(p.device)
 
     def hessian(p: torch.Tensor) -> torch.Tensor:
-        return matrix.expand(*p.shape[:-1], *matrix.shape)
+        return matrix.to(p.device).expand(*p.shape[:-1], *matrix.shape)
 
     definite = bool((torch.linalg.eigvalsh(matrix) > 0).all())
     minima = (tuple(torch.linalg.solve(matrix, -vector).tolist()),) if definite else ()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -142,7 +143,10 @@ class Hessian(Experiment):
 
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
-        """Condition number by job, each bar coloured by what its point is."""
+        """Condition number by job, each bar coloured by what its point is.
+
+        MLflow stores an infinite condition number as the largest float: drawn as ∞.
+        """
         done = [j for j in jobs if "condition_number" in j["metrics"]
                 and "eigenvalue.0" in j["metrics"]]
         if not done:
@@ -159,7 +163,8 @@ class Hessian(Experiment):
             kinds.append(point_kind(eig, metrics.get("grad_norm", math.inf)))
             labels.append(f"#{job['job']} {job['params'].get('experiment.function', '?')} at "
                           f"{job['params'].get('experiment.point', '?')}")
-            values.append(metrics["condition_number"])
+            condition = metrics["condition_number"]
+            values.append(math.inf if condition >= sys.float_info.max else condition)
         finite = [v for v in values if math.isfinite(v)]
         cap = max(finite, default=1.0) * 10
         bars = ax.barh(labels, [v if math.isfinite(v) else cap for v in values],
