@@ -148,7 +148,8 @@ class Landscape(Experiment):
         flat_points, flat_grads = points.reshape(-1, 2), grads.reshape(-1, 2)
         analytic = self.objective.gradient(flat_points)
         scale = max(1.0, analytic.abs().max().item())
-        sample = torch.linspace(0, len(flat_points) - 1, LOOP_SAMPLE).round().long().unique()
+        sample = torch.linspace(0, len(flat_points) - 1, LOOP_SAMPLE,
+                                device=points.device).round().long().unique()
         looped = gradient_per_point(self.objective.value, flat_points[sample])
         at_critical = self.objective.gradient(
             torch.tensor([[p["x"], p["y"]] for p in found], dtype=torch.float64).reshape(-1, 2))
