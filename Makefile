@@ -17,10 +17,14 @@ STAMP := $(VENV)/.installed-stamp
 RUN := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.run
 
 .DEFAULT_GOAL := help
-.PHONY: help install run run-one sweep sweep-descent test lint bench ui server clean clean-store
+.PHONY: help list install run run-one sweep sweep-descent test lint bench ui server clean clean-store
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "Every experiment with its parameters, and every sweep preset: make list"
+
+list: $(STAMP) ## every experiment (section, purpose, parameters) and sweep preset (grid)
+	@$(PY) -m gradkit.catalog
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
