@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -190,6 +191,7 @@ def sweep_row(job: int, lr: str, final_loss: float | None, diverged: bool = Fals
                                              "diverged": float(diverged)}
     return {"job": job, "overrides": f"learning_rate={lr}",
             "status": "FAILED" if final_loss is None else "COMPLETED",
+            "outcome": "diverged" if diverged else "max_iterations",
             "params": params, "metrics": metrics}
 
 
@@ -202,7 +204,7 @@ def test_sweep_figure_plots_final_loss_against_learning_rate():
     assert isinstance(fig, Figure)
     [ax] = fig.axes
     assert len(ax.get_lines()) == 3  # one line per start, plus the stability limit
-    assert "1 failed" in ax.get_title()
+    assert ax.get_title() == "3 jobs, 1 not shown (failed or not run)"
 
 
 def test_sweep_figure_draws_every_start_point():
@@ -212,7 +214,7 @@ def test_sweep_figure_draws_every_start_point():
     [ax] = GradientDescent.sweep_figure(jobs).axes
 
     drawn = [line.get_label() for line in ax.get_lines()]
-    assert {f"rosenbrock from {start}" for start in starts} <= set(drawn)
+    assert {f"start={start}" for start in starts} <= set(drawn)
 
 
 @pytest.mark.parametrize("jobs", [[], [sweep_row(0, "0.001", None), sweep_row(1, "0.01", None)]],
@@ -227,3 +229,37 @@ def test_a_start_far_outside_the_plot_window_is_still_drawn(tmp_path):
     result = GradientDescent(start=[100.0, 100.0], learning_rate=1e-9, max_iterations=3).run(ctx)
     (ax,) = [a for a in result.figures["descent"].axes if a.get_title().startswith("Path")]
     assert ax.get_xlim()[1] >= 100.0 and ax.get_ylim()[1] >= 100.0
+
+
+def descent_job(num: int, lr: float, outcome: str, **params: str) -> dict:
+    return {"job": num, "status": "COMPLETED", "outcome": outcome,
+            "params": {"experiment.learning_rate": str(lr), "experiment.function": "rosenbrock",
+                       "plotting.figures": str(num % 2 == 0), **params},
+            "metrics": {"final_loss": 1.0 + num, "diverged": float(outcome == "diverged")}}
+
+
+def test_sweep_figure_draws_one_line_per_combination_of_the_other_varying_parameters():
+    jobs = [descent_job(n, lr, outcome, **{"experiment.momentum": momentum})
+            for n, (momentum, lr, outcome) in enumerate(
+                (m, lr, o) for m in ("0.0", "0.9")
+                for lr, o in ((1e-3, "max_iterations"), (2e-3, "converged"), (1e-2, "diverged")))]
+    fig = GradientDescent.sweep_figure(jobs)
+    ax = fig.axes[0]
+
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith(
+        ("_", "stability"))] == ["momentum=0.0", "momentum=0.9"]
+    assert {"converged", "stopped at max_iterations", "diverged (last finite loss)"} <= set(labels)
+    assert not any("plotting" in label for label in labels)
+    assert ax.get_title() == "6 jobs"
+    plt.close(fig)
+
+
+def test_sweep_figure_says_one_job_and_counts_the_jobs_not_shown():
+    fig = GradientDescent.sweep_figure([
+        descent_job(0, 1e-3, "max_iterations"),
+        {"job": 1, "status": "NOT_RUN", "outcome": "", "params": {}, "metrics": {}}])
+
+    assert fig.axes[0].get_title() == "1 job, 1 not shown (failed or not run)"
+    assert fig.axes[0].get_legend().get_texts()[0].get_text() == "all jobs"
+    plt.close(fig)

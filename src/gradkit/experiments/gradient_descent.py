@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,19 @@ from gradkit.validation import ConfigError, integer, number, vector
 GRADIENT_TOLERANCE = 1e-10
 EXPLOSION_FACTOR = 1e6  # a loss this many times the starting loss (or 1) counts as divergence
 DIVERGED_OBJECTIVE = 1e10  # what a diverged run returns to a sweeper: large but finite
+LEARNING_RATE = "experiment.learning_rate"
+INCIDENTAL = ("plotting.", "tracking.", "threads")  # keys that do not change a descent
+OUTCOMES = {"converged": "converged", "max_iterations": "stopped at max_iterations",
+            "diverged": "diverged (last finite loss)"}
+
+
+def outcome_marker(outcome: str, color: str) -> dict[str, Any]:
+    """How a job's outcome is drawn: filled when converged, hollow at max_iterations, a red X
+    when diverged."""
+    if outcome == "diverged":
+        return {"marker": "X", "s": 160, "color": "tab:red"}
+    fill = color if outcome == "converged" else "none"
+    return {"marker": "o", "s": 50, "facecolors": fill, "edgecolors": color}
 
 
 @dataclass
@@ -168,37 +180,41 @@ class GradientDescent(Experiment):
 
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
-        """Final loss against learning rate, one line per start point, diverged jobs marked."""
+        """Final loss against learning rate: one line per combination of the other parameters
+        that vary (start, momentum, function, seed...), each job's outcome marked."""
         done = [j for j in jobs if "final_loss" in j["metrics"]
                 and "experiment.learning_rate" in j["params"]]
         if not done:
             return None
         fig, ax = figure("Gradient descent sweep: final loss against learning rate",
                          size=(9, 6))
+        varying = sorted(key for key in {k for j in done for k in j["params"]}
+                         if key != LEARNING_RATE and not key.startswith(INCIDENTAL)
+                         and len({j["params"].get(key) for j in done}) > 1)
         groups: dict[str, list[dict[str, Any]]] = {}
         for job in done:
-            key = f"{job['params'].get('experiment.function')} from "
-            key += job["params"].get("experiment.start", "?")
-            groups.setdefault(key, []).append(job)
-        for (label, group), marker in zip(sorted(groups.items()), itertools.cycle("osD^v<>p*h")):
-            group.sort(key=lambda j: float(j["params"]["experiment.learning_rate"]))
-            lrs = [float(j["params"]["experiment.learning_rate"]) for j in group]
+            label = " ".join(f"{key.removeprefix('experiment.')}={job['params'].get(key)}"
+                             for key in varying)
+            groups.setdefault(label or "all jobs", []).append(job)
+        for label, group in sorted(groups.items()):
+            group.sort(key=lambda j: float(j["params"][LEARNING_RATE]))
+            lrs = [float(j["params"][LEARNING_RATE]) for j in group]
             losses = [j["metrics"]["final_loss"] for j in group]
-            ax.loglog(lrs, losses, marker=marker, label=label)
-            bad = [(lr, loss) for lr, loss, j in zip(lrs, losses, group, strict=True)
-                   if j["metrics"].get("diverged")]
-            if bad:
-                ax.scatter(*zip(*bad, strict=True), s=160, marker="X", color="tab:red",
-                           zorder=3)
-        ax.scatter([], [], s=160, marker="X", color="tab:red", label="diverged (last finite loss)")
+            (line,) = ax.loglog(lrs, losses, label=label)
+            for lr, loss, job in zip(lrs, losses, group, strict=True):
+                ax.scatter([lr], [loss], zorder=3,
+                           **outcome_marker(job["outcome"], line.get_color()))
+        for outcome, label in OUTCOMES.items():
+            ax.scatter([], [], label=label, **outcome_marker(outcome, "black"))
         functions = {j["params"].get("experiment.function") for j in done}
         if len(functions) == 1 and (name := functions.pop()) in OBJECTIVES:
             limit = OBJECTIVES[name].stability_limit
             ax.axvline(limit, color="gray", linestyle="--",
                        label=f"stability limit 2/λmax(∇²f) at the minimum = {limit:.4g}")
         failed = len(jobs) - len(done)
+        title = f"{len(done)} job{'s' if len(done) != 1 else ''}"
         ax.set(xlabel="learning rate", ylabel="final loss",
-               title=f"{len(done)} jobs" + (f", {failed} failed (not shown)" if failed else ""))
+               title=title + (f", {failed} not shown (failed or not run)" if failed else ""))
         ax.legend(fontsize=8)
         return fig
 
