@@ -95,3 +95,20 @@ def test_series_are_downsampled_in_mlflow_and_complete_in_series_csv(cli, store,
     assert len(set(steps)) == len(steps)
     assert {m.step: m.value for m in history} == {s: series["loss"][s] for s in steps}
     assert run.data.metrics["loss"] == series["loss"][-1] == run.data.metrics["final_loss"]
+
+
+def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_path):
+    code, err = cli("experiment=basic_gradients")
+
+    assert code == 0, err
+    [run] = runs_of(store, "basic_gradients")
+    experiment = client_for(store).get_experiment_by_name("basic_gradients")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "python -m gradkit.run"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    [job_log] = (tmp_path / "run").glob("*.log")
+    last = job_log.read_text().strip().splitlines()[-1]
+    assert last.endswith(f"run {run.info.run_id} in MLflow experiment basic_gradients, store "
+                         f"{store}: open it with `make ui STORE={store}`")

@@ -36,6 +36,7 @@ PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
 SOURCE_TAGS = {"mlflow.source.name": "python -m gradkit.run", "mlflow.source.type": "LOCAL"}
 SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
+KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -123,13 +124,20 @@ class Tracker:
         return tracker
 
     def experiment_id(self, name: str) -> str:
-        """The id of MLflow experiment `name`, created on first use."""
+        """The id of MLflow experiment `name`, created on first use.
+
+        It is marked as model training, so MLflow's UI opens it on its runs rather than on
+        the (empty) GenAI trace overview.
+        """
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(KIND_TAG) != TRAINING_KIND:  # made before the mark existed
+                self.client.set_experiment_tag(found.experiment_id, KIND_TAG, TRAINING_KIND)
             return found.experiment_id
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={KIND_TAG: TRAINING_KIND})
         except MlflowException:  # another process created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
 
