@@ -57,6 +57,7 @@ bench: $(STAMP) ## every benchmark in bench/, results in bench/results/
 	@for script in bench/*.py; do echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
 
 ui: $(STAMP) ## MLflow UI on a store (STORE=mlruns; http://127.0.0.1:5000, HOST=, PORT=)
+	@echo "Open http://$(HOST):$(PORT)/#/?workflowType=machine_learning (the Model training view)"
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \
 		--backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
 		--default-artifact-root $(abspath $(STORE))/artifacts

@@ -103,12 +103,13 @@ def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_p
     assert code == 0, err
     [run] = runs_of(store, "basic_gradients")
     experiment = client_for(store).get_experiment_by_name("basic_gradients")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     tags = run.data.tags
     assert tags["mlflow.source.name"] == "python -m gradkit.run"
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     [job_log] = (tmp_path / "run").glob("*.log")
     last = job_log.read_text().strip().splitlines()[-1]
+    page = f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
     assert last.endswith(f"run {run.info.run_id} in MLflow experiment basic_gradients, store "
-                         f"{store}: open it with `make ui STORE={store}`")
+                         f"{store}: `make ui STORE={store}`, then http://127.0.0.1:5000/{page}"
+                         "?workflowType=machine_learning")

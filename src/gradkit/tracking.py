@@ -36,7 +36,9 @@ PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
 SOURCE_TAGS = {"mlflow.source.name": "python -m gradkit.run", "mlflow.source.type": "LOCAL"}
 SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
-KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3's UI starts on its GenAI view; this switches it to model training (and stays so).
+UI_TRAINING_VIEW = "?workflowType=machine_learning"
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves by default
 SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -124,20 +126,13 @@ class Tracker:
         return tracker
 
     def experiment_id(self, name: str) -> str:
-        """The id of MLflow experiment `name`, created on first use.
-
-        It is marked as model training, so MLflow's UI opens it on its runs rather than on
-        the (empty) GenAI trace overview.
-        """
+        """The id of MLflow experiment `name`, created on first use."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
-            if found.tags.get(KIND_TAG) != TRAINING_KIND:  # made before the mark existed
-                self.client.set_experiment_tag(found.experiment_id, KIND_TAG, TRAINING_KIND)
             return found.experiment_id
         location = (self.artifact_root / name).as_uri() if self.artifact_root else None
         try:
-            return self.client.create_experiment(name, artifact_location=location,
-                                                 tags={KIND_TAG: TRAINING_KIND})
+            return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it meanwhile
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -165,14 +160,14 @@ class Tracker:
             / "cache"
 
     def describe(self, run_id: str, experiment: str) -> str:
-        """Where a run landed and how to open it, in one line."""
+        """Where a run landed and how to open it in MLflow's UI, in one line."""
         where = f"run {run_id} in MLflow experiment {experiment}"
+        page = f"/#/experiments/{self.experiment_id(experiment)}/runs/{run_id}{UI_TRAINING_VIEW}"
         if self.artifact_root is None:  # a server: link straight to the run
-            eid = self.experiment_id(experiment)
-            return f"{where}: {self.uri}/#/experiments/{eid}/runs/{run_id}"
+            return f"{where}: {self.uri}{page}"
         root = self.artifact_root.parent
         store = "" if root == PROJECT_ROOT / "mlruns" else f" STORE={root}"
-        return f"{where}, store {root}: open it with `make ui{store}`"
+        return f"{where}, store {root}: `make ui{store}`, then {UI_ADDRESS}{page}"
 
     def failed(self, error: BaseException) -> StoreError:
         """An MLflow error as one line naming the store."""
