@@ -179,17 +179,19 @@ class SweepTracker(Callback):
             settings = read_settings(config)
             jobs = plan_jobs(config)
             tracker = Tracker.from_config(config.tracking, base=Path(config.hydra.runtime.cwd))
-            parents = {exp: tracker.start_run(exp, name, tags)
-                       for exp in swept_experiments(config) if _jobs_of(jobs, exp) != 1}
+            parents: dict[str, str] = {}
+            self._sweep = {"dir": sweep_dir, "id": sweep_id, "parents": parents, "jobs": jobs,
+                           "tracker": tracker, "dpi": settings.dpi}
+            _open_sweeps.append(self)  # from here on, an interruption still ends the parents
+            for experiment in swept_experiments(config):
+                if _jobs_of(jobs, experiment) != 1:
+                    parents[experiment] = tracker.start_run(experiment, name, tags)
         except ConfigError as error:
             print(f"gradkit: {error}", file=sys.stderr)
             raise SystemExit(1) from None
         state_file = _state_file(sweep_dir)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"sweep_id": sweep_id, "parents": parents}))
-        self._sweep = {"dir": sweep_dir, "id": sweep_id, "parents": parents, "jobs": jobs,
-                       "tracker": tracker, "dpi": settings.dpi}
-        _open_sweeps.append(self)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
