@@ -60,7 +60,11 @@ class Experiment(ABC):
     """A demonstration. Subclasses validate their keyword parameters in `__init__`.
 
     The module name is the experiment's name: its Hydra option and its MLflow experiment.
+    `section` and `proves` describe it in the summary report.
     """
+
+    section: str = ""  # the notebook section it reproduces, e.g. "4.2"
+    proves: str = ""  # what its checks prove, in one sentence
 
     @property
     def name(self) -> str:
