@@ -35,6 +35,7 @@ REPORT_EXPERIMENT = "summary"
 NOT_DEMONSTRATIONS = (REPORT_EXPERIMENT, "Default")
 SWEEP_CHOICES = ("latest", "all", "none")
 MAX_METRICS = 16  # key metrics shown for a latest run; MLflow has the rest
+FIGURE_SEARCH = 20  # runs looked at, newest first, for one that logged figures
 STATUS_COLOURS = {"FINISHED": "tab:green", "FAILED": "tab:red", "KILLED": "tab:orange"}
 
 
@@ -48,21 +49,26 @@ class Options:
     output: Path
 
 
+def plain(value: Any) -> Any:
+    """A config node as plain Python (lists and dicts), other values as they are."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def read_options(cfg: DictConfig, base: Path) -> Options:
     """The report's keys, each checked; a bad one raises a ConfigError naming it."""
-    experiments = OmegaConf.to_container(cfg.experiments) if cfg.experiments is not None else None
+    experiments = plain(cfg.experiments)
     if experiments is not None and (not isinstance(experiments, list) or not experiments
                                     or not all(isinstance(e, str) for e in experiments)):
         raise ConfigError(f"experiments={experiments!r} must be a list of demonstration names, "
                           "e.g. [gradient_descent,jacobian]")
-    sweeps = cfg.sweeps
+    sweeps = plain(cfg.sweeps)
     if isinstance(sweeps, str):
         sweeps = choice("sweeps", sweeps, SWEEP_CHOICES)
+    elif isinstance(sweeps, list) and sweeps:
+        sweeps = [str(s) for s in sweeps]
     else:
-        sweeps = [str(s) for s in OmegaConf.to_container(sweeps)] if sweeps is not None else None
-        if not sweeps:
-            raise ConfigError(f"sweeps={cfg.sweeps!r}: use latest, all, none or a list of "
-                              "sweep ids or parent run ids")
+        raise ConfigError(f"sweeps={sweeps!r}: use latest, all, none or a list of "
+                          "sweep ids or parent run ids")
     since = None
     if cfg.since is not None:
         try:
@@ -318,8 +324,13 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
         if len(key) > MAX_METRICS:
             rows.append([f"... {len(key) - MAX_METRICS} more in MLflow", ""])
         page.table(["metric", "value"], rows)
-        copy_figure(page, tracker, latest.info.run_id, "figures", folder / f"{demo.name}.png",
-                    f"{demo.name}: main figure of the latest run")
+        with_figures = next((run for run in demo.runs[:FIGURE_SEARCH]
+                             if tracker.artifact_files(run.info.run_id, "figures")), latest)
+        caption = (f"{demo.name}: main figure of the latest run" if with_figures is latest else
+                   f"{demo.name}: main figure of {with_figures.info.run_name} "
+                   f"({with_figures.info.run_id}), the latest run that made figures")
+        copy_figure(page, tracker, with_figures.info.run_id, "figures",
+                    folder / f"{demo.name}.png", caption)
     for sweep in demo.sweeps:
         add_sweep(page, tracker, demo, sweep, folder)
 
