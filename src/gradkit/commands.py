@@ -22,8 +22,10 @@ def compose_config(name: str, overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose(name, overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
-        lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines()]
-        raise ConfigError(" ".join(line for line in lines if line)) from None
+        lines = [line.strip() for line in str(error).split("Config search path")[0].splitlines()
+                 if line.strip() and not line.strip().startswith("To append")]
+        raise ConfigError(f"{' '.join(lines)} (conf/{name}.yaml has no such key or option)"
+                          ) from None
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -10,6 +10,7 @@ identical, 1 when any differs (named), 2 when the run cannot be reproduced.
 from __future__ import annotations
 
 import math
+import re
 import sys
 import tempfile
 import time
@@ -45,7 +46,9 @@ def literal(value: Any) -> str:
         return "[" + ",".join(literal(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ",".join(f"{k}:{literal(v)}" for k, v in value.items()) + "}"
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+    # Hydra reads backslashes literally, except those before a quote: double them, escape it
+    escaped = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), str(value))
+    return f"'{escaped}'"
 
 
 def is_store_key(key: str) -> bool:
