@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as error:
         fail(str(error))
     runs = sum(len(demo.runs) for demo in demos)
-    print(f"gradkit: summary of {plural(runs, 'run')} of {len(demos)} demonstrations: "
+    print(f"gradkit: summary of {plural(runs, 'run')} of {plural(len(demos), 'demonstration')}: "
           f"{options.output / 'report.html'}, {options.output / 'report.md'} "
           f"(MLflow experiment {REPORT_EXPERIMENT}, run {run_id})")
 

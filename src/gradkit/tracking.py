@@ -39,7 +39,8 @@ SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before a
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}.items():
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():  # no bars in logs
     os.environ.setdefault(_key, _value)
 
 
