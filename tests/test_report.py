@@ -72,10 +72,10 @@ def test_report_of_every_demonstration(filled, tmp_path, capsys):
     assert list(rows) == sorted(EXPERIMENTS, key=lambda n: report.section_key(rows[n][0]))
     for name in EXPERIMENTS:
         runs = [r for r in runs_of(filled, name) if "sweep_dir" not in r.data.tags]
-        section, proves, count, finished, failed, checks_failed, latest = rows[name]
+        section, proves, count, finished, failed, checks, latest = rows[name]
         assert re.fullmatch(r"\d+\.\d+", section) and proves != "-"
-        assert (int(count), int(finished), int(failed), int(checks_failed)) == (
-            len(runs), sum(r.info.status == "FINISHED" for r in runs), 0, 0)
+        assert (int(count), int(finished), int(failed), checks) == (
+            len(runs), sum(r.info.status == "FINISHED" for r in runs), 0, f"{len(runs)} / 0")
         newest = max(runs, key=lambda r: r.info.start_time)
         outcome = f" ({newest.data.tags['status']})" if "status" in newest.data.tags else ""
         assert latest.startswith(f"FINISHED{outcome}, checks passed")
@@ -146,7 +146,7 @@ def test_failed_checks_are_listed_first(filled, tmp_path, empty_store, capsys):
     markdown = (tmp_path / "out" / "report.md").read_text()
     rows = table_rows(markdown)
     assert next(iter(rows)) == "jacobian"
-    assert rows["jacobian"][5] == "1"
+    assert rows["jacobian"][5] == "0 / 1"
     failed_section = markdown.index("## Failed checks (1 run)")
     assert failed_section < markdown.index("## jacobian")
     assert run.info.run_id in markdown[failed_section:markdown.index("## jacobian")]

@@ -107,9 +107,13 @@ class Demonstration:
     def count(self, status: str) -> int:
         return sum(run.info.status == status for run in self.runs)
 
+    def checks(self, verdict: str) -> list[Any]:
+        """Runs whose `checks` tag is `verdict` (passed or failed)."""
+        return [run for run in self.runs if run.data.tags.get("checks") == verdict]
+
     @property
     def failed_checks(self) -> list[Any]:
-        return [run for run in self.runs if run.data.tags.get("checks") == "failed"]
+        return self.checks("failed")
 
     @property
     def latest(self) -> Any | None:
@@ -286,9 +290,10 @@ def build(tracker: Tracker, demos: list[Demonstration], options: Options,
         page.paragraph("The store holds no runs of these demonstrations yet: make some with "
                        "`make run` or `python -m gradkit.run experiment=NAME`.")
     page.table(["demonstration", "notebook section", "what its checks prove", "runs",
-                "FINISHED", "FAILED", "checks failed", "latest run"],
+                "FINISHED", "FAILED", "checks passed / failed", "latest run"],
                [[d.name, d.section or "-", d.proves or "-", str(len(d.runs)),
-                 str(d.count("FINISHED")), str(d.count("FAILED")), str(len(d.failed_checks)),
+                 str(d.count("FINISHED")), str(d.count("FAILED")),
+                 f"{len(d.checks('passed'))} / {len(d.failed_checks)}",
                  f"{outcome(d.latest)}, {when(d.latest)}" if d.latest else "no runs"]
                 for d in demos])
     failing = [(demo, run) for demo in demos for run in demo.failed_checks]
@@ -312,7 +317,8 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
     other = len(demo.runs) - demo.count("FINISHED") - demo.count("FAILED")
     page.paragraph(f"{plural(len(demo.runs), 'run')}: {demo.count('FINISHED')} FINISHED, "
                    f"{demo.count('FAILED')} FAILED, {other} other (killed or running); checks "
-                   f"failed in {len(demo.failed_checks)}.")
+                   f"passed in {len(demo.checks('passed'))}, failed in {len(demo.failed_checks)}"
+                   ", not run in the others.")
     latest = demo.latest
     if latest is not None:
         page.heading(3, f"Latest run: {latest.info.run_name}")
@@ -374,8 +380,9 @@ def overview_figure(demos: list[Demonstration]) -> Figure:
     fig, ax = figure("Runs per demonstration by status", size=(9, 1.8 + 0.45 * len(shown)))
     names = [demo.name for demo in shown]
     left = [0] * len(shown)
+    order = list(STATUS_COLOURS)
     statuses = sorted({run.info.status for demo in shown for run in demo.runs},
-                      key=lambda s: (s not in STATUS_COLOURS, s))
+                      key=lambda s: (order.index(s) if s in order else len(order), s))
     for status in statuses:
         counts = [demo.count(status) for demo in shown]
         ax.barh(names, counts, left=left, label=status,
@@ -388,7 +395,7 @@ def overview_figure(demos: list[Demonstration]) -> Figure:
     ax.set_xlim(0, max(left) * 1.35)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="runs", ylabel="demonstration")
-    ax.legend(title="status", loc="lower right", fontsize=8)
+    ax.legend(title="status", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig
 
 
