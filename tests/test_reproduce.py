@@ -69,7 +69,7 @@ def test_altered_metric_exits_1_and_is_named(cli, store, capsys):
     code, out, err = replay(capsys, store, original.info.run_id)
 
     assert code == 1
-    assert "1 of" in err and "differ: grad" in err
+    assert "1 of" in err and "values differ: grad" in err
     [row] = [line for line in out.splitlines() if line.split()[1:2] == ["grad"]]
     assert row.split()[:4] == ["!=", "grad", "99.0", "1.0"]  # 2ax + b at a=1, b=3, x=-1
     assert replay_of(store, "basic_gradients", original.info.run_id).data.metrics["grad"] == 1.0

@@ -185,7 +185,7 @@ def reproduce(run_id: str, store: list[str]) -> int:
     print(table(rows))
     differing = [row.name for row in rows if not row.same]
     if differing:
-        print(f"gradkit: {len(differing)} of {len(rows)} differ: {', '.join(differing)}",
+        print(f"gradkit: {len(differing)} of {len(rows)} values differ: {', '.join(differing)}",
               file=sys.stderr)
         return DIFFERS
     print(f"gradkit: identical: all {len(rows) - 2} metrics, the run status and the checks")
