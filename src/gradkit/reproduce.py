@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from gradkit import run as entry_point
 from gradkit.commands import compose_config, fail
 from gradkit.tracking import Tracker, flatten
 from gradkit.validation import ConfigError
@@ -96,8 +97,6 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list
 
 def replay(tracker: Tracker, run: Any, overrides: list[str]) -> Any:
     """Run `python -m gradkit.run OVERRIDES` in this process; the run it made."""
-    from gradkit import run as entry_point  # imported late: it builds the Hydra app
-
     started = int(time.time() * 1000)
     argv = sys.argv
     sys.argv = ["gradkit.run", *overrides, "hydra.mode=RUN"]
