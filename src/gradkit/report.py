@@ -213,6 +213,10 @@ class Page:
     def figure(self, path: Path, caption: str) -> None:
         self.blocks.append(("figure", path, caption))
 
+    @property
+    def figures(self) -> list[Path]:
+        return [block[1] for block in self.blocks if block[0] == "figure"]
+
     def html(self) -> str:
         parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>gradkit summary"
                  f"</title><style>{CSS}</style></head><body>"]
@@ -405,8 +409,7 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
     """Write report.html, report.md and figures/ and log them to a `summary` run; its id."""
     output = options.output
     figures = output / "figures"
-    shutil.rmtree(figures, ignore_errors=True)  # figures of an earlier report
-    figures.mkdir(parents=True)
+    figures.mkdir(parents=True, exist_ok=True)
     page = build(tracker, demos, options, figures)
     (output / "report.html").write_text(page.html())
     (output / "report.md").write_text(page.markdown(output))
@@ -421,8 +424,8 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
             "checks_failed": sum(len(demo.failed_checks) for demo in demos)})
         tracker.log_artifact(run_id, output / "report.html")
         tracker.log_artifact(run_id, output / "report.md")
-        if any(figures.iterdir()):
-            tracker.log_artifacts(run_id, figures, "figures")
+        for path in page.figures:  # not older files the folder may hold
+            tracker.log_artifact(run_id, path, "figures")
     return run_id
 
 
