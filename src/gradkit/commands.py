@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gradkit.reproducibility import PROJECT_ROOT
@@ -32,3 +32,8 @@ def fail(message: str, code: int = 1) -> NoReturn:
     """Print `gradkit: message` on stderr and exit with `code`."""
     print(f"gradkit: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def plain(value: Any) -> Any:
+    """A config node as plain Python (lists and dicts), other values as they are."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
-from gradkit.commands import CONF_DIR, compose_config, fail
+from gradkit.commands import CONF_DIR, compose_config, fail, plain
 from gradkit.plotting import figure, save
 from gradkit.reproducibility import fingerprint
 from gradkit.tracking import PARENT_TAG, Tracker
@@ -47,11 +47,6 @@ class Options:
     sweeps: str | list[str]
     since: datetime | None
     output: Path
-
-
-def plain(value: Any) -> Any:
-    """A config node as plain Python (lists and dicts), other values as they are."""
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def read_options(cfg: DictConfig, base: Path) -> Options:

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from gradkit import run as entry_point
-from gradkit.commands import compose_config, fail
+from gradkit.commands import compose_config, fail, plain
 from gradkit.tracking import Tracker, flatten
 from gradkit.validation import ConfigError
 
@@ -72,7 +72,7 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list
         if logged_path is None:
             raise Unreproducible(f"run {run_id} has no config.yaml artifact: its config is "
                                  "missing")
-        logged = OmegaConf.to_container(OmegaConf.load(logged_path))
+        logged = OmegaConf.load(logged_path)
         overrides_path = tracker.download(run_id, ".hydra/overrides.yaml", Path(tmp))
         overrides = (list(OmegaConf.load(overrides_path)) if overrides_path
                      else [f"experiment={target.split('.')[-2]}"])
@@ -82,12 +82,13 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list
             compose_config("config", [*overrides, *store]), resolve=True))
     except ConfigError as error:
         raise Unreproducible(f"its overrides no longer compose: {error}") from None
-    wanted = {k: v for k, v in flatten(logged).items() if not k.startswith("tracking.")}
+    wanted = {k: v for k, v in flatten(OmegaConf.to_container(logged)).items()
+              if not k.startswith("tracking.")}
     pins, warnings = [], []
     for key, value in wanted.items():
         if composed.get(key) != value:
             prefix = "" if key in composed else "+"
-            pins.append(f"{prefix}{key}={literal(OmegaConf.select(OmegaConf.create(logged), key))}")
+            pins.append(f"{prefix}{key}={literal(plain(OmegaConf.select(logged, key)))}")
     for key in sorted(set(composed) - set(wanted)):
         if not key.startswith("tracking."):
             warnings.append(f"{key} did not exist when the run was made; it takes its default "
