@@ -191,3 +191,19 @@ def test_bad_option_is_one_line_and_writes_nothing(option, named, filled, tmp_pa
     assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "report.html").exists()
     assert len(summary_runs(filled)) == before
+
+
+def test_searches_read_every_page(filled, monkeypatch):
+    from gradkit import tracking
+
+    tracker = tracking.Tracker.from_config({"kind": "local", "root": str(filled)})
+    experiment_id = tracker.experiments()["gradient_descent"]
+    everything = client_for(filled).search_runs([experiment_id], max_results=50000)
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 1)
+
+    paged = tracker.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+
+    assert len(everything) > 2 * tracking.SEARCH_PAGE
+    assert sorted(r.info.run_id for r in paged) == sorted(r.info.run_id for r in everything)
+    starts = [r.info.start_time for r in paged]
+    assert starts == sorted(starts, reverse=True)
