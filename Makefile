@@ -17,7 +17,8 @@ STAMP := $(VENV)/.installed-stamp
 RUN := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.run
 
 .DEFAULT_GOAL := help
-.PHONY: help list install run run-one sweep sweep-descent test lint bench ui server clean clean-store
+.PHONY: help list install run run-one sweep sweep-descent report reproduce test lint bench ui \
+	server clean clean-store
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -46,6 +47,13 @@ sweep: $(STAMP) ## run a sweep preset: make sweep SWEEP=descent_lr_start LAUNCHE
 
 sweep-descent: SWEEP = descent_lr_start
 sweep-descent: sweep ## the gradient descent learning-rate x start sweep (18 jobs)
+
+report: $(STAMP) ## summary of every run in the store: outputs/report/report.html (ARGS='since=2026-11-01')
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.report $(ARGS)
+
+reproduce: $(STAMP) ## replay a run and diff its metrics: make reproduce RUN=<run id> [ARGS=tracking.root=DIR]
+	@[ "$(origin RUN)" != file ] || { echo "usage: make reproduce RUN=<run id>" >&2; exit 2; }
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.reproduce $(RUN) $(ARGS)
 
 test: $(STAMP) ## run the test suite
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest

@@ -61,7 +61,11 @@ class Experiment(ABC):
     """A demonstration. Subclasses validate their keyword parameters in `__init__`.
 
     The module name is the experiment's name: its Hydra option and its MLflow experiment.
+    `proves` says in the summary report what its checks prove; its notebook section is the
+    start of its module docstring (`Section 4.2: ...`), read by `make list` and the report.
     """
+
+    proves: str = ""  # what its checks prove, in one sentence
 
     @property
     def name(self) -> str:

@@ -171,7 +171,8 @@ class SweepTracker(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         started = datetime.now()
         sweep_id = started.strftime("%Y%m%d-%H%M%S-%f")
-        preset = config.hydra.runtime.choices.get("sweep") or "sweep"
+        choices = config.hydra.runtime.choices
+        preset = choices.get("sweep") or choices.get("search") or "sweep"
         name = f"{preset} {started:%Y-%m-%d %H:%M:%S.%f}"
         tags = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}

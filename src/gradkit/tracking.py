@@ -39,11 +39,13 @@ SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
 # MLflow 3's UI starts on its GenAI view; this switches it to model training (and stays so).
 UI_TRAINING_VIEW = "?workflowType=machine_learning"
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves by default
+SEARCH_PAGE = 1000  # runs per search request; a store may hold many thousands
 SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}.items():
+                     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():  # no bars in logs
     os.environ.setdefault(_key, _value)
 
 
@@ -258,6 +260,46 @@ class Tracker:
         summary = output_dir / "summary.json"
         summary.write_text(json.dumps(_summary(result), indent=2, default=str))
         self.log_artifact(run_id, summary)
+
+    def experiments(self) -> dict[str, str]:
+        """Every active MLflow experiment of the store, name -> id."""
+        found, token = {}, None
+        while True:
+            page = self.client.search_experiments(max_results=SEARCH_PAGE, page_token=token)
+            found |= {e.name: e.experiment_id for e in page}
+            if not (token := page.token):
+                return found
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str = "",
+                    order_by: list[str] | None = None) -> list:
+        """Every matching run, a page at a time."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(experiment_ids, filter_string,
+                                           max_results=SEARCH_PAGE, order_by=order_by,
+                                           page_token=token)
+            runs.extend(page)
+            if not (token := page.token):
+                return runs
+
+    def find_run(self, run_id: str):
+        """The run `run_id`, or None when this store has no such run."""
+        try:
+            return self.client.get_run(run_id)
+        except MlflowException:
+            return None
+
+    def download(self, run_id: str, path: str, folder: Path) -> Path | None:
+        """Artifact `path` of a run, downloaded into `folder`; None when it has none."""
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(folder)))
+        except (MlflowException, OSError):
+            return None
+
+    def artifact_files(self, run_id: str, folder: str) -> list[str]:
+        """Paths of the files directly in artifact `folder` of a run."""
+        return sorted(a.path for a in self.client.list_artifacts(run_id, folder) if not a.is_dir)
 
     def child_runs(self, experiment: str, parent_run_id: str) -> list:
         """Every run whose parent is `parent_run_id`."""

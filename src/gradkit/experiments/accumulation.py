@@ -67,6 +67,9 @@ class Accumulation(Experiment):
     """Two copies of one MLP (copied before any step): one trained on full batches, one by
     accumulating micro-batch gradients with each loss scaled by 1 / accumulation_steps."""
 
+    proves = ("accumulated micro-batch gradients and the parameters they train equal full-batch"
+              " training (without batch norm)")
+
     def __init__(self, micro_batch: int | None = 32, effective_batch: int | None = None,
                  accumulation_steps: int = 4, optimizer_steps: int = 10, dropout: float = 0.1,
                  batch_norm: bool = False, learning_rate: float = 1e-3, input_dim: int = 50,

@@ -61,6 +61,9 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alph
 class Adversarial(Experiment):
     """Attack a trained digits classifier (L-infinity, radius epsilon) on its whole test set."""
 
+    proves = ("every perturbation stays within epsilon and the pixel range, and FGSM equals "
+              "one-step PGD bit for bit")
+
     def __init__(self, attack: str = "pgd", epsilon: float = 0.1, steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, model: str = "cnn",
                  examples: int = 6, epochs: int = 8, batch_size: int = 64,

@@ -107,6 +107,8 @@ class Checkpointing(Experiment):
     """A deep stack of blocks run plain and with `checkpoint_sequential`: saved activations,
     their peak with recomputation, time, and the gradients of both compared."""
 
+    proves = "checkpointed gradients equal the plain ones"
+
     def __init__(self, block: str = "chain", depth: int = 16, width: int = 1000,
                  batch_size: int = 100, segments: int = 4, activation: str = "relu",
                  repeats: int = 3):

@@ -40,6 +40,8 @@ def chain_rule(x: float) -> dict[str, float]:
 class ComputationalGraph(Experiment):
     """Values, grad_fn names and gradients of every node, checked against the chain rule."""
 
+    proves = "every node's autograd gradient equals the hand-derived chain rule"
+
     def __init__(self, x: float = 2.0):
         self.x = number("experiment.x", x)
         b = 3 * self.x + 1

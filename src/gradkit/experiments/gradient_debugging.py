@@ -96,6 +96,8 @@ class GradientDebugging(Experiment):
     """Run the gradient detector on a DiagnosticNet (input -> hidden ReLU layers -> 1) that has
     the fault of `scenario` planted."""
 
+    proves = "the detector finds each scenario's planted fault, and nothing in the healthy network"
+
     def __init__(self, scenario: str = "problematic", input_dim: int = 10,
                  hidden: list[int] = (50, 50, 50), batch_size: int = 16,
                  vanishing: float = 1e-4, exploding: float = 10.0, imbalance: float = 1e3,

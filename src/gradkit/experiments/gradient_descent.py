@@ -91,6 +91,8 @@ def descend(f, start: tuple[float, float], learning_rate: float, max_iterations:
 class GradientDescent(Experiment):
     """Minimise a 2-D test function by gradient descent from `start`."""
 
+    proves = "autograd's gradient at the start equals the analytic gradient"
+
     def __init__(self, function: str = "rosenbrock", start: list[float] = (-1.5, 2.5),
                  learning_rate: float = 1e-3, max_iterations: int = 2000,
                  tolerance: float = 1e-6, momentum: float = 0.0):

@@ -35,6 +35,8 @@ TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative, per paramet
 class GradientFlow(Experiment):
     """One forward/backward pass of a seeded MLP on a seeded regression batch."""
 
+    proves = "every parameter's gradient equals torch.func.grad over functional_call"
+
     def __init__(self, input_dim: int = 3, hidden: list[int] = (4, 6, 4), output_dim: int = 2,
                  batch_size: int = 8, activation: str = "relu", init: str = "xavier_normal",
                  vanishing: float = 1e-4, exploding: float = 10.0, imbalance: float = 1e3,

@@ -69,6 +69,9 @@ def timed(method, f, x: torch.Tensor) -> tuple[torch.Tensor, float]:
 class Hessian(Experiment):
     """The Hessian of a test function at `point`: three ways checked, eigen-analysed."""
 
+    proves = ("row-by-row double backward, torch.func.hessian and autograd.functional.hessian "
+              "each give the analytic Hessian")
+
     def __init__(self, function: str = "quadratic", point: list[float] | None = None,
                  matrix: list[list[float]] | None = None, vector: list[float] | None = None,
                  constant: float = NOTEBOOK_QUADRATIC["constant"], dim: int = 2):

@@ -56,6 +56,9 @@ def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
 class LossCurvature(Experiment):
     """Sharpness (top Hessian eigenvalues) and Hessian trace of an MLP's regression loss."""
 
+    proves = ("Lanczos' top eigenvalues equal the full Hessian's and Hutchinson's trace is "
+              "within its error of the exact trace")
+
     def __init__(self, hidden: list[int] = (16, 16), activation: str = "tanh",
                  batch_size: int = 64, iterations: int = 40, hutchinson_samples: int = 200,
                  top_k: int = 3):

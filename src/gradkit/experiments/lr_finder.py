@@ -123,6 +123,8 @@ def state_mismatches(before: Any, after: Any) -> int:
 class LrFinder(Experiment):
     """Range-test the learning rate of a digits classifier, then train at the advice."""
 
+    proves = "the model and optimizer are restored bit for bit after the range test"
+
     def __init__(self, model: str = "mlp", optimizer: str = "sgd", start_lr: float = 1e-7,
                  end_lr: float = 10.0, num_iter: int = 100, smooth_f: float = 0.05,
                  diverge_th: float = 5.0, skip_start: int = 10, skip_end: int = 5,

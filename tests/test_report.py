@@ -1,0 +1,209 @@
+"""The summary report: read back from a store with runs of every demonstration, and an empty one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+
+import pytest
+from conftest import EXPERIMENTS, client_for, runs_of
+
+from gradkit import report
+from gradkit.run import main as run_main
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def gradkit_run(monkeypatch, *args: str) -> None:
+    monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
+    try:
+        run_main()
+    except SystemExit as exit_:
+        assert not exit_.code, exit_.code
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory, empty_store):
+    """A store with one default run of every demonstration and a 2-job descent sweep."""
+    root = tmp_path_factory.mktemp("filled")
+    shutil.copy(empty_store, root / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("HYDRA_FULL_ERROR", raising=False)
+        for name in EXPERIMENTS:
+            gradkit_run(patch, f"experiment={name}", f"tracking.root={root}",
+                        f"hydra.run.dir={root / 'out' / name}")
+        gradkit_run(patch, "--multirun", "experiment=gradient_descent",
+                    "experiment.learning_rate=2e-3,1e-2", "experiment.max_iterations=100",
+                    f"tracking.root={root}", f"hydra.sweep.dir={root / 'sweep'}",
+                    "plotting.figures=false")
+    return root
+
+
+def make_report(capsys, *args: str) -> tuple[int, str, str]:
+    """`python -m gradkit.report ARGS` in this process: exit code, stdout, stderr."""
+    try:
+        report.main(list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table_rows(markdown: str) -> dict[str, list[str]]:
+    """The overview table of report.md: demonstration -> its cells."""
+    header = "| demonstration | notebook section |"
+    lines = markdown[markdown.index(header):].split("\n\n")[0].splitlines()[2:]
+    return {cells[0]: cells[1:] for cells in
+            ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
+
+
+def summary_runs(store) -> list:
+    return runs_of(store, report.REPORT_EXPERIMENT)
+
+
+def test_report_of_every_demonstration(filled, tmp_path, capsys):
+    code, out, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}")
+
+    assert code == 0, err
+    markdown = (tmp_path / "report.md").read_text()
+    rows = table_rows(markdown)
+    assert list(rows) == sorted(EXPERIMENTS, key=lambda n: report.section_key(rows[n][0]))
+    for name in EXPERIMENTS:
+        runs = [r for r in runs_of(filled, name) if "sweep_dir" not in r.data.tags]
+        section, proves, count, finished, failed, checks, latest = rows[name]
+        assert re.fullmatch(r"\d+\.\d+|beyond", section) and proves != "-"
+        assert (int(count), int(finished), int(failed), checks) == (
+            len(runs), sum(r.info.status == "FINISHED" for r in runs), 0, f"{len(runs)} / 0")
+        newest = max(runs, key=lambda r: r.info.start_time)
+        outcome = f" ({newest.data.tags['status']})" if "status" in newest.data.tags else ""
+        assert latest.startswith(f"FINISHED{outcome}, checks passed")
+        assert f"Run {newest.info.run_id}" in markdown
+        assert f"figures/{name}.png" in markdown  # the latest run's main figure
+
+    page = (tmp_path / "report.html").read_text()
+    assert "src='data:image/png;base64," in page and "src='figures/" not in page
+    assert all(f"<td>{name}</td>" in page for name in EXPERIMENTS)
+    [summary] = [r for r in summary_runs(filled) if f"run {r.info.run_id}" in out]
+    assert summary.info.status == "FINISHED"
+    all_runs = sum(len([r for r in runs_of(filled, n) if "sweep_dir" not in r.data.tags])
+                   for n in EXPERIMENTS)
+    assert summary.data.metrics["runs"] == all_runs
+    assert summary.data.metrics["checks_failed"] == 0
+    artifacts = {a.path for a in client_for(filled).list_artifacts(summary.info.run_id)}
+    assert {"report.html", "report.md", "figures"} <= artifacts
+
+
+def test_sweep_section_names_the_best_job(filled, tmp_path, capsys):
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                               "experiments=[gradient_descent]")
+
+    assert code == 0, err
+    runs = runs_of(filled, "gradient_descent")
+    [parent] = [r for r in runs if "sweep_dir" in r.data.tags]
+    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    assert len(children) == 2
+    best = min(children, key=lambda r: r.data.metrics["objective"])
+    markdown = (tmp_path / "report.md").read_text()
+    assert list(table_rows(markdown)) == ["gradient_descent"]
+    assert f"Best job by objective (lowest): {best.info.run_name}," in markdown
+    assert f"run {best.info.run_id}." in markdown
+    assert f"figures/gradient_descent-sweep-{parent.info.run_id}.png" in markdown
+    assert (tmp_path / "figures" / f"gradient_descent-sweep-{parent.info.run_id}.png").is_file()
+
+
+@pytest.mark.parametrize(("sweeps", "shown"), [("none", 0), ("all", 1), ("latest", 1)])
+def test_sweep_selection(sweeps, shown, filled, tmp_path, capsys):
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                               "experiments=[gradient_descent,jacobian]", f"sweeps={sweeps}")
+
+    assert code == 0, err
+    assert (tmp_path / "report.md").read_text().count("### Sweep:") == shown
+
+
+def test_sweep_by_id(filled, tmp_path, capsys):
+    [parent] = [r for r in runs_of(filled, "gradient_descent") if "sweep_dir" in r.data.tags]
+    for wanted in (parent.data.tags["sweep_id"], parent.info.run_id):
+        code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                                   f"sweeps=[{wanted}]")
+        assert code == 0, err
+        assert f"parent run {parent.info.run_id}" in (tmp_path / "report.md").read_text()
+
+
+def test_failed_checks_are_listed_first(filled, tmp_path, empty_store, capsys):
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(filled / "mlflow.db", store / "mlflow.db")  # artifacts stay where they are
+    [run] = runs_of(store, "jacobian")
+    client = client_for(store)
+    client.set_tag(run.info.run_id, "checks", "failed")
+    client.set_tag(run.info.run_id, "error", "ChecksFailed: jacobian: checks failed: jacrev")
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={tmp_path / 'out'}")
+
+    assert code == 0, err
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    rows = table_rows(markdown)
+    assert next(iter(rows)) == "jacobian"
+    assert rows["jacobian"][5] == "0 / 1"
+    failed_section = markdown.index("## Failed checks (1 run)")
+    assert failed_section < markdown.index("## jacobian")
+    assert run.info.run_id in markdown[failed_section:markdown.index("## jacobian")]
+
+
+def test_empty_store_says_so(store, tmp_path, capsys):
+    code, out, err = make_report(capsys, f"tracking.root={store}", f"output={tmp_path}")
+
+    assert code == 0, err
+    markdown = (tmp_path / "report.md").read_text()
+    assert "The store holds no runs of these demonstrations yet" in markdown
+    assert set(table_rows(markdown)) == set(EXPERIMENTS)
+    assert all(row[-1] == "no runs" for row in table_rows(markdown).values())
+    assert "summary of 0 runs" in out
+    [summary] = summary_runs(store)
+    assert summary.data.metrics["runs"] == 0
+
+
+def test_since_a_later_date_leaves_no_runs(filled, tmp_path, capsys):
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                               "since=2999-01-01")
+
+    assert code == 0, err
+    assert "holds no runs" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("option", "named"), [
+    ("experiments=[nonexistent]", "experiments: 'nonexistent' matches no demonstration"),
+    ("experiments=jacobian", "experiments='jacobian' must be a list"),
+    ("sweeps=[0123456789abcdef]", "sweeps: '0123456789abcdef' matches no sweep"),
+    ("sweeps=newest", "sweeps='newest' is not allowed; choose one of: latest, all, none"),
+    ("since=yesterday", "since='yesterday' is not a date"),
+    ("bogus=1", "bogus"),
+])
+def test_bad_option_is_one_line_and_writes_nothing(option, named, filled, tmp_path, capsys):
+    before = len(summary_runs(filled))
+
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}", option)
+
+    assert code == 1
+    assert named in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "report.html").exists()
+    assert len(summary_runs(filled)) == before
+
+
+def test_searches_read_every_page(filled, monkeypatch):
+    from gradkit import tracking
+
+    tracker = tracking.Tracker.from_config({"kind": "local", "root": str(filled)})
+    experiment_id = tracker.experiments()["gradient_descent"]
+    everything = client_for(filled).search_runs([experiment_id], max_results=50000)
+    monkeypatch.setattr(tracking, "SEARCH_PAGE", 1)
+
+    paged = tracker.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
+
+    assert len(everything) > 2 * tracking.SEARCH_PAGE
+    assert sorted(r.info.run_id for r in paged) == sorted(r.info.run_id for r in everything)
+    starts = [r.info.start_time for r in paged]
+    assert starts == sorted(starts, reverse=True)
