@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -9,10 +10,13 @@ from pathlib import Path
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
+import matplotlib.pyplot as plt
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
+from gradkit.experiment import RunContext
 from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.tracking import Tracker
 
@@ -35,6 +39,20 @@ def store(tmp_path, empty_store) -> Path:
     root.mkdir()
     shutil.copy(empty_store, root / "mlflow.db")
     return root
+
+
+@pytest.fixture
+def ctx(tmp_path) -> RunContext:
+    """A float32 CPU context seeded with 0, writing to the test's folder."""
+    return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0),
+                      tmp_path, logging.getLogger("test"))
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test made are closed after it."""
+    yield
+    plt.close("all")
 
 
 def client_for(root: Path) -> MlflowClient:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import sys
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
 from conftest import client_for, runs_of
@@ -21,23 +19,10 @@ from gradkit.derivatives import (
     hessian,
     hessian_operator,
 )
-from gradkit.experiment import RunContext
 from gradkit.experiments.hessian import Hessian
 from gradkit.validation import ConfigError
 
 ROOT = math.sqrt(1002**2 - 4 * 400)  # Rosenbrock at (1, 1): H = [[802, -400], [-400, 200]]
-
-
-@pytest.fixture
-def ctx(tmp_path) -> RunContext:
-    return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0),
-                      tmp_path, logging.getLogger("test"))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def rosenbrock_hessian(x: float, y: float) -> torch.Tensor:

@@ -8,7 +8,6 @@ import logging
 import math
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
 from conftest import client_for, runs_of
@@ -40,18 +39,6 @@ def himmelblau_hessian_eigenvalues(x, y):
     h = torch.tensor([[4 * u + 8 * x * x + 2, 4 * (x + y)], [4 * (x + y), 4 * v + 8 * y * y + 2]],
                      dtype=torch.float64)
     return torch.linalg.eigvalsh(h).tolist()
-
-
-@pytest.fixture
-def ctx(tmp_path) -> RunContext:
-    return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0),
-                      tmp_path, logging.getLogger("test"))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")

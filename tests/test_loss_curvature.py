@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from itertools import pairwise
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
 from conftest import client_for, runs_of
@@ -14,7 +12,6 @@ from matplotlib.figure import Figure
 
 from gradkit.curvature import hutchinson, hutchinson_std, lanczos
 from gradkit.data import regression_batch
-from gradkit.experiment import RunContext
 from gradkit.experiments.loss_curvature import (
     EXACT_LIMIT,
     INPUT_DIM,
@@ -24,18 +21,6 @@ from gradkit.experiments.loss_curvature import (
 )
 from gradkit.models import mlp
 from gradkit.validation import ConfigError
-
-
-@pytest.fixture
-def ctx(tmp_path) -> RunContext:
-    return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0),
-                      tmp_path, logging.getLogger("test"))
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def symmetric(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:
