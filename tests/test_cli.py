@@ -10,6 +10,8 @@ import sys
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of
 
+from gradkit.experiment import is_timing
+
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
     "basic_gradients": {"value", "grad", "analytic_grad", "check.grad.error"},
@@ -18,8 +20,6 @@ METRICS = {
                  "check.jacrev.error", "check.jacfwd.error"},
 }
 COMMON_METRICS = {"objective"}
-# Wall-clock measurements differ from run to run by nature; every other metric must not.
-TIMINGS = ("seconds", "time_overhead")  # wall-clock metrics differ between identical runs
 TAGS = {"checks", "git_commit", "version.torch", "seed", "device", "dtype", "overrides"}
 
 
@@ -31,8 +31,7 @@ def _compact_hydra_errors(monkeypatch):
 
 def untimed(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics without wall-clock timings (`gradient_seconds`, `seconds.<method>`, ...)."""
-    return {key: value for key, value in metrics.items()
-            if not any(timing in key for timing in TIMINGS)}
+    return {key: value for key, value in metrics.items() if not is_timing(key)}
 
 
 def artifact_paths(store, run_id: str, path: str | None = None) -> set[str]:

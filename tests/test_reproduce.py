@@ -59,6 +59,21 @@ def test_identical_replay_exits_0_in_the_same_experiment(cli, store, capsys):
     assert "identical" in out and "warning" not in err
 
 
+def test_wall_clock_timings_are_shown_but_not_compared(cli, store, capsys):
+    code, err = cli("experiment=hessian", "experiment.dim=40")
+    assert code == 0, err
+    original = only_run(store, "hessian")
+
+    code, out, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 0, err
+    made = replay_of(store, "hessian", original.info.run_id)
+    timings = [name for name in original.data.metrics if name.startswith("seconds.")]
+    assert len(timings) == 3
+    assert all(made.data.metrics[name] > 0 for name in timings)
+    assert "(3 wall-clock timings, marked ~ where they differ, not compared)" in out
+
+
 def test_altered_metric_exits_1_and_is_named(cli, store, capsys):
     code, err = cli("experiment=basic_gradients", "experiment.x=-1")
     assert code == 0, err

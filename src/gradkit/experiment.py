@@ -14,6 +14,14 @@ from matplotlib.figure import Figure
 
 from gradkit.plotting import objective_by_job
 
+TIMING_MARKS = ("seconds", "time_overhead")  # metric names that hold wall-clock measurements
+
+
+def is_timing(metric: str) -> bool:
+    """Whether `metric` is a wall-clock measurement: the one kind of metric that differs
+    between two runs of the same config and seed."""
+    return any(mark in metric for mark in TIMING_MARKS)
+
 
 @dataclass(frozen=True)
 class Check:

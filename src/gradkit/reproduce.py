@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from gradkit import run as entry_point
 from gradkit.commands import compose_config, fail, plain
+from gradkit.experiment import is_timing
 from gradkit.tracking import Tracker, flatten
 from gradkit.validation import ConfigError
 
@@ -123,6 +124,7 @@ class Difference:
     original: str
     replay: str
     same: bool
+    timing: bool = False  # a wall-clock measurement: shown, never counted as a difference
 
 
 def compare(original: Any, replayed: Any) -> list[Difference]:
@@ -132,7 +134,7 @@ def compare(original: Any, replayed: Any) -> list[Difference]:
     for name in sorted(set(a) | set(b)):
         x, y = a.get(name), b.get(name)
         same = x is not None and y is not None and (x == y or (math.isnan(x) and math.isnan(y)))
-        rows.append(Difference(name, shown(x), shown(y), same))
+        rows.append(Difference(name, shown(x), shown(y), same, is_timing(name)))
     for name, x, y in (("run status", original.info.status, replayed.info.status),
                        ("checks", original.data.tags.get("checks", "-"),
                         replayed.data.tags.get("checks", "-"))):
@@ -154,7 +156,8 @@ def environment_warnings(original: Any, replayed: Any) -> list[str]:
 
 def table(rows: list[Difference]) -> str:
     headers = ("", "metric", "original", "replay")
-    cells = [headers, *[("!=" if not r.same else "", r.name, r.original, r.replay)
+    marks = {(False, False): "!=", (False, True): "~"}
+    cells = [headers, *[(marks.get((r.same, r.timing), ""), r.name, r.original, r.replay)
                         for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -183,12 +186,16 @@ def reproduce(run_id: str, store: list[str]) -> int:
     rows = compare(original, replayed)
     print(f"run {run_id} ({original.info.run_name}) replayed as run {replayed.info.run_id}")
     print(table(rows))
-    differing = [row.name for row in rows if not row.same]
+    differing = [row.name for row in rows if not row.same and not row.timing]
+    timings = sum(row.timing for row in rows)
     if differing:
-        print(f"gradkit: {len(differing)} of {len(rows)} values differ: {', '.join(differing)}",
-              file=sys.stderr)
+        print(f"gradkit: {len(differing)} of {len(rows) - timings} values differ: "
+              f"{', '.join(differing)}", file=sys.stderr)
         return DIFFERS
-    print(f"gradkit: identical: all {len(rows) - 2} metrics, the run status and the checks")
+    aside = f" ({timings} wall-clock timings, marked ~ where they differ, not compared)" \
+        if timings else ""
+    print(f"gradkit: identical: all {len(rows) - 2 - timings} metrics, the run status and the "
+          f"checks{aside}")
     return IDENTICAL
 
 
