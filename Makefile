@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install gradkit with a CPU torch (TORCH=... to change)
 
 run: $(STAMP) ## run every experiment once into mlruns/
-	$(RUN) --multirun 'experiment=glob(*)' $(ARGS)
+	$(RUN) --multirun 'experiment=glob(*)' hydra/sweeper=planned $(ARGS)
 
 run-one: $(STAMP) ## run one experiment: make run-one EXP=jacobian ARGS='experiment.point=[1,1,1]'
 	$(RUN) experiment=$(EXP) $(ARGS)

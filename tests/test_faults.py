@@ -390,6 +390,7 @@ def test_a_reused_sweep_folder_reports_only_its_own_jobs(cli, store, tmp_path):
 @pytest.mark.parametrize(("args", "named"), [
     (["experiment=jacobian,nonexistent"], "experiment=nonexistent"),
     (["experiment=basic_gradients", "experiment.xx=1,2"], "experiment.xx"),
+    (["sweep=descent_lr_start", "experiment.learnin_rate=1"], "experiment.learnin_rate"),
     (["experiment=basic_gradients", "experiment.x=1,2", "plotting.dpi=0"], "plotting.dpi=0"),
     (["experiment=basic_gradients", "experiment.x=1,2", "deterministic=no"], "deterministic"),
 ])

@@ -13,7 +13,7 @@ from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gradkit.sweeps import swept_experiments
+from gradkit.sweeps import plan_jobs, swept_experiments
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -204,3 +204,14 @@ def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path
                              "value"]
     assert [(r["x"], r["value"], r["status"]) for r in rows] == [
         ("0", "0.0", "COMPLETED"), ("1", "1.0", "COMPLETED"), ("", "", "FAILED")]
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")))
+def test_presets_check_their_jobs_once(preset):
+    """Every preset runs on the planned sweeper: its jobs are composed once to check them, at
+    the sweep's start, not again by the sweeper before each launch."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_config(f"sweep={preset}")
+        assert cfg.hydra.sweeper._target_ == "hydra_plugins.gradkit_sweeper.PlannedSweeper"
+        assert len(plan_jobs(cfg)) >= 2
+

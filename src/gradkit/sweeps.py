@@ -40,7 +40,8 @@ from gradkit.validation import ConfigError
 
 log = logging.getLogger("gradkit")
 STATE_DIR = ".gradkit"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  "hydra_plugins.gradkit_sweeper.PlannedSweeper")
 COMPLETED = JobStatus.COMPLETED.name
 
 
@@ -86,7 +87,7 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     the sweep stops before anything is written. Other sweepers choose their jobs as they
     go: None.
     """
-    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+    if config.hydra.sweeper.get("_target_") not in BASIC_SWEEPERS:
         return None
     loader = GlobalHydra.instance().config_loader()
     try:
