@@ -1,0 +1,163 @@
+"""What a new user waits for, measured side by side in one run.
+
+  startup     `python -c "import gradkit.run"` (median of 3 processes)
+  per job     the cost of a job beyond its computation: a no-op experiment swept 22 times
+              minus 2 times, / 20, in-process, with the planned and the basic sweeper
+  figure      the six-panel gradient descent figure: build and PNG write (median of 5)
+  preset      `sweep=descent_lr_start` (18 jobs, per-job figures), basic and joblib launchers
+  make run    every experiment once (`make run`'s command), caches warm (second of two runs)
+  notebook    the reference notebook's code run as one script with the same torch, when
+              `--notebook FILE` names its text (Markdown with ```python blocks)
+
+Prints a table and writes bench/results/first_hour.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gradkit.experiment import Experiment, Result, RunContext
+from gradkit.experiments.gradient_descent import GradientDescent
+from gradkit.plotting import save
+from gradkit.reproducibility import PROJECT_ROOT
+from gradkit.run import main as gradkit_main
+from gradkit.tracking import Tracker
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+# Lets the notebook's code run headless as a script: no display, no seaborn (it only picks a
+# palette there), pandas imported (the notebook uses it without importing it).
+PRELUDE = """import matplotlib
+matplotlib.use("Agg")
+import sys, types
+sys.modules.setdefault("seaborn", types.SimpleNamespace(set_palette=lambda *a, **k: None))
+import pandas as pd
+"""
+
+
+class NoOp(Experiment):
+    """An experiment that computes nothing: what is left of a job is the pipeline's cost."""
+
+    def __init__(self, **_: float):
+        pass
+
+    @property
+    def name(self) -> str:
+        return "noop"
+
+    def run(self, ctx: RunContext) -> Result:
+        return Result(metrics={"value": 0.0}, objective=0.0)
+
+
+def wall(command: list[str], cwd: Path) -> float:
+    """Seconds a command takes (it must succeed)."""
+    start = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def in_process_sweep(store: Path, jobs: int, sweeper: str, folder: Path) -> float:
+    """Seconds for a sweep of `jobs` no-op jobs in this process."""
+    values = ",".join(str(i) for i in range(jobs))
+    sys.argv = ["gradkit.run", "--multirun", "experiment=basic_gradients",
+                f"experiment._target_={__name__}.NoOp", f"experiment.x={values}",
+                f"hydra/sweeper={sweeper}", f"tracking.root={store}",
+                f"hydra.sweep.dir={folder}", "hydra/job_logging=disabled",
+                "hydra/hydra_logging=disabled"]
+    start = time.perf_counter()
+    gradkit_main()
+    return time.perf_counter() - start
+
+
+def per_job(store: Path, work: Path) -> dict[str, float]:
+    """Per-job pipeline cost by sweeper: two rounds, alternating, medians."""
+    costs: dict[str, list[float]] = {"planned": [], "basic": []}
+    in_process_sweep(store, 2, "planned", work / "warm")
+    for round_ in range(2):
+        for sweeper in costs:
+            small = in_process_sweep(store, 2, sweeper, work / f"{sweeper}{round_}a")
+            large = in_process_sweep(store, 22, sweeper, work / f"{sweeper}{round_}b")
+            costs[sweeper].append((large - small) / 20)
+    return {sweeper: statistics.median(values) for sweeper, values in costs.items()}
+
+
+def figure_cost(work: Path) -> dict[str, float]:
+    """Median seconds to build and to write the descent figure (default settings)."""
+    ctx = RunContext(torch.device("cpu"), torch.float64, torch.Generator(), work,
+                     logging.getLogger("bench"))
+    GradientDescent().run(ctx)  # first-call costs
+    builds, writes = [], []
+    for i in range(5):
+        start = time.perf_counter()
+        result = GradientDescent().run(ctx)
+        builds.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        save(result.figures["descent"], work / f"descent{i}.png")
+        writes.append(time.perf_counter() - start)
+    return {"run_and_build": statistics.median(builds), "write_png": statistics.median(writes)}
+
+
+def notebook_script(notebook: Path, work: Path) -> Path:
+    """The notebook's python blocks as one script, each block guarded so one crash is not all."""
+    blocks = re.findall(r"```python\n(.*?)```", notebook.read_text(), flags=re.S)
+    guarded = [f"try:\n    exec({block!r}, globals())\nexcept Exception as error:\n"
+               f"    print('block {i} failed:', type(error).__name__, error)\n"
+               for i, block in enumerate(blocks)]
+    script = work / "notebook" / "run_notebook.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(PRELUDE + "\n".join(guarded))
+    return script
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notebook", type=Path, help="the reference notebook's text")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gradkit-bench-"))
+    store = work / "store"
+    Tracker.from_config({"kind": "local", "root": str(store)})
+    run = [sys.executable, "-m", "gradkit.run"]
+    results = {
+        "startup": statistics.median(
+            wall([sys.executable, "-c", "import gradkit.run"], work) for _ in range(3)),
+        "per_job": per_job(store, work / "sweeps"),
+        "figure": figure_cost(work),
+        "preset_basic": wall([*run, "sweep=descent_lr_start", f"tracking.root={store}",
+                              f"hydra.sweep.dir={work}/preset-basic"], work),
+        "preset_joblib": wall([*run, "sweep=descent_lr_start", "hydra/launcher=joblib",
+                               f"tracking.root={store}", f"hydra.sweep.dir={work}/preset-joblib"],
+                              work),
+    }
+    every = [*run, "--multirun", "experiment=glob(*)", "hydra/sweeper=planned",
+             f"tracking.root={store}"]
+    wall([*every, f"hydra.sweep.dir={work}/all-cold"], work)  # fills the weight cache
+    results["make_run"] = wall([*every, f"hydra.sweep.dir={work}/all-warm"], work)
+    if args.notebook:
+        script = notebook_script(args.notebook, work)
+        results["notebook"] = wall([sys.executable, str(script)], script.parent)
+        results["preset_basic_vs_notebook"] = results["preset_basic"] / results["notebook"]
+        results["make_run_vs_notebook"] = results["make_run"] / results["notebook"]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "first_hour.json").write_text(json.dumps(results, indent=2))
+    print(f"first hour on {os.cpu_count()} CPUs (seconds; ratios are x)")
+    for key, value in results.items():
+        shown = value if isinstance(value, dict) else {"": value}
+        for part, number in shown.items():
+            print(f"  {key + (' ' + part if part else ''):<32} {number:8.3f}")
+
+
+if __name__ == "__main__":
+    main()
