@@ -189,7 +189,8 @@ def test_store_creation_interrupted_leaves_a_usable_store(moment, signum, tmp_pa
     process.send_signal(signum)
     process.wait(timeout=WAIT)
 
-    assert (root / "mlflow.db").exists() is (process.returncode == 0)  # all or nothing
+    assert process.returncode != 0 or (root / "mlflow.db").exists()  # interrupted, or made
+    # whatever the moment, the store opens: never a half-built mlflow.db
     tracker = Tracker.from_config({"kind": "local", "root": str(root)})
     with tracker.run("store_check", "after the interruption", {}) as run_id:
         tracker.log_metrics(run_id, {"value": 1.0})
