@@ -106,6 +106,7 @@ class Tracker:
         self.uri = uri
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=uri)
+        self._experiment_ids: dict[str, str] = {}
 
     @classmethod
     def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None) -> Tracker:
@@ -114,21 +115,18 @@ class Tracker:
         A relative `root` is taken relative to `base` (the directory the command started in).
         """
         if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
-            uri = str(tracking["uri"]).rstrip("/")
-            _check_server(uri)
-            return _open(uri, None)
+            return _server(str(tracking["uri"]).rstrip("/"))
         root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser()
         root = (base or Path.cwd()) / root if not root.is_absolute() else root
-        database = _local_database(root.resolve())
-        tracker = _open(f"sqlite:///{database}", database.parent / "artifacts")
-        try:
-            tracker.client.search_experiments(max_results=1)
-        except Exception as error:  # whatever MLflow or SQLite raise for a broken database
-            raise _unusable(database, str(error).splitlines()[0]) from None
-        return tracker
+        return _local(root.resolve())
 
     def experiment_id(self, name: str) -> str:
-        """The id of MLflow experiment `name`, created on first use."""
+        """The id of MLflow experiment `name`, created on first use (looked up once)."""
+        if name not in self._experiment_ids:
+            self._experiment_ids[name] = self._find_or_create(name)
+        return self._experiment_ids[name]
+
+    def _find_or_create(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
@@ -321,9 +319,22 @@ def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _open(uri: str, artifact_root: Path | None) -> Tracker:
-    """One Tracker per store and process (a sweep's jobs share it in the basic launcher)."""
-    return Tracker(uri, artifact_root)
+def _server(uri: str) -> Tracker:
+    """The tracking server at `uri`, checked once per process (a sweep's jobs share it)."""
+    _check_server(uri)
+    return Tracker(uri)
+
+
+@functools.lru_cache(maxsize=8)
+def _local(root: Path) -> Tracker:
+    """The embedded store in `root`, checked once per process (a sweep's jobs share it)."""
+    database = _local_database(root)
+    tracker = Tracker(f"sqlite:///{database}", database.parent / "artifacts")
+    try:
+        tracker.client.search_experiments(max_results=1)
+    except Exception as error:  # whatever MLflow or SQLite raise for a broken database
+        raise _unusable(database, str(error).splitlines()[0]) from None
+    return tracker
 
 
 def _unusable(database: Path, reason: str) -> StoreError:
@@ -373,9 +384,8 @@ def _create_database(database: Path) -> None:
             building.unlink(missing_ok=True)
 
 
-@functools.cache
 def _check_server(uri: str) -> None:
-    """Fail with one line unless an HTTP server answers at `uri` (once per process)."""
+    """Fail with one line unless an HTTP server answers at `uri`."""
     if not uri.startswith(("http://", "https://")) or "//" not in uri or not uri.split("//")[1]:
         raise StoreError(f"tracking.uri={uri!r} is not a tracking server URL; use "
                          "http://HOST:PORT (e.g. http://127.0.0.1:5000)")
