@@ -41,6 +41,21 @@ def store(tmp_path, empty_store) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _compact_hydra_errors(monkeypatch):
+    """HYDRA_FULL_ERROR=1 in the caller's shell would turn one-line errors into tracebacks."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny networks: a second only adds contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def ctx(tmp_path) -> RunContext:
     """A float32 CPU context seeded with 0, writing to the test's folder."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
 from conftest import CONF_DIR, runs_of
@@ -22,13 +21,6 @@ FLOATS_SAVED_PER_SAMPLE = (
     + 50 + 50   # ReLU output and mask
     + 50        # the last Linear's input
 )
-
-
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    yield
-    plt.close("all")
 
 
 def run(dtype=torch.float32, **kwargs):

@@ -27,18 +27,7 @@ PARENT_TAG = "mlflow.parentRunId"
 FAST = ("experiment.model=mlp", "experiment.epochs=2", "experiment.examples=3")
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 
 
 def seeded(seed: int = 0) -> torch.Generator:

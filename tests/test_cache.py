@@ -21,13 +21,7 @@ from gradkit.training import TrainSpec, trained_classifier
 SPEC = {"model": "mlp", "epochs": 2, "seed": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The classifier here is tiny: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 
 
 def payload() -> dict:

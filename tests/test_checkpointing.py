@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import matplotlib.pyplot as plt
 import pytest
 import torch
 from conftest import CONF_DIR, runs_of
@@ -23,13 +22,6 @@ from gradkit.validation import ConfigError
 
 BATCH, WIDTH = 5, 16
 ACTIVATION = BATCH * WIDTH * 4  # bytes of one float32 activation
-
-
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    yield
-    plt.close("all")
 
 
 def run(**kwargs):

@@ -23,12 +23,6 @@ COMMON_METRICS = {"objective"}
 TAGS = {"checks", "git_commit", "version.torch", "seed", "device", "dtype", "overrides"}
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    """HYDRA_FULL_ERROR=1 in the caller's shell would turn exit codes into tracebacks."""
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
 def untimed(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics without wall-clock timings (`gradient_seconds`, `seconds.<method>`, ...)."""
     return {key: value for key, value in metrics.items() if not is_timing(key)}

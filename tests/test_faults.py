@@ -28,11 +28,6 @@ ENDLESS = ["experiment=gradient_descent", "experiment.max_iterations=100000000",
 WAIT = 120  # seconds a subprocess may take to start on a loaded 2-core machine
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
 def start(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen:
     """`python -m gradkit.run ARGS` in the background."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}

@@ -19,11 +19,6 @@ from gradkit.validation import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
-@pytest.fixture(autouse=True)
 def _close_figures():
     yield
     plt.close("all")

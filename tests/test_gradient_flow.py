@@ -16,11 +16,6 @@ from gradkit.models import mlp
 from gradkit.validation import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
 def context(tmp_path, dtype=torch.float32) -> RunContext:
     return RunContext(torch.device("cpu"), dtype, torch.Generator().manual_seed(0), tmp_path,
                       logging.getLogger("test"))

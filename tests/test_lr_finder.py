@@ -30,18 +30,7 @@ from gradkit.validation import ConfigError
 PARENT_TAG = "mlflow.parentRunId"
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These networks are tiny: a second intra-op thread only adds contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 
 
 class RecordingSGD(torch.optim.SGD):

@@ -18,12 +18,6 @@ from gradkit.sweeps import plan_jobs, swept_experiments
 PARENT_TAG = "mlflow.parentRunId"
 
 
-@pytest.fixture(autouse=True)
-def _compact_hydra_errors(monkeypatch):
-    """HYDRA_FULL_ERROR=1 in the caller's shell would turn exit codes into tracebacks."""
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-
 def family(store, experiment: str) -> tuple:
     """The one parent run of `experiment` and its children, by job number."""
     runs = runs_of(store, experiment)
