@@ -88,21 +88,30 @@ def compose_config(*overrides: str):
 
 
 @pytest.fixture
-def cli(tmp_path, store, monkeypatch, capsys):
+def gradkit(monkeypatch, capsys):
     """Run `python -m gradkit.run ARGS` in this process; returns (exit code, stderr)."""
     from gradkit.run import main
 
-    def run(*args: str, multirun: bool = False) -> tuple[int, str]:
-        where = (f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun
-                 else f"hydra.run.dir={tmp_path / 'run'}")
-        argv = ["gradkit.run", *(["--multirun"] if multirun else []), *args,
-                f"tracking.root={store}", where]
-        monkeypatch.setattr(sys, "argv", argv)
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
         try:
             main()
             code = 0
         except SystemExit as exit_:
             code = exit_.code or 0
         return code, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture
+def cli(tmp_path, store, gradkit):
+    """`gradkit` into the test's store, with its output in the test's folder."""
+
+    def run(*args: str, multirun: bool = False) -> tuple[int, str]:
+        where = (f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun
+                 else f"hydra.run.dir={tmp_path / 'run'}")
+        return gradkit(*(["--multirun"] if multirun else []), *args, f"tracking.root={store}",
+                       where)
 
     return run

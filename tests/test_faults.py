@@ -221,23 +221,6 @@ def test_two_sweeps_starting_at_once_on_a_fresh_store(tmp_path):
 
 # --- stores that cannot be opened ----------------------------------------------------------
 
-@pytest.fixture
-def gradkit(tmp_path, monkeypatch, capsys):
-    """Run `python -m gradkit.run ARGS` in this process, with no store chosen for it."""
-    from gradkit.run import main
-
-    def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, capsys.readouterr().err
-
-    return run
-
-
 def make_broken(kind: str, folder: Path) -> Path:
     """A tracking.root that cannot be used; returns the path whose bytes must not change."""
     folder.mkdir()

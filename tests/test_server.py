@@ -21,7 +21,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gradkit import report, reproduce
-from gradkit.run import main as run_main
 
 READY_TIMEOUT = 90.0  # seconds for the server to answer /health
 PARENT_TAG = "mlflow.parentRunId"
@@ -74,23 +73,15 @@ def wait_until_ready(uri: str, process: subprocess.Popen, log: Path) -> None:
 
 
 @pytest.fixture
-def gradkit(server, tmp_path, monkeypatch, capsys):
+def on_server(server, tmp_path, monkeypatch, gradkit):
     """`python -m gradkit.run ARGS tracking=server tracking.uri=...` in this process."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
 
     def run(*args: str, multirun: bool = False) -> tuple[int, str]:
         where = (f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun
                  else f"hydra.run.dir={tmp_path / 'run'}")
-        monkeypatch.setattr(sys, "argv", ["gradkit.run", *(["--multirun"] if multirun else []),
-                                          *args, "tracking=server", f"tracking.uri={server}",
-                                          where])
-        try:
-            run_main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-        return code, capsys.readouterr().err
+        return gradkit(*(["--multirun"] if multirun else []), *args, "tracking=server",
+                       f"tracking.uri={server}", where)
 
     return run
 
@@ -108,8 +99,8 @@ def family(uri: str, experiment: str, sweep_dir: Path) -> tuple:
     return parent, sorted(children, key=lambda run: int(run.data.tags["job_num"]))
 
 
-def test_one_job_reads_back_through_the_server(server, gradkit, tmp_path):
-    code, err = gradkit("experiment=jacobian", "experiment.point=[2,1,4]")
+def test_one_job_reads_back_through_the_server(server, on_server, tmp_path):
+    code, err = on_server("experiment=jacobian", "experiment.point=[2,1,4]")
 
     assert code == 0, err
     [run] = runs_where(server, "jacobian", "params.`experiment.point` = '[2, 1, 4]'")
@@ -126,8 +117,8 @@ def test_one_job_reads_back_through_the_server(server, gradkit, tmp_path):
     assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server
 
 
-def test_joblib_sweep_of_four_jobs(server, gradkit, tmp_path):
-    code, err = gradkit("experiment=basic_gradients", "experiment.x=1,2,3,4",
+def test_joblib_sweep_of_four_jobs(server, on_server, tmp_path):
+    code, err = on_server("experiment=basic_gradients", "experiment.x=1,2,3,4",
                         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                         "plotting.figures=false", multirun=True)
 
@@ -143,8 +134,8 @@ def test_joblib_sweep_of_four_jobs(server, gradkit, tmp_path):
     assert report_files == {"report/jobs.csv", "report/comparison.png"}
 
 
-def test_submitit_local_sweep_lands_under_one_parent(server, gradkit, tmp_path):
-    code, err = gradkit("experiment=computational_graph", "experiment.x=0.5,1.5",
+def test_submitit_local_sweep_lands_under_one_parent(server, on_server, tmp_path):
+    code, err = on_server("experiment=computational_graph", "experiment.x=0.5,1.5",
                         "hydra/launcher=submitit_local", "plotting.figures=false",
                         multirun=True)
 
@@ -156,8 +147,8 @@ def test_submitit_local_sweep_lands_under_one_parent(server, gradkit, tmp_path):
     assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
 
 
-def test_reproduce_and_report_on_the_server(server, gradkit, tmp_path, capsys):
-    code, err = gradkit("experiment=basic_gradients", "experiment.c=-4")
+def test_reproduce_and_report_on_the_server(server, on_server, tmp_path, capsys):
+    code, err = on_server("experiment=basic_gradients", "experiment.c=-4")
     assert code == 0, err
     [original] = runs_where(server, "basic_gradients", "params.`experiment.c` = '-4'")
     store = ["tracking=server", f"tracking.uri={server}"]
