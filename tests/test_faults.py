@@ -127,6 +127,7 @@ def test_ctrl_c_stops_a_sweep_and_accounts_for_every_job(store, tmp_path):
     assert code == 128 + signal.SIGINT
     assert "Traceback" not in err
     assert "ended FAILED: 0 of 3 jobs completed, 3 killed or not run" in err.splitlines()[-1]
+    assert err.splitlines()[-1].endswith(" completed") and "0 of 3 jobs of sweep " in err
     parent, [child] = family(store, "gradient_descent")
     assert (parent.info.status, child.info.status) == ("FAILED", "KILLED")
     assert parent.data.tags["sweep_stopped"] == "interrupted"

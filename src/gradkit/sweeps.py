@@ -226,15 +226,20 @@ class SweepTracker(Callback):
             log.info(line)
 
     def end(self, interrupted: bool) -> list[str]:
-        """Report and end the parents once; one line about each."""
+        """Report and end the parents once; one line about each, and, when interrupted, one
+        about the whole sweep (its one-job experiments have no parent to say it)."""
         if self._sweep is None or self not in _open_sweeps:
             return []
         _open_sweeps.remove(self)
         sweep = self._sweep
         records = [json.loads(path.read_text())
                    for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
-        return report_sweep(sweep["tracker"], sweep["parents"], sweep["jobs"], records,
-                            sweep["dir"], sweep["dpi"], interrupted)
+        lines = report_sweep(sweep["tracker"], sweep["parents"], sweep["jobs"], records,
+                             sweep["dir"], sweep["dpi"], interrupted)
+        if interrupted and sweep["jobs"] is not None:
+            done = sum(record["status"] == COMPLETED for record in records)
+            lines.append(f"{done} of {len(sweep['jobs'])} jobs of sweep {sweep['id']} completed")
+        return lines
 
 
 def report_sweep(tracker: Tracker, parents: dict[str, str], plan: list[dict[str, Any]] | None,
