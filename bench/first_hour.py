@@ -2,8 +2,11 @@
 
   startup     `python -c "import gradkit.run"` (median of 3 processes)
   per job     the cost of a job beyond its computation: a no-op experiment swept 22 times
-              minus 2 times, / 20, in-process, with the planned and the basic sweeper
-  figure      the six-panel gradient descent figure: build and PNG write (median of 5)
+              minus 2 times, / 20, in-process, with the planned and the basic sweeper; and
+              with the planned sweeper for a no-op that returns a descent's series (5 x 2000
+              points: 200 of each in MLflow's metric history, all in series.csv)
+  figure      the six-panel gradient descent figure, from a finished descent: build and PNG
+              write (medians over 3 descents: default, diverging, slow; 5 rounds)
   preset      `sweep=descent_lr_start` (18 jobs, per-job figures), basic and joblib launchers
   make run    every experiment once (`make run`'s command), caches warm (second of two runs)
   notebook    the reference notebook's code run as one script with the same torch, when
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import statistics
@@ -26,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from gradkit.experiment import Experiment, Result, RunContext
-from gradkit.experiments.gradient_descent import GradientDescent
+from gradkit.experiments.gradient_descent import GradientDescent, descend
 from gradkit.plotting import save
 from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.run import main as gradkit_main
@@ -50,6 +50,8 @@ import pandas as pd
 class NoOp(Experiment):
     """An experiment that computes nothing: what is left of a job is the pipeline's cost."""
 
+    series_length = 0
+
     def __init__(self, **_: float):
         pass
 
@@ -58,7 +60,16 @@ class NoOp(Experiment):
         return "noop"
 
     def run(self, ctx: RunContext) -> Result:
-        return Result(metrics={"value": 0.0}, objective=0.0)
+        series = {name: [float(i) for i in range(self.series_length)]
+                  for name in ("loss", "grad_norm", "step_size", "x", "y")}
+        return Result(metrics={"value": 0.0}, series=series if self.series_length else {},
+                      objective=0.0)
+
+
+class NoOpWithSeries(NoOp):
+    """A no-op that returns as many series points as a 2000-step descent."""
+
+    series_length = 2000
 
 
 def wall(command: list[str], cwd: Path) -> float:
@@ -69,11 +80,12 @@ def wall(command: list[str], cwd: Path) -> float:
     return time.perf_counter() - start
 
 
-def in_process_sweep(store: Path, jobs: int, sweeper: str, folder: Path) -> float:
+def in_process_sweep(store: Path, jobs: int, sweeper: str, folder: Path,
+                     experiment: type[NoOp] = NoOp) -> float:
     """Seconds for a sweep of `jobs` no-op jobs in this process."""
     values = ",".join(str(i) for i in range(jobs))
     sys.argv = ["gradkit.run", "--multirun", "experiment=basic_gradients",
-                f"experiment._target_={__name__}.NoOp", f"experiment.x={values}",
+                f"experiment._target_={__name__}.{experiment.__name__}", f"experiment.x={values}",
                 f"hydra/sweeper={sweeper}", f"tracking.root={store}",
                 f"hydra.sweep.dir={folder}", "hydra/job_logging=disabled",
                 "hydra/hydra_logging=disabled"]
@@ -83,31 +95,41 @@ def in_process_sweep(store: Path, jobs: int, sweeper: str, folder: Path) -> floa
 
 
 def per_job(store: Path, work: Path) -> dict[str, float]:
-    """Per-job pipeline cost by sweeper: two rounds, alternating, medians."""
-    costs: dict[str, list[float]] = {"planned": [], "basic": []}
+    """Per-job pipeline cost by sweeper (and with a descent's series): two rounds,
+    alternating, medians."""
+    variants = {"planned": ("planned", NoOp), "basic": ("basic", NoOp),
+                "planned_with_series": ("planned", NoOpWithSeries)}
+    costs: dict[str, list[float]] = {name: [] for name in variants}
     in_process_sweep(store, 2, "planned", work / "warm")
     for round_ in range(2):
-        for sweeper in costs:
-            small = in_process_sweep(store, 2, sweeper, work / f"{sweeper}{round_}a")
-            large = in_process_sweep(store, 22, sweeper, work / f"{sweeper}{round_}b")
-            costs[sweeper].append((large - small) / 20)
-    return {sweeper: statistics.median(values) for sweeper, values in costs.items()}
+        for name, (sweeper, experiment) in variants.items():
+            small = in_process_sweep(store, 2, sweeper, work / f"{name}{round_}a", experiment)
+            large = in_process_sweep(store, 22, sweeper, work / f"{name}{round_}b", experiment)
+            costs[name].append((large - small) / 20)
+    return {name: statistics.median(values) for name, values in costs.items()}
+
+
+FIGURE_DESCENTS = {"default": {}, "diverging": {"learning_rate": 2e-3},
+                   "slow": {"learning_rate": 1e-4, "start": [0.5, 0.5]}}
 
 
 def figure_cost(work: Path) -> dict[str, float]:
-    """Median seconds to build and to write the descent figure (default settings)."""
-    ctx = RunContext(torch.device("cpu"), torch.float64, torch.Generator(), work,
-                     logging.getLogger("bench"))
-    GradientDescent().run(ctx)  # first-call costs
+    """Median seconds to build and to write the descent figure of a finished descent."""
+    experiments = [GradientDescent(**kwargs) for kwargs in FIGURE_DESCENTS.values()]
+    traces = [descend(e.objective.value, e.start, e.learning_rate, e.max_iterations,
+                      e.tolerance) for e in experiments]
+    save(experiments[0].plot(traces[0]), work / "warm.png")  # first-call costs
     builds, writes = [], []
-    for i in range(5):
-        start = time.perf_counter()
-        result = GradientDescent().run(ctx)
-        builds.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        save(result.figures["descent"], work / f"descent{i}.png")
-        writes.append(time.perf_counter() - start)
-    return {"run_and_build": statistics.median(builds), "write_png": statistics.median(writes)}
+    for round_ in range(5):
+        for i, (experiment, trace) in enumerate(zip(experiments, traces, strict=True)):
+            start = time.perf_counter()
+            fig = experiment.plot(trace)
+            builds.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            save(fig, work / f"descent{round_}-{i}.png")
+            writes.append(time.perf_counter() - start)
+    build, write = statistics.median(builds), statistics.median(writes)
+    return {"build": build, "write_png": write, "total": build + write}
 
 
 def notebook_script(notebook: Path, work: Path) -> Path:

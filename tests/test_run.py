@@ -47,7 +47,10 @@ def test_an_exception_ends_the_run_failed_with_the_error(cli, store):
     (run,) = runs_of(store, "test_run")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: numerical trouble"
-    assert "run.log" in {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
+    assert run.data.params["experiment.x"] == "2.0"  # what ran is kept with the failure
+    artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
+    assert {"run.log", "config.yaml", ".hydra"} <= artifacts
+    assert "summary.json" not in artifacts
 
 
 def test_figures_can_be_switched_off(cli, store):

@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 from conftest import client_for, runs_of
 
-from gradkit.tracking import _steps, flatten, run_name
+from gradkit.tracking import Tracker, _steps, flatten, metric_entries, run_name
 
 
 @pytest.mark.parametrize(("tree", "expected"), [
@@ -113,3 +113,18 @@ def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_p
     assert last.endswith(f"run {run.info.run_id} in MLflow experiment basic_gradients, store "
                          f"{store}: `make ui STORE={store}`, then http://127.0.0.1:5000/{page}"
                          "?workflowType=machine_learning")
+
+
+def test_a_batch_beyond_mlflow_limits_is_logged_whole(store):
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    run_id = tracker.start_run("batches", "big", {})
+    params = {f"p{i}": str(i) for i in range(250)}
+    tags = {f"t{i}": str(i) for i in range(150)}
+    metrics = metric_entries({f"m{i}": float(i) for i in range(2500)})
+
+    tracker.log_batch(run_id, params, metrics, tags)
+
+    data = client_for(store).get_run(run_id).data
+    assert data.params == params
+    assert {k: v for k, v in data.tags.items() if k.startswith("t")} == tags
+    assert data.metrics == {f"m{i}": float(i) for i in range(2500)}

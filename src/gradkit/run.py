@@ -18,7 +18,7 @@ from gradkit.errors import UNEXPECTED, explain, not_a_parameter
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
 from gradkit.runtime import build_context, read_settings
-from gradkit.tracking import StoreError, Tracker, flatten, run_name
+from gradkit.tracking import StoreError, Tracker, flatten, run_name, write_result
 from gradkit.validation import ConfigError
 
 log = logging.getLogger("gradkit")
@@ -73,23 +73,19 @@ def run_job(cfg: DictConfig) -> float:
             **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(experiment.name) if sweep else None
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
         with tracker.run(experiment.name, name, tags, parent) as run_id:
+            result = None
             try:
-                tracker.log_params(run_id, flatten(OmegaConf.to_container(cfg, resolve=True)))
-                OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-                tracker.log_artifact(run_id, output_dir / "config.yaml")
-                tracker.log_artifacts(run_id, output_dir / ".hydra", ".hydra")
                 log.info("%s: running %s", experiment.name, name)
                 result = experiment.run(ctx)
-                tracker.log_result(run_id, result, output_dir, dpi=settings.dpi,
-                                   max_series_points=settings.max_series_points,
-                                   figures=settings.figures)
+                write_result(result, output_dir, dpi=settings.dpi, figures=settings.figures)
                 log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
                          describe_checks(result))
-            finally:
-                for log_file in output_dir.glob("*.log"):
-                    tracker.log_artifact(run_id, log_file)
+            finally:  # a failed or interrupted job keeps its params, config and log
+                tracker.log_job(run_id, output_dir, params, result, settings.max_series_points)
             if result.failed_checks:
                 raise ChecksFailed(f"{experiment.name}: checks failed: "
                                    f"{describe_checks(result)}; run {run_id}")

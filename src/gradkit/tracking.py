@@ -20,7 +20,6 @@ from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
 from gradkit.experiment import Result
@@ -174,40 +173,34 @@ class Tracker:
         return StoreError(f"the MLflow store at {self.uri} failed: "
                           f"{str(error).strip().splitlines()[0]}")
 
-    def log_params(self, run_id: str, params: Mapping[str, str]) -> None:
-        entries = [Param(key, value) for key, value in params.items()]
-        for batch in _chunks(entries, PARAMS_PER_CALL):
-            self.client.log_batch(run_id, params=batch)
+    def log_batch(self, run_id: str, params: Mapping[str, str] | None = None,
+                  metrics: list[Metric] | None = None,
+                  tags: Mapping[str, str] | None = None) -> None:
+        """Params, metrics and tags in as few store calls as MLflow's batch limits allow
+        (one for a typical job)."""
+        params = [Param(key, value) for key, value in (params or {}).items()]
+        tags = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in (tags or {}).items()]
+        metrics = list(metrics or [])
+        while True:
+            batch_params, params = params[:PARAMS_PER_CALL], params[PARAMS_PER_CALL:]
+            batch_tags, tags = tags[:PARAMS_PER_CALL], tags[PARAMS_PER_CALL:]
+            room = METRICS_PER_CALL - len(batch_params) - len(batch_tags)
+            batch_metrics, metrics = metrics[:room], metrics[room:]
+            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params,
+                                  tags=batch_tags)
+            if not (params or tags or metrics):
+                return
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
-        now = int(time.time() * 1000)
-        self._log_metric_entries(run_id, [Metric(key, float(value), now, step)
-                                          for key, value in metrics.items()])
-
-    def log_series(self, run_id: str, series: Mapping[str, list[float]],
-                   max_points: int = 0) -> None:
-        """Log each series as a metric history, at most `max_points` steps each (0: all).
-
-        Longer series keep evenly spaced steps, first and last included, with their real
-        step numbers; SQLite stores cost ~0.1 ms a point, so this bounds the cost of a run.
-        """
-        now = int(time.time() * 1000)
-        self._log_metric_entries(run_id, [
-            Metric(key, float(values[step]), now, step)
-            for key, values in series.items() for step in _steps(len(values), max_points)])
-
-    def _log_metric_entries(self, run_id: str, entries: list[Metric]) -> None:
-        for batch in _chunks(entries, METRICS_PER_CALL):
-            self.client.log_batch(run_id, metrics=batch)
+        self.log_batch(run_id, metrics=metric_entries(metrics, step))
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        entries = [RunTag(key, str(value)[:MAX_TAG_LENGTH]) for key, value in tags.items()]
-        self.client.log_batch(run_id, tags=entries)
+        self.log_batch(run_id, tags=tags)
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
-    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
     def end(self, run_id: str, status: str) -> None:
@@ -236,28 +229,21 @@ class Tracker:
         except MlflowException as error:
             raise self.failed(error) from None
 
-    def log_result(self, run_id: str, result: Result, output_dir: Path, *, dpi: int = 100,
-                   max_series_points: int = 0, figures: bool = True) -> None:
-        """Log a Result: metrics, series (all points also in series.csv), checks, figures as
-        PNG (unless `figures` is false) and summary.json."""
-        checks = {f"check.{name}.error": check.error for name, check in result.checks.items()}
-        self.log_metrics(run_id, {**result.metrics, **checks, "objective": result.objective})
-        if result.series:
-            self.log_series(run_id, result.series, max_series_points)
-            self.log_artifact(run_id, _write_series(output_dir / "series.csv", result.series))
-        verdict = "failed" if result.failed_checks else "passed"
-        self.set_tags(run_id, {**result.tags, "checks": verdict})
-        folder = output_dir / "figures"
-        for name, fig in result.figures.items():
-            if figures:
-                save(fig, folder / f"{name}.png", dpi)
-            else:
-                discard(fig)
-        if figures and result.figures:
-            self.log_artifacts(run_id, folder, "figures")
-        summary = output_dir / "summary.json"
-        summary.write_text(json.dumps(_summary(result), indent=2, default=str))
-        self.log_artifact(run_id, summary)
+    def log_job(self, run_id: str, output_dir: Path, params: Mapping[str, str],
+                result: Result | None, max_series_points: int = 0) -> None:
+        """What a job leaves, in two store calls for a typical job: params with the result's
+        metrics, series and tags in one batch, then the job's folder (config, Hydra's record,
+        log, and what `write_result` wrote) as the run's artifacts."""
+        metrics: list[Metric] = []
+        tags: dict[str, str] = {}
+        if result is not None:
+            checks = {f"check.{name}.error": c.error for name, c in result.checks.items()}
+            metrics = [*metric_entries({**result.metrics, **checks,
+                                        "objective": result.objective}),
+                       *series_entries(result.series, max_series_points)]
+            tags = {**result.tags, "checks": "failed" if result.failed_checks else "passed"}
+        self.log_batch(run_id, params, metrics, tags)
+        self.log_artifacts(run_id, output_dir, None)
 
     def experiments(self) -> dict[str, str]:
         """Every active MLflow experiment of the store, name -> id."""
@@ -306,6 +292,38 @@ class Tracker:
             filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
             max_results=50000,
         )
+
+
+def metric_entries(values: Mapping[str, float], step: int = 0) -> list[Metric]:
+    """Scalar metrics, all at `step`, stamped now."""
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
+
+
+def series_entries(series: Mapping[str, list[float]], max_points: int = 0) -> list[Metric]:
+    """Each series as a metric history of at most `max_points` steps (0: all).
+
+    Longer series keep evenly spaced steps, first and last included, with their real step
+    numbers; SQLite stores cost ~0.1 ms a point, so this bounds the cost of a run.
+    """
+    now = int(time.time() * 1000)
+    return [Metric(key, float(values[step]), now, step)
+            for key, values in series.items() for step in _steps(len(values), max_points)]
+
+
+def write_result(result: Result, output_dir: Path, *, dpi: int = 100,
+                 figures: bool = True) -> None:
+    """A Result's files in the job's folder: series.csv (every point), figures/*.png (unless
+    `figures` is false) and summary.json."""
+    if result.series:
+        _write_series(output_dir / "series.csv", result.series)
+    for name, fig in result.figures.items():
+        if figures:
+            save(fig, output_dir / "figures" / f"{name}.png", dpi)
+        else:
+            discard(fig)
+    summary = output_dir / "summary.json"
+    summary.write_text(json.dumps(_summary(result), indent=2, default=str))
 
 
 def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
@@ -377,6 +395,9 @@ def _create_database(database: Path) -> None:
             stale.unlink()
         building = database.parent / f".mlflow.db.{os.getpid()}.tmp"
         try:
+            # imported only here: runs on a server never load SQLAlchemy (~0.5 s)
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
             store = SqlAlchemyStore(f"sqlite:///{building}", str(database.parent / "artifacts"))
             store.engine.dispose()
             os.replace(building, database)
