@@ -8,7 +8,8 @@
   figure      the six-panel gradient descent figure, from a finished descent: build and PNG
               write (medians over 3 descents: default, diverging, slow; 5 rounds)
   preset      `sweep=descent_lr_start` (18 jobs, per-job figures), basic and joblib launchers
-  make run    every experiment once (`make run`'s command), caches warm (second of two runs)
+  make run    every experiment once (`make run`'s command), caches warm (second of two runs);
+              then again with `threads=auto` (torch's default thread count for a single job)
   notebook    the reference notebook's code run as one script with the same torch, when
               `--notebook FILE` names its text (Markdown with ```python blocks)
 
@@ -167,6 +168,8 @@ def main() -> None:
              f"tracking.root={store}"]
     wall([*every, f"hydra.sweep.dir={work}/all-cold"], work)  # fills the weight cache
     results["make_run"] = wall([*every, f"hydra.sweep.dir={work}/all-warm"], work)
+    results["make_run_threads_auto"] = wall([*every, "threads=auto",
+                                             f"hydra.sweep.dir={work}/all-auto"], work)
     if args.notebook:
         script = notebook_script(args.notebook, work)
         results["notebook"] = wall([sys.executable, str(script)], script.parent)

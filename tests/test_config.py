@@ -28,7 +28,7 @@ def test_experiment_option_instantiates_an_experiment_of_that_name(name):
 
 def test_global_defaults():
     cfg = compose_config("experiment=basic_gradients")
-    assert (cfg.seed, cfg.device, cfg.dtype, cfg.threads) == (42, "cpu", "float32", "auto")
+    assert (cfg.seed, cfg.device, cfg.dtype, cfg.threads) == (42, "cpu", "float32", 1)
     assert cfg.tracking.kind == "local"
     assert "sweep" not in cfg
 

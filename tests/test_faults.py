@@ -199,7 +199,7 @@ def test_two_sweeps_starting_at_once_on_a_fresh_store(tmp_path):
     first = start("--multirun", "experiment=basic_gradients", "experiment.x=1,2",
                   f"tracking.root={root}", f"hydra.sweep.dir={tmp_path / 'a'}", cwd=tmp_path)
     second = start("--multirun", "experiment=basic_gradients", "experiment.x=3,4",
-                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=auto",
                    f"tracking.root={root}", f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path)
     for process in (first, second):
         code, err = finish(process)
