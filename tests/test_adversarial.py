@@ -170,8 +170,9 @@ def test_runs_train_once_then_read_the_cache(cli, store):
     assert [r.data.tags["cache"] for r in runs] == ["miss", "hit", "off", "miss"]
     assert len({r.data.tags["cache_entry"] for r in runs[:3]}) == 1
     assert runs[3].data.tags["cache_entry"] != runs[0].data.tags["cache_entry"]  # own weights
-    assert {p.stem for p in (store / "cache").glob("*.pt")} == {
-        r.data.tags["cache_entry"] for r in runs}
+    entries = {p.stem for p in (store / "cache").glob("*.pt")}
+    weights = {r.data.tags["cache_entry"] for r in runs}
+    assert weights <= entries and len(entries - weights) == 1  # and the digits split
     runs = runs[:3]
     first = runs[0].data.metrics
     assert all(r.data.metrics == first for r in runs[1:])  # same weights, same attack

@@ -137,3 +137,27 @@ def test_cached_classifier_equals_a_fresh_training_bit_for_bit(tmp_path):
     assert any(not torch.equal(t, other.state_dict()[n]) for n, t in trained.state_dict().items())
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
     assert len(miss.payload["epoch_loss"]) == 1
+
+
+# --- the digits split ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cached_digits_split_equals_scikit_learns_bit_for_bit(tmp_path, dtype):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=0.25, stratify=labels, random_state=3)
+    built = digits(3, 0.25, dtype, tmp_path)
+    read = digits(3, 0.25, dtype, tmp_path)
+
+    for data in (built, read):
+        assert torch.equal(data.train_x, torch.as_tensor(train_x / 16, dtype=dtype)
+                           .reshape(-1, 1, 8, 8))
+        assert torch.equal(data.test_x, torch.as_tensor(test_x / 16, dtype=dtype)
+                           .reshape(-1, 1, 8, 8))
+        assert data.train_y.tolist() == train_y.tolist()
+        assert data.test_y.tolist() == test_y.tolist()
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # the second call read the first one's entry
+    assert digits(4, 0.25, dtype, tmp_path).test_y.tolist() != test_y.tolist()

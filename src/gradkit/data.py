@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from importlib.metadata import version
+from pathlib import Path
 
 import torch
+
+from gradkit.cache import cached
 
 
 def regression_batch(size: int, input_dim: int, output_dim: int, generator: torch.Generator,
@@ -43,17 +47,33 @@ DIGIT_CLASSES = 10
 DIGIT_MAX = 16.0  # the bundled images hold integers 0..16
 
 
-def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.float32) -> Digits:
-    """The bundled digits (1797 images, no download), stratified split fixed by `seed`."""
+def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.float32,
+           cache_dir: Path | None = None) -> Digits:
+    """The bundled digits (1797 images, no download), stratified split fixed by `seed`.
+
+    The split is kept in `cache_dir` beside the trained weights: making it imports
+    scikit-learn, about 1 s of every process that needs the digits.
+    """
+    spec = {"data": "digits", "seed": seed, "test_fraction": test_fraction,
+            "scikit-learn": version("scikit-learn")}
+    split = cached(cache_dir, spec, lambda: _split_digits(seed, test_fraction)).payload
+
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        return (images.to(dtype) / DIGIT_MAX).reshape(-1, 1, 8, 8)  # exact: 16 is 2^4
+
+    return Digits(pixels(split["train_x"]), split["train_y"], pixels(split["test_x"]),
+                  split["test_y"])
+
+
+def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
+    """scikit-learn's digits, split: pixel values 0..16 as uint8, labels as long."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     images, labels = load_digits(return_X_y=True)
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
-
-    def pixels(rows) -> torch.Tensor:
-        return torch.as_tensor(rows / DIGIT_MAX, dtype=dtype).reshape(-1, 1, 8, 8)
-
-    return Digits(pixels(train_x), torch.as_tensor(train_y, dtype=torch.long),
-                  pixels(test_x), torch.as_tensor(test_y, dtype=torch.long))
+    return {"train_x": torch.as_tensor(train_x, dtype=torch.uint8),
+            "train_y": torch.as_tensor(train_y, dtype=torch.long),
+            "test_x": torch.as_tensor(test_x, dtype=torch.uint8),
+            "test_y": torch.as_tensor(test_y, dtype=torch.long)}

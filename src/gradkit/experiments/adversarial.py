@@ -86,7 +86,8 @@ class Adversarial(Experiment):
     @single_threaded()
     def run(self, ctx: RunContext) -> Result:
         seed = ctx.generator.initial_seed()
-        data = digits(seed, self.test_fraction, ctx.dtype).to(ctx.device)
+        data = digits(seed, self.test_fraction, ctx.dtype,
+                      ctx.cache_dir if self.cache else None).to(ctx.device)
         spec = TrainSpec(self.model, self.epochs, self.batch_size, self.learning_rate,
                          TRAINING_OPTIMIZER, self.test_fraction, seed, str(ctx.dtype),
                          ctx.device.type)

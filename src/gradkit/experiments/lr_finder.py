@@ -151,7 +151,8 @@ class LrFinder(Experiment):
 
     @single_threaded()
     def run(self, ctx: RunContext) -> Result:
-        data = digits(ctx.generator.initial_seed(), self.test_fraction, ctx.dtype).to(ctx.device)
+        data = digits(ctx.generator.initial_seed(), self.test_fraction, ctx.dtype,
+                      ctx.cache_dir).to(ctx.device)
         model = image_classifier(self.model, DIGIT_CLASSES, ctx.generator).to(ctx.device,
                                                                                ctx.dtype)
         optimizer = make_optimizer(self.optimizer, model.parameters(), self.start_lr)
