@@ -70,8 +70,8 @@ class PlainLogFormatter(LogFormatter):
         base = self._base
         power = math.log(x, base)
         exponent = round(power) if abs(power - round(power)) < 1e-9 else math.floor(power)
-        coefficient = round(x / base**exponent)
-        mantissa = f"{coefficient}×" if coefficient != 1 else ""
+        coefficient = f"{round(x / base**exponent, 9):g}"  # 2, or 1.9 on a very narrow view
+        mantissa = f"{coefficient}×" if coefficient != "1" else ""
         return f"{mantissa}{base:g}{str(exponent).translate(SUPERSCRIPTS)}"
 
 
@@ -91,7 +91,8 @@ class LabelledMinorLocator(LogLocator):
 
 
 def powers_in_view(vmin: float, vmax: float, base: float = 10.0) -> int:
-    """How many integer powers of `base` lie in [vmin, vmax] (0 < vmin <= vmax)."""
+    """How many integer powers of `base` lie in [vmin, vmax] (0 < vmin <= vmax), counted
+    as matplotlib's log formatters count them."""
     return math.floor(math.log(vmax, base)) - math.floor(math.nextafter(math.log(vmin, base),
                                                                          -math.inf))
 

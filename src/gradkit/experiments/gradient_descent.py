@@ -154,14 +154,17 @@ class GradientDescent(Experiment):
                  f"after {trace.iterations} iterations")
         fig, axes = figure(title, 2, 3, size=(15, 8.5), layout=None)
         fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.9, wspace=0.3, hspace=0.32)
+        for top, bottom in zip(axes[0, 1:], axes[1, 1:], strict=True):
+            top.sharex(bottom)  # iterations labelled once per column, below
+            top.tick_params(labelbottom=False)
         path = np.array(trace.points)
         plot_path(axes[0, 0], fn, path)
         iters = np.arange(len(trace.losses))
         short = {"marker": "o", "markersize": 4} if len(iters) < 50 else {}
         axes[0, 1].semilogy(iters, trace.losses, color="tab:blue", **short)
-        axes[0, 1].set(title="Loss (log scale)", xlabel="iteration", ylabel="f(x, y)")
+        axes[0, 1].set(title="Loss (log scale)", ylabel="f(x, y)")
         axes[0, 2].semilogy(iters, trace.grad_norms, color="tab:orange", **short)
-        axes[0, 2].set(title="Gradient norm (log scale)", xlabel="iteration", ylabel="‖∇f(x, y)‖")
+        axes[0, 2].set(title="Gradient norm (log scale)", ylabel="‖∇f(x, y)‖")
         axes[1, 0].semilogy(trace.step_sizes, color="tab:green", **short)
         axes[1, 0].set(title="Step size (log scale)", xlabel="iteration",
                        ylabel="‖step‖ = lr · ‖velocity‖")
