@@ -30,6 +30,9 @@ STYLE = {
     # A fixed title position: left at None, every axes lays out its tick labels once more
     # to find room for its title above them. No figure here puts tick labels on top.
     "axes.titley": 1.0,
+    # glyph hinting costs ~0.3 ms a text (~10% of a six-panel figure); at dpi 100 unhinted
+    # text reads the same
+    "text.hinting": "no_hinting",
 }
 plt.rcParams.update(STYLE)
 
