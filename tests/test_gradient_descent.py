@@ -6,12 +6,20 @@ import logging
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 
 from gradkit.experiment import RunContext
-from gradkit.experiments.gradient_descent import DIVERGED_OBJECTIVE, GradientDescent, descend
+from gradkit.experiments.gradient_descent import (
+    DIVERGED_OBJECTIVE,
+    Descent,
+    GradientDescent,
+    descend,
+    log_contours,
+)
+from gradkit.functions import objective
 from gradkit.validation import ConfigError
 
 CURVATURE = 2.0  # f(p) = a/2 |p|^2 with a = CURVATURE
@@ -262,4 +270,53 @@ def test_sweep_figure_says_one_job_and_counts_the_jobs_not_shown():
 
     assert fig.axes[0].get_title() == "1 job, 1 not shown (failed or not run)"
     assert fig.axes[0].get_legend().get_texts()[0].get_text() == "all jobs"
+    plt.close(fig)
+
+
+def test_descent_figure_labels_every_panel_also_on_a_narrow_log_range():
+    """Losses within 0.3..0.5 hold no power of ten: the log panels are read off minor labels."""
+    n = 30
+    decay = 0.9 ** np.arange(n)
+    trace = Descent(points=[(0.1 * k, 0.0) for k in range(n)], losses=list(0.3 + 0.2 * decay),
+                    grad_norms=list(1.5 + 0.5 * decay), step_sizes=list(0.05 + 0.02 * decay[1:]))
+    fig = GradientDescent().plot(trace)
+    fig.canvas.draw()
+
+    assert len(fig.axes) == 6 and all(ax.get_title() for ax in fig.axes)
+    for ax in fig.axes:
+        assert shown_tick_labels(ax.yaxis), ax.get_title()
+    for ax in fig.axes[:1] + fig.axes[3:]:  # iterations are labelled once per column, below
+        assert shown_tick_labels(ax.xaxis), ax.get_title()
+    (loss,) = [ax for ax in fig.axes if ax.get_title().startswith("Loss (")]
+    assert shown_tick_labels(loss.yaxis) == ["4×10⁻¹", "5×10⁻¹"]  # losses 0.31..0.5
+    assert not any("$" in text for ax in fig.axes for text in shown_tick_labels(ax.yaxis))
+    plt.close(fig)
+
+
+def shown_tick_labels(axis) -> list[str]:
+    """The non-empty tick labels of `axis` inside its view, major and minor."""
+    lo, hi = sorted(axis.get_view_interval())
+    ticks = (axis.get_major_ticks(len(axis.get_majorticklocs()))
+             + axis.get_minor_ticks(len(axis.get_minorticklocs())))
+    return sorted(t.label1.get_text() for t in ticks
+                  if t.label1.get_visible() and t.label1.get_text() and lo <= t.get_loc() <= hi)
+
+
+def test_contour_lines_are_those_matplotlib_draws():
+    fn = objective("rosenbrock")
+    window = (-2.0, 2.0, -1.0, 3.0)
+    lines, line_levels, levels = log_contours(fn, window)
+    x = np.linspace(-2.0, 2.0, 300)
+    gx, gy = np.meshgrid(x, np.linspace(-1.0, 3.0, 300))
+    z = fn.value(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
+    fig, ax = plt.subplots()
+    expected = ax.contour(gx, gy, z, levels=levels)
+
+    assert len(levels) == 25 and levels[0] == pytest.approx(1e-3 if z.min() < 1e-3 else z.min())
+    for level, segments in zip(levels, expected.allsegs, strict=True):
+        mine = [line for line, at in zip(lines, line_levels, strict=True) if at == level]
+        assert len(mine) == len(segments)
+        for got, want in zip(mine, segments, strict=True):
+            np.testing.assert_allclose(got, want)
+    assert log_contours(fn, window)[0] is lines  # cached per function and window
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter, LogLocator
 
 logging.getLogger("matplotlib").setLevel(logging.WARNING)  # hydra.verbose=true: no font logs
 
@@ -24,6 +27,12 @@ STYLE = {
     "figure.titleweight": "bold",
     "figure.titlesize": 14,
     "font.size": 10,
+    # A fixed title position: left at None, every axes lays out its tick labels once more
+    # to find room for its title above them. No figure here puts tick labels on top.
+    "axes.titley": 1.0,
+    # glyph hinting costs ~0.3 ms a text (~10% of a six-panel figure); at dpi 100 unhinted
+    # text reads the same
+    "text.hinting": "no_hinting",
 }
 plt.rcParams.update(STYLE)
 
@@ -51,6 +60,53 @@ def save(fig: Figure, path: Path, dpi: int = 100) -> Path:
 def discard(fig: Figure) -> None:
     """Close `fig` without writing it."""
     plt.close(fig)
+
+
+SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log tick labels as plain text with unicode superscripts (10⁻², 2×10⁻³): the same
+    labels as matplotlib's default, without parsing mathtext for each."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        base = self._base
+        power = math.log(x, base)
+        exponent = round(power) if abs(power - round(power)) < 1e-9 else math.floor(power)
+        coefficient = f"{round(x / base**exponent, 9):g}"  # 2, or 1.9 on a very narrow view
+        mantissa = f"{coefficient}×" if coefficient != "1" else ""
+        return f"{mantissa}{base:g}{str(exponent).translate(SUPERSCRIPTS)}"
+
+
+class LabelledMinorLocator(LogLocator):
+    """Minor log ticks only where they carry labels: when the view holds at most one power
+    of the base (the rule of matplotlib's log formatters). Elsewhere none, which spares
+    dozens of unlabelled Tick objects an axis."""
+
+    def __init__(self, base: float = 10.0):
+        super().__init__(base, subs="auto")
+
+    def tick_values(self, vmin: float, vmax: float):
+        vmin, vmax = sorted((vmin, vmax))
+        if vmin > 0 and powers_in_view(vmin, vmax, self._base) > 1:
+            return []
+        return super().tick_values(vmin, vmax)
+
+
+def powers_in_view(vmin: float, vmax: float, base: float = 10.0) -> int:
+    """How many integer powers of `base` lie in [vmin, vmax] (0 < vmin <= vmax), counted
+    as matplotlib's log formatters count them."""
+    return math.floor(math.log(vmax, base)) - math.floor(math.nextafter(math.log(vmin, base),
+                                                                         -math.inf))
+
+
+def lean_log_ticks(axis: Axis) -> None:
+    """Cheaper ticks for a log-scale `axis` with the same labels: plain-text superscripts,
+    minor ticks only where they are labelled. Call after setting the scale."""
+    base = axis.get_transform().base
+    axis.set_major_formatter(PlainLogFormatter(base, labelOnlyBase=True))
+    axis.set_minor_locator(LabelledMinorLocator(base))
+    axis.set_minor_formatter(PlainLogFormatter(base))
 
 
 def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:

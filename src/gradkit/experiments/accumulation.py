@@ -19,7 +19,7 @@ from gradkit.data import regression_batch
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.memory import SavedTensorMeter, cuda_peak
 from gradkit.models import check_widths, linear_layers, mlp
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import ConfigError, integer, number
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient/parameter gap
@@ -233,6 +233,7 @@ class Accumulation(Experiment):
         layers = list(layer_gaps)
         gaps_ax.bar(layers, [max(g, 1e-30) for g in layer_gaps.values()], color="tab:purple")
         gaps_ax.set_yscale("log")
+        lean_log_ticks(gaps_ax.yaxis)
         gaps_ax.set(title="Gradient gap after the first accumulation",
                     xlabel="Linear layer (weights and bias)",
                     ylabel="max |g_full − g_accumulated| (log)")

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from contourpy import contour_generator
+from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import OBJECTIVES, Objective, objective
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import ConfigError, integer, number, vector
 
 GRADIENT_TOLERANCE = 1e-10
@@ -151,14 +154,17 @@ class GradientDescent(Experiment):
                  f"after {trace.iterations} iterations")
         fig, axes = figure(title, 2, 3, size=(15, 8.5), layout=None)
         fig.subplots_adjust(left=0.06, right=0.98, bottom=0.07, top=0.9, wspace=0.3, hspace=0.32)
+        for top, bottom in zip(axes[0, 1:], axes[1, 1:], strict=True):
+            top.sharex(bottom)  # iterations labelled once per column, below
+            top.tick_params(labelbottom=False)
         path = np.array(trace.points)
         plot_path(axes[0, 0], fn, path)
         iters = np.arange(len(trace.losses))
         short = {"marker": "o", "markersize": 4} if len(iters) < 50 else {}
         axes[0, 1].semilogy(iters, trace.losses, color="tab:blue", **short)
-        axes[0, 1].set(title="Loss (log scale)", xlabel="iteration", ylabel="f(x, y)")
+        axes[0, 1].set(title="Loss (log scale)", ylabel="f(x, y)")
         axes[0, 2].semilogy(iters, trace.grad_norms, color="tab:orange", **short)
-        axes[0, 2].set(title="Gradient norm (log scale)", xlabel="iteration", ylabel="‖∇f(x, y)‖")
+        axes[0, 2].set(title="Gradient norm (log scale)", ylabel="‖∇f(x, y)‖")
         axes[1, 0].semilogy(trace.step_sizes, color="tab:green", **short)
         axes[1, 0].set(title="Step size (log scale)", xlabel="iteration",
                        ylabel="‖step‖ = lr · ‖velocity‖")
@@ -175,7 +181,9 @@ class GradientDescent(Experiment):
         axes[1, 2].set(title=f"Loss change per iteration (rises: {rises})", xlabel="iteration",
                        ylabel="|f(xₖ) − f(xₖ₊₁)| (log scale)")
         for ax in axes.flat[1:]:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+            if ax.get_yscale() == "log":
+                lean_log_ticks(ax.yaxis)
             if short:
                 ax.set_xlim(-0.5, len(iters) - 0.5)
         return fig
@@ -229,10 +237,9 @@ def plot_path(ax, fn: Objective, path: np.ndarray) -> None:
     near = np.vstack([path[:1], near])  # far-flung points of a divergence are cut; the start not
     x0, x1 = min(x0, near[:, 0].min() - 0.2), max(x1, near[:, 0].max() + 0.2)
     y0, y1 = min(y0, near[:, 1].min() - 0.2), max(y1, near[:, 1].max() + 0.2)
-    gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
-    z = fn.value(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
-    levels = np.logspace(np.log10(max(z.min(), 1e-3)), np.log10(z.max()), 25)
-    ax.contour(gx, gy, z, levels=levels, norm=LogNorm(), cmap="viridis", linewidths=0.8)
+    lines, line_levels, levels = log_contours(fn, (x0, x1, y0, y1))
+    ax.add_collection(LineCollection(lines, array=line_levels, cmap="viridis", linewidths=0.8,
+                                     norm=LogNorm(levels[0], levels[-1])))
     ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", markersize=2, linewidth=1,
             label="path")
     ax.plot(*path[0], "o", color="tab:green", markersize=10, label="start")
@@ -242,3 +249,21 @@ def plot_path(ax, fn: Objective, path: np.ndarray) -> None:
     ax.set(xlim=(x0, x1), ylim=(y0, y1), title="Path on log-spaced contours of f", xlabel="x",
            ylabel="y")
     ax.legend(loc="upper right", fontsize=8)
+
+
+@functools.lru_cache(maxsize=16)
+def log_contours(fn: Objective, window: tuple[float, float, float, float],
+                 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Contour lines of `fn` over `window` (x0, x1, y0, y1), the level of each, and the 25
+    log-spaced levels. Cached: the jobs of a sweep mostly share a function and window."""
+    x0, x1, y0, y1 = window
+    gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+    z = fn.value(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
+    generator = contour_generator(gx, gy, z)
+    levels = np.logspace(np.log10(max(z.min(), 1e-3)), np.log10(z.max()), 25)
+    lines, line_levels = [], []
+    for level in levels:
+        for line in generator.lines(level):
+            lines.append(line)
+            line_levels.append(level)
+    return lines, np.array(line_levels), levels

@@ -26,7 +26,7 @@ from gradkit.diagnostics import (
 )
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import check_activation, check_init, check_widths, linear_layers, mlp
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import integer
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative, per parameter
@@ -171,6 +171,7 @@ def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlim(-0.6, len(layers) - 0.4)
     ax.set_yscale("log")
+    lean_log_ticks(ax.yaxis)
     ax.axhline(thresholds.vanishing, color="tab:purple", linestyle="--",
                label=f"vanishing below {thresholds.vanishing:g}")
     ax.axhline(thresholds.exploding, color="tab:orange", linestyle="--",

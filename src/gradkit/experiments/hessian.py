@@ -16,7 +16,7 @@ from gradkit.curvature import EIGENVALUE_TOLERANCE, definiteness, point_kind
 from gradkit.derivatives import HESSIANS, default_hessian_method
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import NOTEBOOK_QUADRATIC, OBJECTIVES, Objective, quadratic
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import ConfigError, choice, integer, number
 from gradkit.validation import vector as coordinates
 
@@ -266,6 +266,7 @@ def _spectrum(ax, eigenvalues: np.ndarray) -> None:
     colours = np.where(eigenvalues > 0, "tab:blue", "tab:red")
     ax.scatter(np.arange(len(eigenvalues)), np.abs(eigenvalues), c=colours, s=12)
     ax.set_yscale("log")
+    lean_log_ticks(ax.yaxis)
     ax.set(title=f"Spectrum: {len(eigenvalues)} eigenvalues\n(blue λ > 0, red λ < 0)",
            xlabel="index (ascending λ)", ylabel="|λ| (log scale)")
 

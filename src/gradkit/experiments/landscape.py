@@ -18,7 +18,7 @@ from gradkit.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
 from gradkit.derivatives import batched_gradient, batched_hessian, gradient_per_point
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import OBJECTIVES, Objective, notebook_quadratic
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import ConfigError, choice, integer, vector
 
 FUNCTIONS = (*OBJECTIVES, "quadratic")
@@ -327,6 +327,7 @@ def histogram(ax, values: np.ndarray, label: str, title: str, color: str) -> Non
         counts, edges = np.histogram(np.clip(values, norm.vmin, None),
                                      bins=np.geomspace(norm.vmin, norm.vmax, 61))
         ax.set_xscale("log")
+        lean_log_ticks(ax.xaxis)
         title += " (log bins)"
     else:
         counts, edges = np.histogram(values, bins=60)

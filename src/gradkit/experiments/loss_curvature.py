@@ -22,7 +22,7 @@ from gradkit.data import regression_batch
 from gradkit.derivatives import hessian_operator
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import check_activation, check_widths, mlp
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import ConfigError, integer
 
 INPUT_DIM, OUTPUT_DIM = 4, 1
@@ -163,8 +163,10 @@ class LossCurvature(Experiment):
             axes[0, 1].set(title="Relative error against the exact eigenvalues",
                            xlabel="Lanczos iteration", ylabel="|Ritz − λ| / |λ| (log scale)")
             axes[0, 1].legend(fontsize=8)
+            lean_log_ticks(axes[0, 1].yaxis)
             axes[1, 0].hist(spectrum.numpy(), bins=80, color="tab:blue")
             axes[1, 0].set_yscale("log")
+            lean_log_ticks(axes[1, 0].yaxis)
             for value in exact_top:
                 axes[1, 0].axvline(value, color="tab:red", linestyle="--", linewidth=1)
             axes[1, 0].plot([], [], color="tab:red", linestyle="--", label="top eigenvalues")

@@ -25,7 +25,7 @@ from torch import nn
 from gradkit.data import DIGIT_CLASSES, Digits, digits
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.models import CLASSIFIERS, image_classifier
-from gradkit.plotting import figure
+from gradkit.plotting import figure, lean_log_ticks
 from gradkit.training import (
     OPTIMIZERS,
     batches,
@@ -239,6 +239,8 @@ class LrFinder(Experiment):
                     ylabel="cross-entropy")
         loss_ax.legend(fontsize=8, loc="best")
         grad_ax.loglog(trace.lrs, trace.grad_norms, color="tab:green")
+        for axis in (loss_ax.xaxis, grad_ax.xaxis, grad_ax.yaxis):
+            lean_log_ticks(axis)
         grad_ax.set(title="Gradient norm against learning rate",
                     xlabel="learning rate (log scale)", ylabel="‖∇loss‖ (log scale)")
         if index is not None:
