@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import sys
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of
 
+from gradkit.commands import run_command
 from gradkit.experiment import is_timing
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
@@ -207,3 +209,12 @@ def test_a_misspelt_key_in_a_preset_names_the_preset_experiment(cli):
     assert code != 0
     assert ("experiment.learnin_rate is not a parameter of gradient_descent; its parameters: "
             "function, start, learning_rate") in err
+
+
+def test_a_command_freezes_what_is_left_when_it_ends_however_it_ends(monkeypatch):
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    run_command(lambda: None)
+    with pytest.raises(SystemExit):
+        run_command(lambda: sys.exit(2))
+    assert frozen == [True, True]

@@ -26,7 +26,7 @@ from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit.catalog import experiments as catalogue
-from gradkit.commands import CONF_DIR, compose_config, fail, plain
+from gradkit.commands import CONF_DIR, compose_config, fail, plain, run_command
 from gradkit.plotting import figure, save
 from gradkit.reproducibility import fingerprint
 from gradkit.tracking import PARENT_TAG, Tracker
@@ -443,4 +443,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

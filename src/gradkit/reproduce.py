@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from gradkit import run as entry_point
-from gradkit.commands import compose_config, fail, plain
+from gradkit.commands import compose_config, fail, plain, run_command
 from gradkit.experiment import is_timing
 from gradkit.tracking import Tracker, flatten
 from gradkit.validation import ConfigError
@@ -208,4 +208,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -14,6 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit import interrupts, sweeps
+from gradkit.commands import run_command
 from gradkit.errors import UNEXPECTED, explain, not_a_parameter
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import PROJECT_ROOT, fingerprint
@@ -128,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)
