@@ -11,6 +11,7 @@ from itertools import product
 import pytest
 from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
 from hydra import compose, initialize_config_dir
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from gradkit.sweeps import plan_jobs, swept_experiments
@@ -209,3 +210,26 @@ def test_presets_check_their_jobs_once(preset):
         assert cfg.hydra.sweeper._target_ == "hydra_plugins.gradkit_sweeper.PlannedSweeper"
         assert len(plan_jobs(cfg)) >= 2
 
+
+
+def test_the_planned_sweeper_composes_each_planned_job_once(cli, store, monkeypatch):
+    """With the basic launcher, a job the plan composed runs on the plan's config; the others
+    (same config-group choices, other values) are composed by the launcher as usual."""
+    composed = []
+    compose = ConfigLoaderImpl.load_sweep_config
+
+    def counting(self, master_config, sweep_overrides):
+        composed.append(" ".join(sweep_overrides))
+        return compose(self, master_config, sweep_overrides)
+
+    monkeypatch.setattr(ConfigLoaderImpl, "load_sweep_config", counting)
+    code, err = cli("hydra/sweeper=planned", "experiment=basic_gradients,jacobian", "seed=1,2",
+                    multirun=True)
+
+    assert code == 0, err
+    assert len(composed) == 4  # the plan: one per experiment; the launcher: the other seeds
+    assert len(set(composed)) == 4  # none twice
+    for experiment, metric in (("basic_gradients", "grad"), ("jacobian", "jacobian_norm")):
+        runs = [r for r in runs_of(store, experiment) if "mlflow.parentRunId" in r.data.tags]
+        assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
+        assert all(metric in r.data.metrics for r in runs)
