@@ -12,7 +12,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.axis import Axis
+from matplotlib.cm import ScalarMappable
+from matplotlib.colorbar import Colorbar
 from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter, LogLocator
 
@@ -69,6 +72,10 @@ class PlainLogFormatter(LogFormatter):
     """Log tick labels as plain text with unicode superscripts (10⁻², 2×10⁻³): the same
     labels as matplotlib's default, without parsing mathtext for each."""
 
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        label = super().__call__(x, pos)  # of |x|: signed for a symlog axis's negative side
+        return self.fix_minus(f"-{label}") if x < 0 and label else label
+
     def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
         base = self._base
         power = math.log(x, base)
@@ -107,6 +114,22 @@ def lean_log_ticks(axis: Axis) -> None:
     axis.set_major_formatter(PlainLogFormatter(base, labelOnlyBase=True))
     axis.set_minor_locator(LabelledMinorLocator(base))
     axis.set_minor_formatter(PlainLogFormatter(base))
+
+
+def colorbar(fig: Figure, mappable: ScalarMappable, ax: Axes, **kwargs: Any) -> Colorbar:
+    """`fig.colorbar` with lean ticks on a log or symlog scale: plain-text labels (−10³, 0,
+    10⁻²) and, on a log scale, minor ticks only where they are labelled."""
+    bar = fig.colorbar(mappable, ax=ax, **kwargs)
+    scale = bar.long_axis.get_scale()
+    if scale in ("log", "symlog"):
+        base = bar.long_axis.get_transform().base
+        # set through the colour bar, which puts back its own locators and formatter whenever
+        # it redraws its ticks (set_ticks, a new norm)
+        bar.formatter = PlainLogFormatter(base, labelOnlyBase=scale == "log")
+        if scale == "log":
+            bar.minorlocator = LabelledMinorLocator(base)
+            bar.minorformatter = PlainLogFormatter(base)
+    return bar
 
 
 def objective_by_job(jobs: list[dict[str, Any]]) -> Figure:

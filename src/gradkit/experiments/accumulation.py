@@ -229,7 +229,8 @@ class Accumulation(Experiment):
         title = (f"Gradient accumulation: {self.accumulation_steps} x {self.micro_batch} vs one "
                  f"batch of {self.effective_batch} (dropout {self.dropout:g}"
                  f"{', batch norm' if self.batch_norm else ''})")
-        fig, (gaps_ax, loss_ax, memory_ax) = figure(title, 1, 3, size=(17, 5))
+        fig, (gaps_ax, loss_ax, memory_ax) = figure(title, 1, 3, size=(17, 5), layout=None)
+        fig.subplots_adjust(left=0.05, right=0.985, bottom=0.15, top=0.87, wspace=0.2)
         layers = list(layer_gaps)
         gaps_ax.bar(layers, [max(g, 1e-30) for g in layer_gaps.values()], color="tab:purple")
         gaps_ax.set_yscale("log")

@@ -181,7 +181,8 @@ class Adversarial(Experiment):
     def plot_confusion(self, outcome: Outcome, metrics: dict[str, float]) -> Figure:
         """True class against predicted class, before and after the attack."""
         fig, axes = figure(f"Predictions before and after the attack ({self.describe()})", 1, 2,
-                           size=(13, 6))
+                           size=(13, 6), layout=None)
+        fig.subplots_adjust(left=0.05, right=0.94, bottom=0.1, top=0.89, wspace=0.21)
         views = ((outcome.clean_pred, f"clean: accuracy {metrics['clean_accuracy']:.3f}"),
                  (outcome.attacked_pred,
                   f"attacked: accuracy {metrics['robust_accuracy']:.3f}"))

@@ -159,8 +159,8 @@ class GradientDebugging(Experiment):
         gradient norms by layer against the thresholds."""
         title = f"Gradient debugging, scenario {self.scenario}: {tags['health']}"
         title += f" ({tags['findings'].replace(',', ', ')})" if tags["findings"] else ""
-        fig, (table_ax, norms_ax) = figure(title, 1, 2, size=(17, 5.5))
-        fig.get_layout_engine().set(wspace=0.05)
+        fig, (table_ax, norms_ax) = figure(title, 1, 2, size=(17, 5.5), layout=None)
+        fig.subplots_adjust(left=0.035, right=0.985, bottom=0.15, top=0.88, wspace=0.12)
         stats_table(table_ax, diagnosis)
         origin = diagnosis.origin
         if origin:

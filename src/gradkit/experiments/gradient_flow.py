@@ -87,7 +87,8 @@ class GradientFlow(Experiment):
                   and len(self.hidden) > 3 else " → ".join(map(str, self.hidden)))
         widths = f"{self.input_dim} → {hidden} → {self.output_dim}"
         fig, axes = figure(f"Gradient flow: {widths}, {self.activation}, {self.init} init",
-                           1, 3, size=(17, 5.5))
+                           1, 3, size=(17, 5.5), layout=None)
+        fig.subplots_adjust(left=0.045, right=0.955, bottom=0.17, top=0.89, wspace=0.2)
         plot_layer_norms(axes[0], {k: float(np.linalg.norm(v)) for k, v in values.items()},
                          found, self.thresholds)
         plot_distributions(axes[1], values)

@@ -193,7 +193,8 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
     title = (f"Hessian of {fn.name} (dim {dim}) at {_short(point.tolist())}: "
              f"{tags['definiteness'].replace('_', ' ')}, point: "
              f"{tags['point_kind'].replace('_', ' ')}")
-    fig, axes = figure(title, 1, 3, size=(18, 5.8))
+    fig, axes = figure(title, 1, 3, size=(18, 5.8), layout=None)
+    fig.subplots_adjust(left=0.045, right=0.97, bottom=0.1, top=0.87, wspace=0.3)
     # the plane: the coordinate axes in 2-D, else the eigenvectors of the largest and
     # smallest eigenvalue
     basis = torch.eye(2, dtype=torch.float64) if dim == 2 else eigenvectors[:, [-1, 0]]

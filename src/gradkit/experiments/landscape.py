@@ -18,7 +18,7 @@ from gradkit.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
 from gradkit.derivatives import batched_gradient, batched_hessian, gradient_per_point
 from gradkit.experiment import Check, Experiment, Result, RunContext
 from gradkit.functions import OBJECTIVES, Objective, notebook_quadratic
-from gradkit.plotting import figure, lean_log_ticks
+from gradkit.plotting import colorbar, figure, lean_log_ticks
 from gradkit.validation import ConfigError, choice, integer, vector
 
 FUNCTIONS = (*OBJECTIVES, "quadratic")
@@ -253,7 +253,7 @@ def contours(fig: Figure, ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, norm:
     else:
         levels = np.linspace(norm.vmin, norm.vmax, 25)
     ax.contour(x, y, z, levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
-    fig.colorbar(ScalarMappable(norm, "viridis"), ax=ax, label="f(x, y)")
+    colorbar(fig, ScalarMappable(norm, "viridis"), ax, label="f(x, y)")
     for kind in KINDS:
         at = [(p["x"], p["y"]) for p in found if p["kind"] == kind]
         if at:
@@ -272,10 +272,10 @@ def diverging_heatmap(fig: Figure, ax, values: np.ndarray, extent: tuple[float, 
     limit = max(float(np.abs(values).max()), 1e-300)
     linthresh = limit * 1e-3
     norm = SymLogNorm(linthresh=linthresh, vmin=-limit, vmax=limit)
-    colorbar = heatmap(fig, ax, values, extent, norm, "RdBu_r", name,
-                       f"{name} (symmetric log scale, 0 = white)")
+    bar = heatmap(fig, ax, values, extent, norm, "RdBu_r", name,
+                  f"{name} (symmetric log scale, 0 = white)")
     decades = 10.0 ** np.arange(np.ceil(np.log10(linthresh)), np.floor(np.log10(limit)) + 1)
-    colorbar.set_ticks([*-decades[::-1], 0.0, *decades])
+    bar.set_ticks([*-decades[::-1], 0.0, *decades])
 
 
 def positive_norm(values: np.ndarray) -> LogNorm:
@@ -300,7 +300,7 @@ def heatmap(fig: Figure, ax, values: np.ndarray, extent: tuple[float, ...], norm
                       cmap=cmap, interpolation="nearest")
     ax.set(title=title, xlabel="x", ylabel="y")
     ax.grid(False)
-    return fig.colorbar(image, ax=ax, label=label)
+    return colorbar(fig, image, ax, label=label)
 
 
 def gradient_field(fig: Figure, ax, x: np.ndarray, y: np.ndarray, g: np.ndarray,
@@ -314,7 +314,7 @@ def gradient_field(fig: Figure, ax, x: np.ndarray, y: np.ndarray, g: np.ndarray,
     colours = np.log10(np.where(ms > 0, ms, np.nan))
     quiver = ax.quiver(xs, ys, gs[..., 0] / safe, gs[..., 1] / safe, colours, cmap="plasma",
                        pivot="mid", angles="xy", scale_units="xy", scale=1, width=0.004)
-    fig.colorbar(quiver, ax=ax, label="log₁₀ ‖∇f‖")
+    colorbar(fig, quiver, ax, label="log₁₀ ‖∇f‖")
     ax.set(title="Gradient direction (unit arrows, colour = magnitude)", xlabel="x",
            ylabel="y", xlim=(x.min(), x.max()), ylim=(y.min(), y.max()))
 

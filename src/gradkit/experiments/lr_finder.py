@@ -212,7 +212,8 @@ class LrFinder(Experiment):
             "no suggestion (too few points)")
         title = (f"LR range test: {self.model.upper()} + {self.optimizer.upper()}, batch "
                  f"{self.batch_size}, {len(trace.lrs)} of {self.num_iter} steps → {verdict}")
-        fig, (loss_ax, grad_ax, bar_ax) = figure(title, 1, 3, size=(17, 5.2))
+        fig, (loss_ax, grad_ax, bar_ax) = figure(title, 1, 3, size=(17, 5.2), layout=None)
+        fig.subplots_adjust(left=0.04, right=0.98, bottom=0.16, top=0.87, wspace=0.2)
         kept = slice(self.skip_start, len(trace.lrs) - self.skip_end)
         loss_ax.semilogx(trace.lrs, trace.losses, color="tab:blue", alpha=0.3,
                          label="batch loss")
