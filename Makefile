@@ -11,6 +11,7 @@ ARGS ?=
 HOST ?= 127.0.0.1
 PORT ?= 5000
 STORE ?= mlruns
+NOTEBOOK ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -61,8 +62,11 @@ test: $(STAMP) ## run the test suite
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests bench
 
-bench: $(STAMP) ## every benchmark in bench/, results in bench/results/
-	@for script in bench/*.py; do echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
+bench: $(STAMP) ## every benchmark in bench/, results in bench/results/ (NOTEBOOK=<file>: its ratios)
+	@for script in $(filter-out bench/first_hour.py,$(wildcard bench/*.py)); do \
+		echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
+	@echo "== bench/first_hour.py"
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) bench/first_hour.py $(if $(NOTEBOOK),--notebook '$(NOTEBOOK)')
 
 ui: $(STAMP) ## MLflow UI on a store (STORE=mlruns; http://127.0.0.1:5000, HOST=, PORT=)
 	@echo "Open http://$(HOST):$(PORT)/#/?workflowType=machine_learning (the Model training view)"
