@@ -113,6 +113,9 @@ def test_sigterm_ends_a_single_run_killed(store, tmp_path):
     [run] = all_runs(store)
     assert run.info.status == "KILLED"
     assert run.data.tags["error"] == "Interrupted: SIGTERM"
+    assert run.data.params["experiment.function"] == "rosenbrock"  # what ran is kept
+    artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
+    assert {"config.yaml", ".hydra", "run.log"} <= artifacts
 
 
 def test_ctrl_c_stops_a_sweep_and_accounts_for_every_job(store, tmp_path):
