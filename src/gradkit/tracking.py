@@ -28,8 +28,8 @@ from gradkit.plotting import discard, save
 from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.validation import ConfigError, choice
 
-PARAMS_PER_CALL = 100
-METRICS_PER_CALL = 1000
+PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
+ENTRIES_PER_CALL = 1000  # and params, tags and metrics together
 MAX_TAG_LENGTH = 5000
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
@@ -91,11 +91,6 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name in this environment
         return "unknown"
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
 
 
 class Tracker:
@@ -184,7 +179,7 @@ class Tracker:
         while True:
             batch_params, params = params[:PARAMS_PER_CALL], params[PARAMS_PER_CALL:]
             batch_tags, tags = tags[:PARAMS_PER_CALL], tags[PARAMS_PER_CALL:]
-            room = METRICS_PER_CALL - len(batch_params) - len(batch_tags)
+            room = ENTRIES_PER_CALL - len(batch_params) - len(batch_tags)
             batch_metrics, metrics = metrics[:room], metrics[room:]
             self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params,
                                   tags=batch_tags)
