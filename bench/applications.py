@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
+from gradkit import PROJECT_ROOT
 from gradkit.data import digits
 from gradkit.experiment import RunContext
 from gradkit.experiments.adversarial import Adversarial, pgd
 from gradkit.plotting import discard
-from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.training import TrainSpec, trained_classifier
 
 RESULTS = PROJECT_ROOT / "bench" / "results"

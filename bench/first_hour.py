@@ -29,10 +29,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gradkit import PROJECT_ROOT
 from gradkit.experiment import Experiment, Result, RunContext
 from gradkit.experiments.gradient_descent import GradientDescent, descend
 from gradkit.plotting import save
-from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.run import main as gradkit_main
 from gradkit.tracking import Tracker
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from gradkit import PROJECT_ROOT
 from gradkit.curvature import lanczos
 from gradkit.data import regression_batch
 from gradkit.derivatives import (
@@ -38,7 +39,6 @@ from gradkit.experiments.landscape import grid
 from gradkit.experiments.loss_curvature import INPUT_DIM, flat_loss
 from gradkit.functions import OBJECTIVES, notebook_quadratic, quadratic
 from gradkit.models import mlp
-from gradkit.reproducibility import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 

@@ -27,11 +27,11 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import OmegaConf
 
-from gradkit import report
+from gradkit import PROJECT_ROOT, report
 from gradkit.commands import compose_config
 from gradkit.experiment import RunContext
 from gradkit.plotting import figure, save
-from gradkit.reproducibility import PROJECT_ROOT, fingerprint
+from gradkit.reproducibility import fingerprint
 from gradkit.tracking import PARENT_TAG, Tracker, flatten
 
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -27,10 +27,10 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from gradkit import PROJECT_ROOT
 from gradkit.experiment import RunContext
 from gradkit.experiments.gradient_descent import GradientDescent
 from gradkit.plotting import save
-from gradkit.reproducibility import PROJECT_ROOT
 
 PRESET = PROJECT_ROOT / "conf" / "sweep" / "descent_lr_start.yaml"
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gradkit import PROJECT_ROOT
 from gradkit.data import regression_batch
 from gradkit.diagnostics import Thresholds
 from gradkit.experiment import RunContext
@@ -32,7 +33,6 @@ from gradkit.experiments.gradient_debugging import GradientDebugging, diagnose
 from gradkit.experiments.gradient_flow import GradientFlow
 from gradkit.memory import SavedTensorMeter
 from gradkit.plotting import discard
-from gradkit.reproducibility import PROJECT_ROOT
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REPEATS = 20

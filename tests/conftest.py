@@ -16,8 +16,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
+from gradkit import PROJECT_ROOT
 from gradkit.experiment import RunContext
-from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.tracking import Tracker
 
 CONF_DIR = PROJECT_ROOT / "conf"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from gradkit.reproducibility import PROJECT_ROOT
+from gradkit import PROJECT_ROOT
 
 CONF = PROJECT_ROOT / "conf"
 

@@ -13,7 +13,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from gradkit.reproducibility import PROJECT_ROOT
+from gradkit import PROJECT_ROOT
 from gradkit.validation import ConfigError
 
 CONF_DIR = PROJECT_ROOT / "conf"

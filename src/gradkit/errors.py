@@ -16,7 +16,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradkit.reproducibility import PROJECT_ROOT
+from gradkit import PROJECT_ROOT
 
 MISSPELT = re.compile(r"Could not override '(experiment\.[\w.]+)'")
 UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")

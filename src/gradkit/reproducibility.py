@@ -7,12 +7,12 @@ import platform
 import random
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from gradkit import PROJECT_ROOT
+
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
 
 

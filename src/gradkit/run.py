@@ -13,11 +13,11 @@ from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradkit import interrupts, sweeps
+from gradkit import PROJECT_ROOT, interrupts, sweeps
 from gradkit.commands import run_command
 from gradkit.errors import UNEXPECTED, explain, not_a_parameter
 from gradkit.experiment import Experiment, Result
-from gradkit.reproducibility import PROJECT_ROOT, fingerprint
+from gradkit.reproducibility import fingerprint
 from gradkit.runtime import build_context, read_settings
 from gradkit.tracking import StoreError, Tracker, flatten, run_name, write_result
 from gradkit.validation import ConfigError

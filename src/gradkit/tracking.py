@@ -22,10 +22,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from gradkit import PROJECT_ROOT
 from gradkit.experiment import Result
 from gradkit.interrupts import Interrupted
 from gradkit.plotting import discard, save
-from gradkit.reproducibility import PROJECT_ROOT
 from gradkit.validation import ConfigError, choice
 
 PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
