@@ -1,6 +1,7 @@
 """What a new user waits for, measured side by side in one run.
 
-  startup     `python -c "import gradkit.run"` (median of 3 processes)
+  startup     `python -c "import gradkit.job"`, what every job loads (median of 3 processes)
+  misspelt    a misspelt key answered with its one-line error (median of 3 processes)
   per job     the cost of a job beyond its computation: a no-op experiment swept 22 times
               minus 2 times, / 20, in-process, with the planned and the basic sweeper; and
               with the planned sweeper for a no-op that returns a descent's series (5 x 2000
@@ -73,11 +74,13 @@ class NoOpWithSeries(NoOp):
     series_length = 2000
 
 
-def wall(command: list[str], cwd: Path) -> float:
-    """Seconds a command takes (it must succeed)."""
+def wall(command: list[str], cwd: Path, code: int = 0) -> float:
+    """Seconds a command takes (it must exit with `code`)."""
     start = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    done = subprocess.run(command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    if done.returncode != code:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}, not {code}")
     return time.perf_counter() - start
 
 
@@ -155,7 +158,10 @@ def main() -> None:
     run = [sys.executable, "-m", "gradkit.run"]
     results = {
         "startup": statistics.median(
-            wall([sys.executable, "-c", "import gradkit.run"], work) for _ in range(3)),
+            wall([sys.executable, "-c", "import gradkit.job"], work) for _ in range(3)),
+        "misspelt_key": statistics.median(
+            wall([*run, "experiment=jacobian", "experiment.pont=1"], work, code=1)
+            for _ in range(3)),
         "per_job": per_job(store, work / "sweeps"),
         "figure": figure_cost(work),
         "preset_basic": wall([*run, "sweep=descent_lr_start", f"tracking.root={store}",

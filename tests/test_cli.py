@@ -218,3 +218,13 @@ def test_a_command_freezes_what_is_left_when_it_ends_however_it_ends(monkeypatch
     with pytest.raises(SystemExit):
         run_command(lambda: sys.exit(2))
     assert frozen == [True, True]
+
+
+def test_a_misspelt_key_is_answered_before_torch_or_mlflow_load():
+    probe = ("import sys\nfrom gradkit.run import main\nsys.argv = ['gradkit.run', "
+             "'experiment=jacobian', 'experiment.pont=1']\ntry:\n    main()\nexcept SystemExit:\n"
+             "    print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert "experiment.pont is not a parameter of jacobian" in done.stderr
+    assert done.stdout.strip() == "[]"

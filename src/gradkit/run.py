@@ -1,106 +1,35 @@
-"""The entry point: compose the config, then seed -> instantiate -> run -> track."""
+"""The entry point: compose the config, then run each job (`gradkit.job`) and report.
+
+This module imports only Hydra and light helpers: torch, mlflow and matplotlib load with the
+first job, so a misspelt key or `--help` answers in well under a second.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.errors import CompactHydraException, InstantiationException
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gradkit import PROJECT_ROOT, interrupts, sweeps
+from gradkit import PROJECT_ROOT, interrupts
 from gradkit.commands import run_command
-from gradkit.errors import UNEXPECTED, explain, not_a_parameter
-from gradkit.experiment import Experiment, Result
-from gradkit.reproducibility import fingerprint
-from gradkit.runtime import build_context, read_settings
-from gradkit.tracking import StoreError, Tracker, flatten, run_name, write_result
-from gradkit.validation import ConfigError
-
-log = logging.getLogger("gradkit")
-
-
-class BadConfig(CompactHydraException):
-    """A config value that cannot be used (printed as one line, no traceback)."""
-
-
-class StoreFailed(CompactHydraException):
-    """The MLflow store failed during the run (printed as one line)."""
-
-
-class ChecksFailed(CompactHydraException):
-    """A demonstration's identity did not hold: a bug, so the job fails."""
-
-
-def build_experiment(cfg: DictConfig, name: str) -> Experiment:
-    """The experiment `cfg.experiment` describes; its constructor checks every parameter."""
-    try:
-        return hydra.utils.instantiate(cfg.experiment)
-    except InstantiationException as error:
-        cause = error.__cause__
-        if isinstance(cause, ConfigError):
-            raise BadConfig(str(cause)) from None
-        unexpected = UNEXPECTED.search(str(cause))
-        if unexpected:  # +experiment.<key>=... for a key the experiment does not have
-            known = [key for key in cfg.experiment if key not in ("_target_", unexpected[1])]
-            raise BadConfig(not_a_parameter(f"experiment.{unexpected[1]}", name, known)) from None
-        raise BadConfig(str(error)) from None
+from gradkit.errors import explain
 
 
 @hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def run_job(cfg: DictConfig) -> float:
     """One job: every key checked before any work, then one MLflow run."""
-    interrupts.install()  # a parallel launcher's worker process handles signals too
-    hydra_cfg = HydraConfig.get()
-    output_dir = Path(hydra_cfg.runtime.output_dir)
-    sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    experiment = build_experiment(cfg, hydra_cfg.runtime.choices.experiment)
-    try:
-        settings = read_settings(cfg)
-        tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
-    except ConfigError as error:
-        raise BadConfig(str(error)) from None
-    ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None,
-                        tracker.cache_dir)
+    from gradkit import job  # the heavy imports, once there is a job to run
 
-    overrides = list(hydra_cfg.overrides.task)
-    tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": settings.seed,
-            "device": str(ctx.device), "dtype": settings.dtype, "threads": ctx.threads,
-            **(sweep.tags if sweep else {})}
-    name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
-    parent = sweep.parent_run_id(experiment.name) if sweep else None
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    try:
-        with tracker.run(experiment.name, name, tags, parent) as run_id:
-            result = None
-            try:
-                log.info("%s: running %s", experiment.name, name)
-                result = experiment.run(ctx)
-                write_result(result, output_dir, dpi=settings.dpi, figures=settings.figures)
-                log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
-                         describe_checks(result))
-            finally:  # a failed or interrupted job keeps its params, config and log
-                tracker.log_job(run_id, output_dir, params, result, settings.max_series_points)
-            if result.failed_checks:
-                raise ChecksFailed(f"{experiment.name}: checks failed: "
-                                   f"{describe_checks(result)}; run {run_id}")
-        log.info(tracker.describe(run_id, experiment.name))
-    except StoreError as error:
-        raise StoreFailed(str(error)) from None
-    return result.objective
+    return job.run(cfg)
 
 
-def describe_checks(result: Result) -> str:
-    """`passed`, or the failed checks with their errors and tolerances."""
-    failed = [f"{name} (error {result.checks[name].error:.3g} > "
-              f"{result.checks[name].tolerance:.3g})" for name in result.failed_checks]
-    return ", ".join(failed) if failed else "passed"
+def ended_sweeps(interrupted: bool) -> list[str]:
+    """End the sweeps this process left open; none when no sweep ever started (Hydra loads
+    `gradkit.sweeps` for its callback when one does)."""
+    sweeps = sys.modules.get("gradkit.sweeps")
+    return sweeps.end_open_sweeps(interrupted=interrupted) if sweeps else []
 
 
 def main() -> None:
@@ -116,11 +45,11 @@ def main() -> None:
         print(f"gradkit: {explain(error, sys.argv[1:])}", file=sys.stderr)
         raise SystemExit(1) from None
     except interrupts.Interrupted as stop:
-        ended = [*stop.ended, *sweeps.end_open_sweeps(interrupted=True)]
+        ended = [*stop.ended, *ended_sweeps(interrupted=True)]
         print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
         interrupts.exit_terminated(stop.signum)
     finally:  # Hydra skips on_multirun_end when a job raises
-        for line in sweeps.end_open_sweeps(interrupted=False):
+        for line in ended_sweeps(interrupted=False):
             print(f"gradkit: {line}", file=sys.stderr)
         if full_error is None:
             del os.environ["HYDRA_FULL_ERROR"]
