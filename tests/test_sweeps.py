@@ -12,8 +12,11 @@ import pytest
 from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
+from gradkit.compositions import planned_config
 from gradkit.sweeps import plan_jobs, swept_experiments
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -212,9 +215,35 @@ def test_presets_check_their_jobs_once(preset):
 
 
 
-def test_the_planned_sweeper_composes_each_planned_job_once(cli, store, monkeypatch):
-    """With the basic launcher, a job the plan composed runs on the plan's config; the others
-    (same config-group choices, other values) are composed by the launcher as usual."""
+@pytest.mark.parametrize(("preset", "params"), [
+    ("sweep=descent_lr_start", {}),  # 6 learning rates x 3 start points
+    ("hydra/sweeper=planned", {"experiment": "gradient_descent,jacobian", "seed": "1,2",
+                               "plotting.dpi": "50,60"}),
+    ("hydra/sweeper=planned", {"seed": "1,2,3", "+tracking.note": "x"}),  # Hydra composes
+])
+def test_a_planned_job_gets_the_config_hydra_composes(preset, params):
+    """Every job's planned config, copied from its group's composition, is the config Hydra
+    composes for it, hydra node included (output folder name, overrides)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_config(preset)
+        if params:
+            cfg.hydra.sweeper.params = params
+        jobs = plan_jobs(cfg)
+        loader = GlobalHydra.instance().config_loader()
+        copied = 0
+        for job in jobs:
+            planned = planned_config(job["command"])
+            composed = loader.load_sweep_config(cfg, job["command"])
+            copied += planned is not None
+            if planned is not None:
+                assert OmegaConf.to_yaml(planned) == OmegaConf.to_yaml(composed)
+            assert planned_config(job["command"]) is None  # handed out once
+    assert copied == (1 if "+tracking.note" in params else len(jobs))
+
+
+def test_the_planned_sweeper_composes_each_group_of_jobs_once(cli, store, monkeypatch):
+    """With the basic launcher, the plan composes one job per experiment; every job runs on a
+    copy of its experiment's composition with its own values, composed by no one again."""
     composed = []
     compose = ConfigLoaderImpl.load_sweep_config
 
@@ -227,8 +256,7 @@ def test_the_planned_sweeper_composes_each_planned_job_once(cli, store, monkeypa
                     multirun=True)
 
     assert code == 0, err
-    assert len(composed) == 4  # the plan: one per experiment; the launcher: the other seeds
-    assert len(set(composed)) == 4  # none twice
+    assert len(composed) == 2  # the plan: one per experiment; the other seeds are copies
     for experiment, metric in (("basic_gradients", "grad"), ("jacobian", "jacobian_norm")):
         runs = [r for r in runs_of(store, experiment) if "mlflow.parentRunId" in r.data.tags]
         assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]

@@ -11,7 +11,7 @@ from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradkit import interrupts, sweeps
+from gradkit import closing, interrupts, sweeps
 from gradkit.errors import UNEXPECTED, not_a_parameter
 from gradkit.experiment import Experiment, Result
 from gradkit.reproducibility import fingerprint
@@ -50,8 +50,27 @@ def build_experiment(cfg: DictConfig, name: str) -> Experiment:
 
 
 def run(cfg: DictConfig) -> float:
-    """One job: every key checked before any work, then one MLflow run."""
+    """One job: every key checked before any work, then one MLflow run.
+
+    In a sweep that runs its jobs in this process, the run is closed after the next job has
+    computed (`gradkit.closing`): its figures are drawn meanwhile, on another core.
+    """
     interrupts.install()  # a parallel launcher's worker process handles signals too
+    job = _job(cfg)
+    try:
+        objective, label = next(job)
+        if sweeps.runs_here():
+            closing.defer(job, label)
+        else:
+            closing.close(job)
+    finally:
+        closing.close_open(but=job)  # earlier jobs: their figures were drawn meanwhile
+    return objective
+
+
+def _job(cfg: DictConfig) -> closing.Job:
+    """The job, up to its logged result: yields its objective and its run's name; resumed,
+    it logs its files once the PNGs are written and ends its run."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -74,22 +93,26 @@ def run(cfg: DictConfig) -> float:
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
         with tracker.run(experiment.name, name, tags, parent) as run_id:
-            result = None
+            result = pngs = None
             try:
-                log.info("%s: running %s", experiment.name, name)
-                result = experiment.run(ctx)
-                write_result(result, output_dir, dpi=settings.dpi, figures=settings.figures)
-                log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
-                         describe_checks(result))
-            finally:  # a failed or interrupted job keeps its params, config and log
-                tracker.log_job(run_id, output_dir, params, result, settings.max_series_points)
-            if result.failed_checks:
-                raise ChecksFailed(f"{experiment.name}: checks failed: "
-                                   f"{describe_checks(result)}; run {run_id}")
-        log.info(tracker.describe(run_id, experiment.name))
+                try:
+                    log.info("%s: running %s", experiment.name, name)
+                    result = experiment.run(ctx)
+                    pngs = write_result(result, output_dir, dpi=settings.dpi,
+                                        figures=settings.figures)
+                    log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
+                             describe_checks(result))
+                finally:  # a failed or interrupted job keeps its params, config and log
+                    tracker.log_result(run_id, params, result, settings.max_series_points)
+                if result.failed_checks:
+                    raise ChecksFailed(f"{experiment.name}: checks failed: "
+                                       f"{describe_checks(result)}; run {run_id}")
+                log.info(tracker.describe(run_id, experiment.name))
+                yield result.objective, f"run {run_id} ({experiment.name} {name})"
+            finally:
+                tracker.log_files(run_id, output_dir, pngs)
     except StoreError as error:
         raise StoreFailed(str(error)) from None
-    return result.objective
 
 
 def describe_checks(result: Result) -> str:

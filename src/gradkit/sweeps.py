@@ -14,7 +14,6 @@ import logging
 import os
 import shlex
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,6 +31,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gradkit import closing, compositions
 from gradkit.errors import explain, one_line
 from gradkit.experiment import Experiment
 from gradkit.plotting import save
@@ -97,33 +97,26 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     except HydraException as error:
         raise ConfigError(one_line(str(error))) from None
     groups = {o.key_or_group for o in parsed if loader.get_group_options(o.key_or_group)}
-    composed: dict[tuple[str, ...], DictConfig] = {}
-    _planned_configs.clear()
-    jobs = []
+    composed: dict[tuple[str, ...], tuple[tuple[str, ...], DictConfig]] = {}
+    jobs, configs = [], {}
+    compositions.plan(groups, configs)  # nothing planned until every job composes
     for num, overrides in enumerate(job for batch in BasicSweeper.split_arguments(parsed, None)
                                     for job in batch):
         choices = tuple(o for o in overrides if o.split("=")[0].lstrip("+~") in groups)
         if choices not in composed:
             try:
-                composed[choices] = loader.load_sweep_config(config, list(overrides))
+                composed[choices] = tuple(overrides), loader.load_sweep_config(config,
+                                                                               list(overrides))
             except (HydraException, OmegaConfBaseException) as error:
                 raise ConfigError(f"job #{num} ({' '.join(overrides)}): "
                                   f"{explain(error, list(overrides))}") from None
-            _planned_configs[tuple(overrides)] = composed[choices]
-        job = composed[choices]
+        configs[tuple(overrides)] = composed[choices]
+        job = composed[choices][1]
         jobs.append({"job": num, "experiment": job.hydra.runtime.choices.experiment,
                      "target": job.experiment.get("_target_", ""),
                      "overrides": run_name(list(overrides)), "command": list(overrides)})
+    compositions.plan(groups, configs)
     return jobs
-
-
-_planned_configs: dict[tuple[str, ...], DictConfig] = {}  # composed by the last plan
-
-
-def planned_config(overrides: Sequence[str]) -> DictConfig | None:
-    """The config the sweep's plan composed for the job with `overrides`, handed out once:
-    a launcher that runs jobs in this process need not compose it again (~45 ms)."""
-    return _planned_configs.pop(tuple(overrides), None)
 
 
 def _jobs_of(jobs: list[dict[str, Any]] | None, experiment: str) -> int | None:
@@ -159,6 +152,12 @@ class SweepJob:
 
 
 _open_sweeps: list[SweepTracker] = []  # sweeps this process started and has not yet ended
+
+
+def runs_here() -> bool:
+    """Whether this process holds a sweep open: its jobs run here (the basic launcher), not
+    in workers (joblib, submitit)."""
+    return bool(_open_sweeps)
 
 
 def end_open_sweeps(interrupted: bool) -> list[str]:
@@ -242,6 +241,7 @@ class SweepTracker(Callback):
         about the whole sweep (its one-job experiments have no parent to say it)."""
         if self._sweep is None or self not in _open_sweeps:
             return []
+        closing.close_open()  # the last jobs' runs, before the report reads them
         _open_sweeps.remove(self)
         sweep = self._sweep
         records = [json.loads(path.read_text())
@@ -322,14 +322,17 @@ def _job_rows(tracker: Tracker, experiment: str, parent: str,
             continue
         run = runs.get(str(num))
         status = job.get("status") or ("KILLED" if run else "NOT_RUN")
+        error = job.get("error", "")
         if run and run.info.status == "RUNNING":
             tracker.set_tags(run.info.run_id, {"error": "stopped with the sweep"})
             tracker.end(run.info.run_id, "KILLED")
             status = "KILLED"
+        elif run and run.info.status == "FAILED" and status == COMPLETED:  # failed closing
+            status, error = "FAILED", run.data.tags.get("error", "")
         rows.append({
             **job,
             "status": status,
-            "error": job.get("error", ""),
+            "error": error,
             "run_id": run.info.run_id if run else "",
             "outcome": run.data.tags.get("status", "") if run else "",
             "params": dict(run.data.params) if run else {},

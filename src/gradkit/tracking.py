@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 from gradkit import PROJECT_ROOT
 from gradkit.experiment import Result
 from gradkit.interrupts import Interrupted
-from gradkit.plotting import discard, save
+from gradkit.plotting import discard
+from gradkit.pngs import PNGs
 from gradkit.validation import ConfigError, choice
 
 PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
@@ -224,11 +225,10 @@ class Tracker:
         except MlflowException as error:
             raise self.failed(error) from None
 
-    def log_job(self, run_id: str, output_dir: Path, params: Mapping[str, str],
-                result: Result | None, max_series_points: int = 0) -> None:
-        """What a job leaves, in two store calls for a typical job: params with the result's
-        metrics, series and tags in one batch, then the job's folder (config, Hydra's record,
-        log, and what `write_result` wrote) as the run's artifacts."""
+    def log_result(self, run_id: str, params: Mapping[str, str], result: Result | None,
+                   max_series_points: int = 0) -> None:
+        """A job's params with its result's metrics, series and tags: one batch for a
+        typical job."""
         metrics: list[Metric] = []
         tags: dict[str, str] = {}
         if result is not None:
@@ -238,7 +238,15 @@ class Tracker:
                        *series_entries(result.series, max_series_points)]
             tags = {**result.tags, "checks": "failed" if result.failed_checks else "passed"}
         self.log_batch(run_id, params, metrics, tags)
-        self.log_artifacts(run_id, output_dir, None)
+
+    def log_files(self, run_id: str, output_dir: Path, pngs: PNGs | None) -> None:
+        """The job's folder (config, Hydra's record, log, and what `write_result` wrote) as
+        the run's artifacts, in one call, once its PNGs are written."""
+        try:
+            if pngs is not None:
+                pngs.wait()
+        finally:
+            self.log_artifacts(run_id, output_dir, None)
 
     def experiments(self) -> dict[str, str]:
         """Every active MLflow experiment of the store, name -> id."""
@@ -307,18 +315,19 @@ def series_entries(series: Mapping[str, list[float]], max_points: int = 0) -> li
 
 
 def write_result(result: Result, output_dir: Path, *, dpi: int = 100,
-                 figures: bool = True) -> None:
-    """A Result's files in the job's folder: series.csv (every point), figures/*.png (unless
-    `figures` is false) and summary.json."""
+                 figures: bool = True) -> PNGs | None:
+    """A Result's files in the job's folder: series.csv (every point), summary.json and
+    figures/*.png (unless `figures` is false), these drawn by a child process: wait for them
+    with the PNGs returned."""
     if result.series:
         _write_series(output_dir / "series.csv", result.series)
-    for name, fig in result.figures.items():
-        if figures:
-            save(fig, output_dir / "figures" / f"{name}.png", dpi)
-        else:
-            discard(fig)
     summary = output_dir / "summary.json"
     summary.write_text(json.dumps(_summary(result), indent=2, default=str))
+    if figures:
+        return PNGs(result.figures, output_dir / "figures", dpi)
+    for fig in result.figures.values():
+        discard(fig)
+    return None
 
 
 def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:

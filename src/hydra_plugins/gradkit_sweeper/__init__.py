@@ -42,7 +42,7 @@ class PlannedConfigs:
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]
                           ) -> DictConfig:
-        from gradkit.sweeps import planned_config  # not at import: Hydra imports every plugin
+        from gradkit.compositions import planned_config  # not at import: Hydra imports every plugin
 
         planned = planned_config(sweep_overrides)
         if planned is not None:
