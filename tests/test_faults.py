@@ -143,6 +143,46 @@ def test_ctrl_c_stops_a_sweep_and_accounts_for_every_job(store, tmp_path):
     assert len(rerun) == 4 and "experiment.learning_rate=0.0003" in rerun[3]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sweep_still_closes_the_finished_job_with_its_figure(signum, store,
+                                                                       tmp_path):
+    """Stopped while a finished job's run is open (its figure drawn by a child as the next
+    job computes): that run still ends FINISHED with its PNG, the running one KILLED; nothing
+    stays RUNNING and no process is left behind."""
+    sweep_dir = tmp_path / "sweep"
+    process = start("--multirun", "experiment=gradient_descent", "experiment.tolerance=1e-300",
+                    "experiment.max_iterations=20,100000000", f"tracking.root={store}",
+                    f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, new_session=True)
+    wait_for_running(store, children=2)  # job 0's run, still open, and job 1's
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)  # Ctrl-C: the figure's child gets it too
+    else:
+        process.send_signal(signum)
+    code, err = finish(process)
+
+    assert code == 128 + signum
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"gradkit: stopped by {signal.Signals(signum).name}; run ")
+    assert "ended FAILED: 1 of 2 jobs completed, 1 killed or not run" in last
+    parent, children = family(store, "gradient_descent")
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children] == ["FINISHED", "KILLED"]
+    figures = {a.path for a in client_for(store).list_artifacts(children[0].info.run_id,
+                                                                 "figures")}
+    assert figures == {"figures/descent.png"}
+    assert not [r for r in all_runs(store) if r.info.status == "RUNNING"]
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline")
+                if str(sweep_dir).encode() in _read(p) and alive(int(p.parent.name))]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 def test_sigterm_stops_a_joblib_sweep_and_its_workers(store, tmp_path):
     sweep_dir = tmp_path / "sweep"
     process = start("--multirun", *ENDLESS, "experiment.learning_rate=1e-4,2e-4,3e-4",

@@ -6,7 +6,8 @@ import csv
 import os
 import subprocess
 import sys
-from itertools import product
+from itertools import pairwise, product
+from pathlib import Path
 
 import pytest
 from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
@@ -16,6 +17,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from gradkit import pngs
 from gradkit.compositions import planned_config
 from gradkit.sweeps import plan_jobs, swept_experiments
 
@@ -76,6 +78,54 @@ def test_learning_rate_sweep_reports_convergence_and_divergence(cli, store, tmp_
     assert [row["outcome"] for row in rows] == ["max_iterations", "diverged"]
     assert [row["diverged"] for row in rows] == ["0.0", "1.0"]
     assert [row["run_id"] for row in rows] == [c.info.run_id for c in children]
+
+
+def test_a_job_run_closes_with_its_figure_after_the_next_job_computed(cli, store, tmp_path):
+    """Each job's figure is drawn while the next job computes; its run ends FINISHED only
+    once the PNG and the job's folder are logged, and its log holds its own lines only."""
+    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=30",
+                    "experiment.learning_rate=1e-4,2e-4,3e-4", multirun=True)
+
+    assert code == 0, err
+    _, children = family(store, "gradient_descent")
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    for earlier, later in pairwise(children):
+        assert earlier.info.end_time >= later.info.start_time  # closed with the next job
+    client = client_for(store)
+    for num, child in enumerate(children):
+        job_dir = tmp_path / "sweep" / str(num)
+        logged = client.download_artifacts(child.info.run_id, "figures/descent.png",
+                                           str(tmp_path / "download" / str(num)))
+        assert Path(logged).read_bytes() == (job_dir / "figures" / "descent.png").read_bytes()
+        log = (job_dir / "run.log").read_text()
+        assert f"running #{num} " in log and log.count("running #") == 1
+
+
+def test_a_figure_that_cannot_be_written_fails_its_job_not_the_sweep(cli, store, monkeypatch):
+    """A run that cannot be closed (its figure failed, drawn after the job returned) ends
+    FAILED with the reason; the other jobs finish, the report and the exit status say so."""
+    write = pngs._write
+
+    def failing_for_job_1(figures, folder, dpi):
+        if folder.parent.name == "1":
+            raise pngs.FigureError(f"figure {folder}/descent.png could not be written: boom")
+        write(figures, folder, dpi)
+
+    monkeypatch.setattr(pngs, "_write", failing_for_job_1)
+    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=30",
+                    "experiment.learning_rate=1e-4,2e-4,3e-4", multirun=True)
+
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("gradkit: run ")
+    assert err.strip().endswith("could not be closed: figure "
+                                f"{store.parent / 'sweep' / '1' / 'figures'}/descent.png "
+                                "could not be written: boom")
+    parent, children = family(store, "gradient_descent")
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert children[1].data.tags["error"].endswith("could not be written: boom")
+    assert parent.info.status == "FAILED"
+    assert parent.data.metrics == {"jobs": 3.0, "jobs_failed": 1.0}
+    assert parent.data.tags["failed_jobs"] == "#1 max_iterations=30 learning_rate=0.0002 (FAILED)"
 
 
 def test_sweep_over_two_experiments_has_one_parent_each(cli, store, tmp_path):

@@ -18,6 +18,7 @@ log = logging.getLogger("gradkit")
 Job = Generator[tuple[float, str], None, None]
 
 _open: list[tuple[Job, str]] = []
+_failures: list[str] = []
 
 
 def close(job: Job) -> None:
@@ -32,12 +33,21 @@ def defer(job: Job, run: str) -> None:
 
 
 def close_open(but: Job | None = None) -> None:
-    """Close every deferred run but `but`'s. One that cannot be closed is ended FAILED and
-    said in one line (another job may be running); an interruption is raised at once, and
-    the runs still open are closed by the next call (the sweep's end)."""
+    """Close every deferred run but `but`'s. One that cannot be closed is ended FAILED, said
+    in one line now (another job may be running) and kept for `take_failures`; an
+    interruption is raised at once, and the runs still open are closed by the next call
+    (the sweep's end)."""
     for job, run in [entry for entry in _open if entry[0] is not but]:
         _open.remove((job, run))
         try:
             close(job)
         except Exception as error:
-            log.error("%s could not be closed: %s", run, error)
+            _failures.append(f"{run} could not be closed: {error}")
+            log.error(_failures[-1])
+
+
+def take_failures() -> list[str]:
+    """What could not be closed since the last call, one line each (the command fails)."""
+    failures = list(_failures)
+    _failures.clear()
+    return failures

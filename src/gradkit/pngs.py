@@ -30,11 +30,15 @@ class PNGs:
 
     def __init__(self, figures: dict[str, Figure], folder: Path, dpi: int):
         self._child: tuple[int, int] | None = None  # (pid, read end of its error pipe)
+        self._error: FigureError | None = None
         if not figures:
             return
         folder.mkdir(parents=True, exist_ok=True)
         if not FORK:
-            _write(figures, folder, dpi)
+            try:
+                _write(figures, folder, dpi)
+            except FigureError as error:
+                self._error = error
             return
         read, write = os.pipe()
         pid = os.fork()
@@ -52,6 +56,9 @@ class PNGs:
         The child ignores Ctrl-C and SIGTERM, so an interrupted job still waits for it
         (a figure's drawing, well under a second): no half-written PNG is left behind.
         """
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         if self._child is None:
             return
         pid, read = self._child
@@ -70,12 +77,18 @@ class PNGs:
 
 
 def _write(figures: dict[str, Figure], folder: Path, dpi: int) -> None:
+    """Write every figure that can be; a FigureError names those that could not."""
+    failed = []
     for name, fig in figures.items():
         try:
             save(fig, folder / f"{name}.png", dpi)
         except Exception as error:
-            raise FigureError(f"figure {name}.png could not be written: "
-                              f"{type(error).__name__}: {error}") from error
+            discard(fig)
+            reason = " ".join(str(error).split())  # matplotlib's parse errors span lines
+            failed.append(f"figure {folder / name}.png could not be written: "
+                          f"{type(error).__name__}: {reason}")
+    if failed:
+        raise FigureError("; ".join(failed))
 
 
 def _child(figures: dict[str, Figure], folder: Path, dpi: int, pipe: int) -> None:

@@ -32,6 +32,13 @@ def ended_sweeps(interrupted: bool) -> list[str]:
     return sweeps.end_open_sweeps(interrupted=interrupted) if sweeps else []
 
 
+def failed_closings() -> list[str]:
+    """Runs of this command's jobs that ended FAILED after their job returned: their files
+    could not be written or logged (`gradkit.closing`, loaded with the first job)."""
+    closing = sys.modules.get("gradkit.closing")
+    return closing.take_failures() if closing else []
+
+
 def main() -> None:
     """`python -m gradkit.run`: errors in one line; Ctrl-C or SIGTERM end every open run."""
     interrupts.install()
@@ -39,6 +46,11 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands every error back here
     try:
         run_job()
+        failures = failed_closings()
+        for failure in failures:
+            print(f"gradkit: {failure}", file=sys.stderr)
+        if failures:
+            raise SystemExit(1)
     except Exception as error:
         if full_error == "1":
             raise
