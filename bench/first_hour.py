@@ -8,7 +8,9 @@
               points: 200 of each in MLflow's metric history, all in series.csv)
   figure      the six-panel gradient descent figure, from a finished descent: build and PNG
               write (medians over 3 descents: default, diverging, slow; 5 rounds)
-  preset      `sweep=descent_lr_start` (18 jobs, per-job figures), basic and joblib launchers
+  preset      `sweep=descent_lr_start` (18 jobs, per-job figures), basic and joblib launchers;
+              basic without per-job PNGs: the difference / 18 is what a figure adds to a job
+              of the preset (a child process draws it while the next job computes)
   make run    every experiment once (`make run`'s command), caches warm (second of two runs);
               then again with `threads=auto` (torch's default thread count for a single job)
   notebook    the reference notebook's code run as one script with the same torch, when
@@ -38,6 +40,7 @@ from gradkit.run import main as gradkit_main
 from gradkit.tracking import Tracker
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
+PRESET_JOBS = 18
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
 # Lets the notebook's code run headless as a script: no display, no seaborn (it only picks a
 # palette there), pandas imported (the notebook uses it without importing it).
@@ -166,10 +169,15 @@ def main() -> None:
         "figure": figure_cost(work),
         "preset_basic": wall([*run, "sweep=descent_lr_start", f"tracking.root={store}",
                               f"hydra.sweep.dir={work}/preset-basic"], work),
+        "preset_basic_no_pngs": wall([*run, "sweep=descent_lr_start", "plotting.figures=false",
+                                      f"tracking.root={store}",
+                                      f"hydra.sweep.dir={work}/preset-no-pngs"], work),
         "preset_joblib": wall([*run, "sweep=descent_lr_start", "hydra/launcher=joblib",
                                f"tracking.root={store}", f"hydra.sweep.dir={work}/preset-joblib"],
                               work),
     }
+    results["figure"]["in_preset"] = (results["preset_basic"]
+                                      - results["preset_basic_no_pngs"]) / PRESET_JOBS
     every = [*run, "--multirun", "experiment=glob(*)", "hydra/sweeper=planned",
              f"tracking.root={store}"]
     wall([*every, f"hydra.sweep.dir={work}/all-cold"], work)  # fills the weight cache

@@ -2,7 +2,7 @@
 
 Prints a table and writes bench/results/sweep.json. Everything is measured in this one run,
 side by side, so the ratios hold even on a noisy machine:
-  - startup:  a Python process that imports gradkit.run (paid once per sweep process)
+  - startup:  a Python process that imports gradkit.job (paid once per sweep process)
   - compute:  the 18 experiments run in-process (descent + figure building), no tracking
   - store:    creating an empty MLflow store (once per store, so outside the sweep timings)
   - basic:    `python -m gradkit.run sweep=descent_lr_start` into an existing empty store
@@ -79,7 +79,7 @@ def main() -> None:
     python = [sys.executable, "-m", "gradkit.run"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        startup = wall([sys.executable, "-c", "import gradkit.run"])
+        startup = wall([sys.executable, "-c", "import gradkit.job"])
         store = wall([sys.executable, "-c", STORE.format(tmp / "basic")])
         for name in ("joblib", "no-figures"):
             wall([sys.executable, "-c", STORE.format(tmp / name)])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from gradkit.interrupts import HANDLED
 from gradkit.plotting import discard, save
 
 FORK = sys.platform.startswith("linux")
@@ -41,12 +42,17 @@ class PNGs:
                 self._error = error
             return
         read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: write, report an error on the pipe, leave without cleanup
-            os.close(read)
-            _child(figures, folder, dpi, write)
-        os.close(write)
-        self._child = pid, read
+        # no Ctrl-C or SIGTERM until the child ignores them and this object can wait for it
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: write, report an error on the pipe, leave, no cleanup
+                os.close(read)
+                _child(figures, folder, dpi, write, mask)
+            os.close(write)
+            self._child = pid, read
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fig in figures.values():
             discard(fig)
 
@@ -91,12 +97,15 @@ def _write(figures: dict[str, Figure], folder: Path, dpi: int) -> None:
         raise FigureError("; ".join(failed))
 
 
-def _child(figures: dict[str, Figure], folder: Path, dpi: int, pipe: int) -> None:
-    """Write the PNGs and exit: never return into the parent's code."""
+def _child(figures: dict[str, Figure], folder: Path, dpi: int, pipe: int,
+           mask: set[signal.Signals]) -> None:
+    """Write the PNGs and exit: never return into the parent's code. Signals are the
+    parent's to handle: it waits for this child."""
     code = 1
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in HANDLED:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _write(figures, folder, dpi)
         code = 0
     except BaseException as error:
