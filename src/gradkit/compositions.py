@@ -41,13 +41,14 @@ def planned_config(overrides: Sequence[str]) -> DictConfig | None:
     if composed_with == tuple(overrides):
         return copy.deepcopy(config)  # the plan's config stays as composed for the group's others
     parser = OverridesParser.create()
-    own = _values(parser.parse_overrides(list(overrides)))
+    parsed = parser.parse_overrides(list(overrides))
+    own = _values(parsed)
     theirs = _values(parser.parse_overrides(list(composed_with)))
     if own is None or theirs is None or set(own) != set(theirs):
         return None
     job = copy.deepcopy(config)
     ConfigLoaderImpl._apply_overrides_to_config(list(own.values()), job)
-    task = [o for o in parser.parse_overrides(list(overrides)) if not o.is_hydra_override()]
+    task = [o for o in parsed if not o.is_hydra_override()]
     dirname = job.hydra.job.config.override_dirname
     with open_dict(job.hydra):
         job.hydra.overrides.task = [o.input_line for o in task]
