@@ -6,6 +6,7 @@ import dataclasses
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import client_for, runs_of
@@ -19,7 +20,7 @@ from gradkit.derivatives import (
     hessian,
     hessian_operator,
 )
-from gradkit.experiments.hessian import Hessian
+from gradkit.experiments.hessian import Hessian, level_decimals
 from gradkit.validation import ConfigError
 
 ROOT = math.sqrt(1002**2 - 4 * 400)  # Rosenbrock at (1, 1): H = [[802, -400], [-400, 200]]
@@ -260,3 +261,13 @@ def test_preset_first_jobs_run_as_a_smoke_sweep(cli, store):
     assert [c.data.tags["point_kind"] for c in children] == ["minimum", "not_critical"]
     artifacts = {a.path for a in client_for(store).list_artifacts(parent.info.run_id, "report")}
     assert "report/comparison.png" in artifacts
+
+
+@pytest.mark.parametrize(("levels", "decimals"), [
+    ([1.0, 2.0, 3.0], 0),
+    ([7.2504, 7.2509, 7.2531, 19.72], 3),
+    ([0.5, 0.25, 0.125], 1),  # 0.5, 0.2, 0.1
+    ([1.0, 1.0 + 1e-9], 6),  # no closer than the most decimals shown
+])
+def test_contour_levels_get_distinct_labels(levels, decimals):
+    assert level_decimals(np.array(levels)) == decimals

@@ -213,7 +213,8 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
     largest = eigenvalues.abs().max().item() or 1.0
     for ax, z, what in ((axes[0], values, "f"), (axes[1], taylor, "Taylor model")):
         lines = ax.contour(grid_x, grid_y, z.numpy(), levels=levels, cmap="viridis")
-        fig.colorbar(lines, ax=ax, label="f (same levels in both panels)")
+        fig.colorbar(lines, ax=ax, label="f (same levels in both panels)",
+                     format=f"%.{level_decimals(levels)}f")
         ax.plot(*origin, "ko", markersize=6, label="point")
         for value, vec in zip(eigenvalues.tolist(), eigenvectors.T, strict=True):
             direction = (basis.T @ vec).numpy()
@@ -247,6 +248,15 @@ def contour_levels(*surfaces: torch.Tensor, count: int = 20) -> np.ndarray:
     if span <= 0:
         return np.array([low])
     return low + np.geomspace(span * 1e-4, span, count)
+
+
+def level_decimals(levels: np.ndarray, most: int = 6) -> int:
+    """The fewest decimals (up to `most`) that tell every two neighbouring levels apart."""
+    for decimals in range(most + 1):
+        shown = np.round(levels, decimals)
+        if len(np.unique(shown)) == len(levels):
+            return decimals
+    return most
 
 
 def _heatmap(fig: Figure, ax, hessian: np.ndarray) -> None:
