@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
 from gradkit.experiment import RunContext
-from gradkit.experiments.gradient_flow import GradientFlow, per_parameter_check
+from gradkit.experiments.gradient_flow import GradientFlow, label_layers, per_parameter_check
 from gradkit.models import mlp
 from gradkit.validation import ConfigError
 
@@ -146,3 +146,15 @@ def test_sweep_figure_handles_jobs_without_metrics():
 
     assert isinstance(GradientFlow.sweep_figure([ok, failed]), Figure)
     assert GradientFlow.sweep_figure([failed]) is None
+
+
+@pytest.mark.parametrize(("layers", "labelled"), [(5, 5), (25, 25), (101, 21)])
+def test_layer_axes_stay_readable_however_deep(layers, labelled):
+    """Every layer is named up to 25 layers; deeper nets name every k-th, the first included."""
+    fig = Figure()
+    ax = fig.add_subplot()
+    names = [f"layer{i}" for i in range(layers)]
+    label_layers(ax, range(layers), names)
+    shown = [tick.get_text() for tick in ax.get_xticklabels()]
+    assert len(shown) == labelled and shown[0] == "layer0"
+    assert set(shown) <= set(names)

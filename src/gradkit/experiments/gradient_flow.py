@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import itertools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from gradkit.plotting import figure, lean_log_ticks
 from gradkit.validation import integer
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative, per parameter
+MAX_LABELLED = 25  # layers named on an x axis before only every k-th is
 
 
 class GradientFlow(Experiment):
@@ -169,7 +171,7 @@ def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
     heights = [v if 0 < v < math.inf else math.nan for v in norms.values()]
     colors = ["tab:red" if layer in flagged else "tab:blue" for layer in layers]
     ax.bar(range(len(layers)), heights, color=colors)
-    ax.set_xticks(range(len(layers)), layers)
+    label_layers(ax, range(len(layers)), layers)
     ax.set_xlim(-0.6, len(layers) - 0.4)
     ax.set_yscale("log")
     lean_log_ticks(ax.yaxis)
@@ -183,7 +185,6 @@ def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
                     color="tab:red", fontweight="bold")
     ax.set(title="Gradient norm by layer", xlabel="Linear layer (input → output)",
            ylabel="‖∂L/∂W‖ (log scale)")
-    _rotate_if_many(ax, len(layers))
     handles, _ = ax.get_legend_handles_labels()
     if flagged:
         handles.append(Patch(color="tab:red", label="layer with a finding"))
@@ -195,10 +196,9 @@ def plot_distributions(ax, values: dict[str, np.ndarray]) -> None:
     logs = [np.log10(np.abs(v[v != 0])) if np.any(v != 0) else np.array([np.nan])
             for v in values.values()]
     ax.boxplot(logs, showfliers=False)
-    ax.set_xticks(range(1, len(values) + 1), list(values))
+    label_layers(ax, range(1, len(values) + 1), list(values))
     ax.set(title="Gradient entries by layer", xlabel="Linear layer (input → output)",
            ylabel="log₁₀ |∂L/∂wᵢⱼ|")
-    _rotate_if_many(ax, len(values))
 
 
 def plot_activations(ax, activations: dict[str, ActivationStats]) -> None:
@@ -214,12 +214,17 @@ def plot_activations(ax, activations: dict[str, ActivationStats]) -> None:
     dead.set_ylabel("fraction of dead units (output 0 on every sample)")
     dead.grid(False)
     ax.set(title="Activations by depth", xlabel="hidden layer", ylabel="activation value")
-    ax.set_xticks(depth)
+    label_layers(ax, depth, [str(d) for d in depth])
     lines, labels = ax.get_legend_handles_labels()
     bars, bar_labels = dead.get_legend_handles_labels()
     ax.legend(lines + bars, labels + bar_labels, fontsize=8)
 
 
-def _rotate_if_many(ax, count: int) -> None:
-    if count > 8:
+def label_layers(ax, positions: Sequence[int], names: Sequence[str]) -> None:
+    """Layer names under their positions: every layer up to MAX_LABELLED of them, else every
+    k-th (first included); turned upright past 8 labels."""
+    step = math.ceil(len(names) / MAX_LABELLED)
+    shown = list(names)[::step]
+    ax.set_xticks(list(positions)[::step], shown)
+    if len(shown) > 8:
         ax.tick_params(axis="x", labelrotation=90)
