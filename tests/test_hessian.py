@@ -20,7 +20,7 @@ from gradkit.derivatives import (
     hessian,
     hessian_operator,
 )
-from gradkit.experiments.hessian import Hessian, level_decimals
+from gradkit.experiments.hessian import Hessian, contour_levels, level_decimals
 from gradkit.validation import ConfigError
 
 ROOT = math.sqrt(1002**2 - 4 * 400)  # Rosenbrock at (1, 1): H = [[802, -400], [-400, 200]]
@@ -271,3 +271,13 @@ def test_preset_first_jobs_run_as_a_smoke_sweep(cli, store):
 ])
 def test_contour_levels_get_distinct_labels(levels, decimals):
     assert level_decimals(np.array(levels)) == decimals
+
+
+def test_contour_levels_crowd_a_minimum_inside_the_window_only():
+    offsets = torch.linspace(-1, 1, 41, dtype=torch.float64)
+    x, y = torch.meshgrid(offsets, offsets, indexing="xy")
+    bowl = contour_levels(x**2 + y**2)  # its minimum at the centre
+    gaps = np.diff(bowl)
+    assert bowl[0] > 0 and np.all(gaps > 0) and gaps[0] < gaps[-1] / 100
+    slope = contour_levels(x + 2 * y)  # lowest at a corner: lines spread evenly
+    assert np.allclose(np.diff(slope), 6 / 21) and -3 < slope[0] < slope[-1] < 3

@@ -242,12 +242,18 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
 
 
 def contour_levels(*surfaces: torch.Tensor, count: int = 20) -> np.ndarray:
-    """Levels log-spaced above the lowest value of the surfaces: dense near a minimum."""
-    low = min(z.min().item() for z in surfaces)
+    """Levels log-spaced above the lowest value of the surfaces when it lies inside the
+    window (dense near a minimum), else evenly spaced: far from a minimum the lines then
+    spread over the window instead of bunching at its lowest edge."""
+    lowest = min(surfaces, key=lambda z: z.min().item())
+    low = lowest.min().item()
     span = max(z.max().item() for z in surfaces) - low
     if span <= 0:
         return np.array([low])
-    return low + np.geomspace(span * 1e-4, span, count)
+    row, col = divmod(int(lowest.argmin()), lowest.shape[1])
+    if 0 < row < lowest.shape[0] - 1 and 0 < col < lowest.shape[1] - 1:
+        return low + np.geomspace(span * 1e-4, span, count)
+    return np.linspace(low, low + span, count + 2)[1:-1]
 
 
 def level_decimals(levels: np.ndarray, most: int = 6) -> int:
