@@ -165,7 +165,7 @@ def _depth(job: dict[str, Any]) -> int:
 def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
                      thresholds: Thresholds) -> None:
     """Bars of the weight-gradient norm by layer (log), flagged layers in red; a layer whose
-    norm is 0 or not finite gets no bar but its value written at the bottom."""
+    norm is 0 or not finite gets no bar but its value written at the bottom (if named)."""
     flagged = {f.layer for f in found}
     layers = list(norms)
     heights = [v if 0 < v < math.inf else math.nan for v in norms.values()]
@@ -179,8 +179,9 @@ def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
                label=f"vanishing below {thresholds.vanishing:g}")
     ax.axhline(thresholds.exploding, color="tab:orange", linestyle="--",
                label=f"exploding above {thresholds.exploding:g}")
+    step = _label_step(len(layers))  # values written under named layers only
     for i, (value, height) in enumerate(zip(norms.values(), heights, strict=True)):
-        if math.isnan(height):
+        if math.isnan(height) and i % step == 0:
             ax.text(i, 0.02, f"{value:g}", transform=ax.get_xaxis_transform(), ha="center",
                     color="tab:red", fontweight="bold")
     ax.set(title="Gradient norm by layer", xlabel="Linear layer (input → output)",
@@ -223,8 +224,13 @@ def plot_activations(ax, activations: dict[str, ActivationStats]) -> None:
 def label_layers(ax, positions: Sequence[int], names: Sequence[str]) -> None:
     """Layer names under their positions: every layer up to MAX_LABELLED of them, else every
     k-th (first included); turned upright past 8 labels."""
-    step = math.ceil(len(names) / MAX_LABELLED)
+    step = _label_step(len(names))
     shown = list(names)[::step]
     ax.set_xticks(list(positions)[::step], shown)
     if len(shown) > 8:
         ax.tick_params(axis="x", labelrotation=90)
+
+
+def _label_step(layers: int) -> int:
+    """k such that naming every k-th of `layers` layers names at most MAX_LABELLED."""
+    return math.ceil(layers / MAX_LABELLED)
