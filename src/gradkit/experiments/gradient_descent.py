@@ -174,7 +174,7 @@ class GradientDescent(Experiment):
             axes[1, 1].axhline(target[i], color=color, linestyle="--", alpha=0.6,
                                label=f"{name} at nearest minimum")
         axes[1, 1].set(title="Parameters", xlabel="iteration", ylabel="value")
-        axes[1, 1].legend()
+        axes[1, 1].legend(fontsize=8, ncol=2)
         improvement = -np.diff(trace.losses)
         axes[1, 2].semilogy(np.abs(improvement), color="tab:purple", **short)
         rises = int((improvement < 0).sum())
