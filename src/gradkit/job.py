@@ -109,7 +109,7 @@ def _job(cfg: DictConfig) -> closing.Job:
                                        f"{describe_checks(result)}; run {run_id}")
                 log.info(tracker.describe(run_id, experiment.name))
                 yield result.objective, f"run {run_id} ({experiment.name} {name})"
-            finally:
+            finally:  # and always its folder, once its PNGs are written: the run is closed
                 tracker.log_files(run_id, output_dir, pngs)
     except StoreError as error:
         raise StoreFailed(str(error)) from None
