@@ -6,7 +6,7 @@ run, side by side, so the ratios hold even on a noisy shared machine:
   - attack, batched vs per image: PGD (10 steps, no random start) on the 360 test images as
     one batch against one image at a time, as the notebook attacks its single image
   - threads: a default adversarial run (cached model) with 1 and with 2 intra-op threads
-  - end to end: `python -m gradkit.run experiment=adversarial` into a new store (trains), the
+  - end to end: `gradkit run experiment=adversarial` into a new store (trains), the
     same command again (cached), and `experiment=lr_finder`
 """
 
@@ -23,12 +23,13 @@ from pathlib import Path
 
 import torch
 
-from gradkit import PROJECT_ROOT
-from gradkit.data import digits
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
 from gradkit.experiments.adversarial import Adversarial, pgd
+from gradkit.lib.data import digits
+from gradkit.lib.training import TrainSpec, trained_classifier
 from gradkit.plotting import discard
-from gradkit.training import TrainSpec, trained_classifier
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REPEATS = 3
@@ -94,14 +95,14 @@ def main() -> None:
             threads[count] = best_of(lambda: default_run(tmp, tmp / "cache", unpinned=True))
         torch.set_num_threads(1)
 
-        python = [sys.executable, "-m", "gradkit.run"]
-        wall([sys.executable, "-c", "from gradkit.tracking import Tracker; Tracker.from_config("
+        python = [sys.executable, "-m", "gradkit", "run"]
+        wall([sys.executable, "-c", "from gradkit.tracking.store import Tracker; Tracker.from_config("
               f"{{'kind': 'local', 'root': '{tmp / 'store'}'}}).client.search_experiments()"])
         cli = [f"tracking.root={tmp / 'store'}", f"hydra.run.dir={tmp / 'run'}"]
         first_s = wall([*python, "experiment=adversarial", *cli])
         cached_s = wall([*python, "experiment=adversarial", *cli])
         lr_finder_s = wall([*python, "experiment=lr_finder", *cli])
-        startup_s = wall([sys.executable, "-c", "import gradkit.run"])
+        startup_s = wall([sys.executable, "-c", "import gradkit.cli.run"])
 
     results = {
         "cpus": os.cpu_count(), "torch": torch.__version__,

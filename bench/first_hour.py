@@ -1,6 +1,6 @@
 """What a new user waits for, measured side by side in one run.
 
-  startup     `python -c "import gradkit.job"`, what every job loads (median of 3 processes)
+  startup     `python -c "import gradkit.core.job"`, what every job loads (median of 3 processes)
   misspelt    a misspelt key answered with its one-line error (median of 3 processes)
   per job     the cost of a job beyond its computation: a no-op experiment swept 22 times
               minus 2 times, / 20, in-process, with the planned and the basic sweeper; and
@@ -32,13 +32,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradkit import PROJECT_ROOT
-from gradkit.experiment import Experiment, Result, RunContext
+from gradkit.cli.run import main as gradkit_main
+from gradkit.core.experiment import Experiment, Result, RunContext
 from gradkit.experiments.gradient_descent import GradientDescent, descend
 from gradkit.plotting import save
-from gradkit.run import main as gradkit_main
-from gradkit.tracking import Tracker
+from gradkit.tracking.store import Tracker
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 RESULTS = PROJECT_ROOT / "bench" / "results"
 PRESET_JOBS = 18
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -49,6 +49,8 @@ matplotlib.use("Agg")
 import sys, types
 sys.modules.setdefault("seaborn", types.SimpleNamespace(set_palette=lambda *a, **k: None))
 import pandas as pd
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 """
 
 
@@ -91,7 +93,7 @@ def in_process_sweep(store: Path, jobs: int, sweeper: str, folder: Path,
                      experiment: type[NoOp] = NoOp) -> float:
     """Seconds for a sweep of `jobs` no-op jobs in this process."""
     values = ",".join(str(i) for i in range(jobs))
-    sys.argv = ["gradkit.run", "--multirun", "experiment=basic_gradients",
+    sys.argv = ["gradkit run", "--multirun", "experiment=basic_gradients",
                 f"experiment._target_={__name__}.{experiment.__name__}", f"experiment.x={values}",
                 f"hydra/sweeper={sweeper}", f"tracking.root={store}",
                 f"hydra.sweep.dir={folder}", "hydra/job_logging=disabled",
@@ -158,10 +160,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="gradkit-bench-"))
     store = work / "store"
     Tracker.from_config({"kind": "local", "root": str(store)})
-    run = [sys.executable, "-m", "gradkit.run"]
+    run = [sys.executable, "-m", "gradkit", "run"]
     results = {
         "startup": statistics.median(
-            wall([sys.executable, "-c", "import gradkit.job"], work) for _ in range(3)),
+            wall([sys.executable, "-c", "import gradkit.core.job"], work) for _ in range(3)),
         "misspelt_key": statistics.median(
             wall([*run, "experiment=jacobian", "experiment.pont=1"], work, code=1)
             for _ in range(3)),

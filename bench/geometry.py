@@ -21,24 +21,26 @@ import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-from gradkit import PROJECT_ROOT
-from gradkit.curvature import lanczos
-from gradkit.data import regression_batch
-from gradkit.derivatives import (
+from gradkit.experiments.hessian import random_spd
+from gradkit.experiments.landscape import grid
+from gradkit.experiments.loss_curvature import INPUT_DIM, flat_loss
+from gradkit.lib.curvature import lanczos
+from gradkit.lib.data import regression_batch
+from gradkit.lib.derivatives import (
     HESSIANS,
     batched_gradient,
     default_hessian_method,
     gradient_per_point,
     hessian_operator,
 )
-from gradkit.experiments.hessian import random_spd
-from gradkit.experiments.landscape import grid
-from gradkit.experiments.loss_curvature import INPUT_DIM, flat_loss
-from gradkit.functions import OBJECTIVES, notebook_quadratic, quadratic
-from gradkit.models import mlp
+from gradkit.lib.functions import OBJECTIVES, notebook_quadratic, quadratic
+from gradkit.lib.models import mlp
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 

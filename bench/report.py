@@ -8,7 +8,7 @@ side by side in one run (the machine is shared and noisy: compare within a run):
   - build:      seconds to build the 5,000-run store (what 5,000 real jobs would take hours for)
   - search:     reading every run of the selected demonstrations, a page of 1,000 at a time
   - report:     search + figures + HTML/Markdown + the `summary` run, in-process
-  - command:    `python -m gradkit.report` as a user runs it (adds the process start-up)
+  - command:    `gradkit report` as a user runs it (adds the process start-up)
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import OmegaConf
 
-from gradkit import PROJECT_ROOT, report
-from gradkit.commands import compose_config
-from gradkit.experiment import RunContext
+from gradkit.cli.commands import compose_config
+from gradkit.core.experiment import RunContext
+from gradkit.core.reproducibility import fingerprint
 from gradkit.plotting import figure, save
-from gradkit.reproducibility import fingerprint
-from gradkit.tracking import PARENT_TAG, Tracker, flatten
+from gradkit.reporting import report
+from gradkit.tracking.store import PARENT_TAG, Tracker, flatten
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 SWEEPS, JOBS = 10, 99  # of gradient_descent: 10 parents with 99 children each
@@ -58,7 +60,7 @@ def build(root: Path, runs: int, shapes: dict[str, tuple[dict, dict]], png: Path
     """A store of `runs` runs spread over the demonstrations; seconds it took."""
     start = time.perf_counter()
     tracker = Tracker.from_config({"kind": "local", "root": str(root)})
-    client, base_tags = tracker.client, fingerprint()
+    client, base_tags = tracker.client, fingerprint(Path.cwd())
     per_demo = runs // len(shapes)
     for name, (params, metrics) in shapes.items():
         experiment_id = tracker.experiment_id(name)
@@ -119,7 +121,7 @@ def main() -> None:
         small = timed_report(tmp / "small", tmp / "out-small")
         large = timed_report(tmp / "large", tmp / "out-large")
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "gradkit.report", f"tracking.root={tmp / 'large'}",
+        subprocess.run([sys.executable, "-m", "gradkit", "report", f"tracking.root={tmp / 'large'}",
                         f"output={tmp / 'out-cli'}", "sweeps=all"], check=True,
                        capture_output=True, cwd=tmp,
                        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -142,7 +144,7 @@ def main() -> None:
     print(f"  search, 500 runs                      {small[0]:6.2f} s")
     print(f"  whole report, 500 runs (in-process)   {small[1]:6.2f} s  "
           f"(5,000 runs take x{large[1] / small[1]:.1f})")
-    print(f"  python -m gradkit.report, 5,000 runs  {command:6.2f} s  (with start-up)")
+    print(f"  gradkit report, 5,000 runs  {command:6.2f} s  (with start-up)")
 
 
 if __name__ == "__main__":

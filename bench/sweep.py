@@ -2,10 +2,10 @@
 
 Prints a table and writes bench/results/sweep.json. Everything is measured in this one run,
 side by side, so the ratios hold even on a noisy machine:
-  - startup:  a Python process that imports gradkit.job (paid once per sweep process)
+  - startup:  a Python process that imports gradkit.core.job (paid once per sweep process)
   - compute:  the 18 experiments run in-process (descent + figure building), no tracking
   - store:    creating an empty MLflow store (once per store, so outside the sweep timings)
-  - basic:    `python -m gradkit.run sweep=descent_lr_start` into an existing empty store
+  - basic:    `gradkit run sweep=descent_lr_start` into an existing empty store
   - joblib:   the same with hydra/launcher=joblib, 2 workers
   - no PNGs:  basic launcher with plotting.figures=false (the report figure is still made)
 The per-job cost beyond the computation is (no PNGs - startup - compute) / jobs; the PNGs'
@@ -29,14 +29,15 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from gradkit import PROJECT_ROOT
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
 from gradkit.experiments.gradient_descent import GradientDescent
 from gradkit.plotting import save
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
+
 PRESET = PROJECT_ROOT / "conf" / "sweep" / "descent_lr_start.yaml"
 RESULTS = PROJECT_ROOT / "bench" / "results"
-STORE = ("from gradkit.tracking import Tracker; "
+STORE = ("from gradkit.tracking.store import Tracker; "
          "Tracker.from_config({{'kind': 'local', 'root': '{}'}}).client.search_experiments()")
 
 
@@ -76,10 +77,10 @@ def compute_seconds(grid: list[dict], folder: Path) -> tuple[float, float]:
 def main() -> None:
     grid = sweep_grid()
     jobs = len(grid)
-    python = [sys.executable, "-m", "gradkit.run"]
+    python = [sys.executable, "-m", "gradkit", "run"]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        startup = wall([sys.executable, "-c", "import gradkit.job"])
+        startup = wall([sys.executable, "-c", "import gradkit.core.job"])
         store = wall([sys.executable, "-c", STORE.format(tmp / "basic")])
         for name in ("joblib", "no-figures"):
             wall([sys.executable, "-c", STORE.format(tmp / name)])

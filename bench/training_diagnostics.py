@@ -23,16 +23,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gradkit import PROJECT_ROOT
-from gradkit.data import regression_batch
-from gradkit.diagnostics import Thresholds
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
 from gradkit.experiments.accumulation import Accumulation
 from gradkit.experiments.checkpointing import Checkpointing, build, forward_backward, seconds
 from gradkit.experiments.gradient_debugging import GradientDebugging, diagnose
 from gradkit.experiments.gradient_flow import GradientFlow
-from gradkit.memory import SavedTensorMeter
+from gradkit.lib.data import regression_batch
+from gradkit.lib.diagnostics import Thresholds
+from gradkit.lib.memory import SavedTensorMeter
 from gradkit.plotting import discard
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 REPEATS = 20

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import shutil
@@ -16,11 +17,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from gradkit import PROJECT_ROOT
-from gradkit.experiment import RunContext
-from gradkit.tracking import Tracker
+from gradkit.core.configs import CONFIG_MODULE
+from gradkit.core.experiment import RunContext
+from gradkit.tracking.store import Tracker
 
-CONF_DIR = PROJECT_ROOT / "conf"
+CONF_DIR = Path(str(importlib.resources.files(CONFIG_MODULE)))  # the checkout's conf/
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
@@ -89,11 +90,11 @@ def compose_config(*overrides: str):
 
 @pytest.fixture
 def gradkit(monkeypatch, capsys):
-    """Run `python -m gradkit.run ARGS` in this process; returns (exit code, stderr)."""
-    from gradkit.run import main
+    """Run `gradkit run ARGS` in this process; returns (exit code, stderr)."""
+    from gradkit.cli.run import main
 
     def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
+        monkeypatch.setattr(sys, "argv", ["gradkit run", *args])
         try:
             main()
             code = 0

@@ -10,9 +10,9 @@ from conftest import CONF_DIR, runs_of
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.accumulation import Accumulation
-from gradkit.validation import ConfigError
 
 FLOATS_SAVED_PER_SAMPLE = (
     50          # the first Linear saves its input

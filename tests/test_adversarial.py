@@ -16,12 +16,12 @@ from conftest import CONF_DIR, client_for, runs_of
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from gradkit.data import DIGIT_CLASSES, digits
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.adversarial import Adversarial, Outcome, fgsm, input_gradient, pgd
-from gradkit.models import image_classifier
-from gradkit.training import TrainSpec, evaluate, trained_classifier
-from gradkit.validation import ConfigError
+from gradkit.lib.data import DIGIT_CLASSES, digits
+from gradkit.lib.models import image_classifier
+from gradkit.lib.training import TrainSpec, evaluate, trained_classifier
 
 PARENT_TAG = "mlflow.parentRunId"
 FAST = ("experiment.model=mlp", "experiment.epochs=2", "experiment.examples=3")
@@ -204,7 +204,7 @@ def test_epsilon_smoke_sweep_with_parallel_workers(store, tmp_path):
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
     done = subprocess.run(
-        [sys.executable, "-m", "gradkit.run", "sweep=adversarial_epsilons",
+        [sys.executable, "-m", "gradkit", "run", "sweep=adversarial_epsilons",
          "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "experiment.attack=fgsm",
          "experiment.epsilon=0.05,0.2", *FAST, "plotting.figures=false",
          f"tracking.root={store}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradkit import cache
-from gradkit.cache import cached, entry_key
-from gradkit.data import digits
-from gradkit.experiment import RunContext
-from gradkit.training import TrainSpec, trained_classifier
+from gradkit.core.experiment import RunContext
+from gradkit.lib import cache
+from gradkit.lib.cache import cached, entry_key
+from gradkit.lib.data import digits
+from gradkit.lib.training import TrainSpec, trained_classifier
 
 SPEC = {"model": "mlp", "epochs": 2, "seed": 0}
 

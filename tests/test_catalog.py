@@ -8,7 +8,7 @@ import sys
 from conftest import CONF_DIR, EXPERIMENTS
 from omegaconf import OmegaConf
 
-from gradkit.catalog import experiments, presets, render
+from gradkit.cli.catalog import experiments, presets, render
 
 
 def test_every_experiment_is_listed_in_notebook_order_with_its_defaults():
@@ -37,7 +37,7 @@ def test_every_preset_is_listed_with_its_grid():
 
 
 def test_the_command_prints_everything():
-    done = subprocess.run([sys.executable, "-m", "gradkit.catalog"], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "gradkit", "list"], capture_output=True,
                           text=True, timeout=60, check=True)
 
     assert done.stdout == render() + "\n"
@@ -46,7 +46,7 @@ def test_the_command_prints_everything():
 
 
 def test_the_catalog_answers_without_importing_torch_or_mlflow():
-    probe = "import sys, gradkit.catalog; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    probe = "import sys, gradkit.cli.catalog; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]"

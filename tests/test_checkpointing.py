@@ -10,7 +10,8 @@ from conftest import CONF_DIR, runs_of
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.checkpointing import (
     Checkpointing,
     build,
@@ -18,7 +19,6 @@ from gradkit.experiments.checkpointing import (
     recompute_bytes,
     segment_bounds,
 )
-from gradkit.validation import ConfigError
 
 BATCH, WIDTH = 5, 16
 ACTIVATION = BATCH * WIDTH * 4  # bytes of one float32 activation

@@ -1,4 +1,4 @@
-"""End to end: `python -m gradkit.run ...` into a temporary MLflow store."""
+"""End to end: `gradkit run ...` into a temporary MLflow store."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of
 
-from gradkit.commands import run_command
-from gradkit.experiment import is_timing
+from gradkit.cli.commands import run_command
+from gradkit.core.experiment import is_timing
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
@@ -164,7 +164,7 @@ def test_multirun_children_under_one_parent(cli, store, tmp_path):
 def run_module(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "gradkit.run", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "gradkit", "run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -221,7 +221,7 @@ def test_a_command_freezes_what_is_left_when_it_ends_however_it_ends(monkeypatch
 
 
 def test_a_misspelt_key_is_answered_before_torch_or_mlflow_load():
-    probe = ("import sys\nfrom gradkit.run import main\nsys.argv = ['gradkit.run', "
+    probe = ("import sys\nfrom gradkit.cli.run import main\nsys.argv = ['gradkit.cli.run', "
              "'experiment=jacobian', 'experiment.pont=1']\ntry:\n    main()\nexcept SystemExit:\n"
              "    print(sorted({'torch', 'mlflow', 'matplotlib'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

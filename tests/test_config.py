@@ -9,8 +9,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 
-from gradkit.experiment import Experiment
-from gradkit.tracking import Tracker
+from gradkit.core.experiment import Experiment
+from gradkit.tracking.store import Tracker
 
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 TRACKING = sorted(p.stem for p in (CONF_DIR / "tracking").glob("*.yaml"))
@@ -23,7 +23,7 @@ def test_experiment_option_instantiates_an_experiment_of_that_name(name):
     experiment = instantiate(cfg.experiment)
 
     assert isinstance(experiment, Experiment)
-    assert experiment.name == name
+    assert type(experiment).__module__ == f"gradkit.experiments.{name}"
 
 
 def test_global_defaults():

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradkit.diagnostics import (
+from gradkit.core.validation import ConfigError
+from gradkit.lib.diagnostics import (
     GradStats,
     Thresholds,
     anomaly_mode,
@@ -22,7 +23,6 @@ from gradkit.diagnostics import (
     recorded_activations,
     verdict,
 )
-from gradkit.validation import ConfigError
 
 
 def test_gradient_stats_by_hand():

@@ -19,7 +19,7 @@ import pytest
 from conftest import client_for, runs_of
 from mlflow.entities import ViewType
 
-from gradkit.tracking import Tracker
+from gradkit.tracking.store import Tracker
 
 PARENT_TAG = "mlflow.parentRunId"
 # A descent that never ends by itself: the work a signal interrupts.
@@ -29,10 +29,10 @@ WAIT = 120  # seconds a subprocess may take to start on a loaded 2-core machine
 
 
 def start(*args: str, cwd: Path, new_session: bool = False) -> subprocess.Popen:
-    """`python -m gradkit.run ARGS` in the background."""
+    """`gradkit run ARGS` in the background."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen([sys.executable, "-m", "gradkit.run", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "gradkit", "run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=new_session)
 
@@ -211,7 +211,7 @@ def test_sigterm_stops_a_joblib_sweep_and_its_workers(store, tmp_path):
 
 # --- creating a store ----------------------------------------------------------------------
 
-CREATE = "from gradkit.tracking import Tracker; Tracker.from_config({{'kind': 'local', " \
+CREATE = "from gradkit.tracking.store import Tracker; Tracker.from_config({{'kind': 'local', " \
          "'root': '{}'}})"
 
 

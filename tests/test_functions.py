@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradkit.functions import (
+from gradkit.core.validation import ConfigError
+from gradkit.lib.functions import (
     OBJECTIVES,
     himmelblau,
     himmelblau_gradient,
@@ -13,7 +14,6 @@ from gradkit.functions import (
     rosenbrock,
     rosenbrock_gradient,
 )
-from gradkit.validation import ConfigError
 
 FUNCTIONS = {"rosenbrock": (rosenbrock, rosenbrock_gradient),
              "himmelblau": (himmelblau, himmelblau_gradient)}

@@ -13,9 +13,9 @@ from conftest import CONF_DIR, client_for, runs_of
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.gradient_debugging import SCENARIOS, GradientDebugging
-from gradkit.validation import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.gradient_descent import (
     DIVERGED_OBJECTIVE,
     Descent,
@@ -19,8 +20,7 @@ from gradkit.experiments.gradient_descent import (
     descend,
     log_contours,
 )
-from gradkit.functions import objective
-from gradkit.validation import ConfigError
+from gradkit.lib.functions import objective
 
 CURVATURE = 2.0  # f(p) = a/2 |p|^2 with a = CURVATURE
 START = (1.0, -0.5)

@@ -10,10 +10,10 @@ from conftest import CONF_DIR, compose_config, runs_of
 from hydra import compose, initialize_config_dir
 from matplotlib.figure import Figure
 
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.gradient_flow import GradientFlow, label_layers, per_parameter_check
-from gradkit.models import mlp
-from gradkit.validation import ConfigError
+from gradkit.lib.models import mlp
 
 
 def context(tmp_path, dtype=torch.float32) -> RunContext:

@@ -12,22 +12,22 @@ import torch
 from conftest import client_for, runs_of
 from matplotlib.figure import Figure
 
-from gradkit.curvature import definiteness, point_kind
-from gradkit.derivatives import (
+from gradkit.core.validation import ConfigError
+from gradkit.experiments.hessian import Hessian, contour_levels, level_decimals
+from gradkit.lib.curvature import definiteness, point_kind
+from gradkit.lib.derivatives import (
     HESSIANS,
     default_hessian_method,
     finite_difference_jacobian,
     hessian,
     hessian_operator,
 )
-from gradkit.experiments.hessian import Hessian, contour_levels, level_decimals
-from gradkit.validation import ConfigError
 
 ROOT = math.sqrt(1002**2 - 4 * 400)  # Rosenbrock at (1, 1): H = [[802, -400], [-400, 200]]
 
 
 def rosenbrock_hessian(x: float, y: float) -> torch.Tensor:
-    """Written from the formula, independent of gradkit.functions."""
+    """Written from the formula, independent of gradkit.lib.functions."""
     return torch.tensor([[1200 * x * x - 400 * y + 2, -400 * x], [-400 * x, 200.0]],
                         dtype=torch.float64)
 

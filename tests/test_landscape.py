@@ -13,10 +13,10 @@ import torch
 from conftest import client_for, runs_of
 from matplotlib.figure import Figure
 
-from gradkit.derivatives import batched_gradient, gradient_per_point
-from gradkit.experiment import RunContext
+from gradkit.core.experiment import RunContext
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.landscape import Landscape, critical_points, grid
-from gradkit.validation import ConfigError
+from gradkit.lib.derivatives import batched_gradient, gradient_per_point
 
 # Himmelblau's nine stationary points (published to 6 decimals) and their kinds.
 HIMMELBLAU_CRITICAL = [
@@ -29,7 +29,7 @@ HIMMELBLAU_CRITICAL = [
 
 
 def himmelblau_gradient(x, y):
-    """Written from the formula, independent of gradkit.functions."""
+    """Written from the formula, independent of gradkit.lib.functions."""
     u, v = x * x + y - 11, x + y * y - 7
     return 4 * x * u + 2 * v, 2 * u + 4 * y * v
 

@@ -10,8 +10,7 @@ import torch
 from conftest import client_for, runs_of
 from matplotlib.figure import Figure
 
-from gradkit.curvature import hutchinson, hutchinson_std, lanczos
-from gradkit.data import regression_batch
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.loss_curvature import (
     EXACT_LIMIT,
     INPUT_DIM,
@@ -19,8 +18,9 @@ from gradkit.experiments.loss_curvature import (
     flat_loss,
     parameter_count,
 )
-from gradkit.models import mlp
-from gradkit.validation import ConfigError
+from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos
+from gradkit.lib.data import regression_batch
+from gradkit.lib.models import mlp
 
 
 def symmetric(eigenvalues: list[float], seed: int = 0) -> torch.Tensor:

@@ -17,6 +17,7 @@ from conftest import CONF_DIR, runs_of
 from hydra import compose, initialize_config_dir
 from torch import nn
 
+from gradkit.core.validation import ConfigError
 from gradkit.experiments.lr_finder import (
     LrFinder,
     RangeTest,
@@ -25,7 +26,6 @@ from gradkit.experiments.lr_finder import (
     state_mismatches,
     steepest_descent,
 )
-from gradkit.validation import ConfigError
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -265,7 +265,7 @@ def job(num: int, status: str = "COMPLETED", output_dir: str | None = None, **me
 
 
 def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_path):
-    from gradkit.tracking import _write_series
+    from gradkit.tracking.store import _write_series
 
     folder = tmp_path / "0"
     folder.mkdir()

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradkit.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak
 
 N = 100
 FLOAT = 4  # bytes

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from gradkit.data import classification_batch, regression_batch
-from gradkit.models import check_activation, check_init, check_widths, linear_layers, mlp
-from gradkit.validation import ConfigError
+from gradkit.core.validation import ConfigError
+from gradkit.lib.data import classification_batch, regression_batch
+from gradkit.lib.models import check_activation, check_init, check_widths, linear_layers, mlp
 
 
 def seeded(seed: int = 0) -> torch.Generator:

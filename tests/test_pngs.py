@@ -6,9 +6,8 @@ import matplotlib.pyplot as plt
 import pytest
 from matplotlib.figure import Figure
 
-from gradkit import pngs
-from gradkit.plotting import save
-from gradkit.pngs import FigureError, PNGs
+from gradkit.plotting import pngs, save
+from gradkit.plotting.pngs import FigureError, PNGs
 
 
 def figure_of(slope: float, title: str = "a line") -> Figure:

@@ -9,14 +9,14 @@ import sys
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of
 
-from gradkit import report
-from gradkit.run import main as run_main
+from gradkit.cli.run import main as run_main
+from gradkit.reporting import report
 
 PARENT_TAG = "mlflow.parentRunId"
 
 
 def gradkit_run(monkeypatch, *args: str) -> None:
-    monkeypatch.setattr(sys, "argv", ["gradkit.run", *args])
+    monkeypatch.setattr(sys, "argv", ["gradkit run", *args])
     try:
         run_main()
     except SystemExit as exit_:
@@ -41,7 +41,7 @@ def filled(tmp_path_factory, empty_store):
 
 
 def make_report(capsys, *args: str) -> tuple[int, str, str]:
-    """`python -m gradkit.report ARGS` in this process: exit code, stdout, stderr."""
+    """`gradkit report ARGS` in this process: exit code, stdout, stderr."""
     try:
         report.main(list(args))
         code = 0
@@ -194,7 +194,7 @@ def test_bad_option_is_one_line_and_writes_nothing(option, named, filled, tmp_pa
 
 
 def test_searches_read_every_page(filled, monkeypatch):
-    from gradkit import tracking
+    from gradkit.tracking import store as tracking
 
     tracker = tracking.Tracker.from_config({"kind": "local", "root": str(filled)})
     experiment_id = tracker.experiments()["gradient_descent"]

@@ -1,4 +1,4 @@
-"""`python -m gradkit.reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
+"""`python -m gradkit.reporting.reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from conftest import client_for, runs_of
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from gradkit import reproduce
+from gradkit.reporting import reproduce
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -22,7 +22,7 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def replay(capsys, store, run_id: str) -> tuple[int, str, str]:
-    """`python -m gradkit.reproduce RUN_ID tracking.root=STORE`: exit code, stdout, stderr."""
+    """`python -m gradkit.reporting.reproduce RUN_ID tracking.root=STORE`: exit code, stdout, stderr."""
     try:
         reproduce.main([run_id, f"tracking.root={store}"])
         code = 0
@@ -166,7 +166,7 @@ def test_usage(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         reproduce.main(argv)
     assert exit_.value.code == 2
-    assert "usage: python -m gradkit.reproduce RUN_ID" in capsys.readouterr().err
+    assert "usage: gradkit reproduce RUN_ID" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", [

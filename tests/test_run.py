@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import client_for, runs_of
 
-from gradkit.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
 
 
 class BrokenIdentity(Experiment):
@@ -32,7 +32,7 @@ def test_a_failed_check_fails_the_run_and_the_job(cli, store):
     code, err = cli("experiment=computational_graph", "experiment._target_=test_run.BrokenIdentity")
     assert code != 0
     assert "checks failed: identity (error 0.5 > 1e-09)" in err
-    (run,) = runs_of(store, "test_run")
+    (run,) = runs_of(store, "computational_graph")  # the option's name, whatever the class
     assert run.info.status == "FAILED"
     assert run.data.tags["checks"] == "failed"
     assert run.data.metrics["check.identity.error"] == 0.5
@@ -44,7 +44,7 @@ def test_an_exception_ends_the_run_failed_with_the_error(cli, store):
     code, err = cli("experiment=computational_graph", "experiment._target_=test_run.Crashing")
     assert code != 0
     assert "numerical trouble" in err
-    (run,) = runs_of(store, "test_run")
+    (run,) = runs_of(store, "computational_graph")
     assert run.info.status == "FAILED"
     assert run.data.tags["error"] == "RuntimeError: numerical trouble"
     assert run.data.params["experiment.x"] == "2.0"  # what ran is kept with the failure

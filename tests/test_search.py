@@ -6,7 +6,7 @@ import pytest
 from conftest import CONF_DIR, runs_of
 from hydra import compose, initialize_config_dir
 
-from gradkit import report
+from gradkit.reporting import report
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
                     reason="the search extra (pip install -e '.[search]') is not installed")

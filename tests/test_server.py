@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from gradkit import report, reproduce
+from gradkit.reporting import report, reproduce
 
 READY_TIMEOUT = 90.0  # seconds for the server to answer /health
 PARENT_TAG = "mlflow.parentRunId"
@@ -74,7 +74,7 @@ def wait_until_ready(uri: str, process: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture
 def on_server(server, tmp_path, monkeypatch, gradkit):
-    """`python -m gradkit.run ARGS tracking=server tracking.uri=...` in this process."""
+    """`gradkit run ARGS tracking=server tracking.uri=...` in this process."""
     monkeypatch.chdir(tmp_path)
 
     def run(*args: str, multirun: bool = False) -> tuple[int, str]:

@@ -17,9 +17,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from gradkit import pngs
-from gradkit.compositions import planned_config
-from gradkit.sweeps import plan_jobs, swept_experiments
+from gradkit.plotting import pngs
+from gradkit.sweeps.plan import plan_jobs, swept_experiments
+from gradkit.sweeps.compositions import planned_config
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -47,10 +47,10 @@ def artifact_paths(store, run_id: str, path: str) -> set[str]:
 
 
 def run_module(*args: str, cwd) -> subprocess.CompletedProcess:
-    """`python -m gradkit.run --multirun ARGS` in a fresh interpreter."""
+    """`gradkit run --multirun ARGS` in a fresh interpreter."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "gradkit.run", "--multirun", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "gradkit", "run", "--multirun", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
@@ -236,7 +236,7 @@ def test_invalid_job_fails_the_sweep_but_not_the_valid_job(store, tmp_path):
 
 
 def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path):
-    from gradkit.sweeps import _write_csv
+    from gradkit.sweeps.report import _write_csv
 
     def job(num, params, status="COMPLETED"):
         return {"job": num, "overrides": f"x={num}", "status": status, "outcome": "",

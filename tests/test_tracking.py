@@ -8,7 +8,7 @@ from itertools import pairwise
 import pytest
 from conftest import client_for, runs_of
 
-from gradkit.tracking import Tracker, _steps, flatten, metric_entries, run_name
+from gradkit.tracking.store import Tracker, _steps, flatten, metric_entries, run_name
 
 
 @pytest.mark.parametrize(("tree", "expected"), [
@@ -104,14 +104,14 @@ def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_p
     [run] = runs_of(store, "basic_gradients")
     experiment = client_for(store).get_experiment_by_name("basic_gradients")
     tags = run.data.tags
-    assert tags["mlflow.source.name"] == "python -m gradkit.run"
+    assert tags["mlflow.source.name"] == "gradkit run"
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.source.git.commit"] == tags["git_commit"]
     [job_log] = (tmp_path / "run").glob("*.log")
     last = job_log.read_text().strip().splitlines()[-1]
     page = f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
     assert last.endswith(f"run {run.info.run_id} in MLflow experiment basic_gradients, store "
-                         f"{store}: `make ui STORE={store}`, then http://127.0.0.1:5000/{page}"
+                         f"{store}: `gradkit ui --store {store}`, then http://127.0.0.1:5000/{page}"
                          "?workflowType=machine_learning")
 
 

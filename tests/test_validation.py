@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from gradkit import runtime
+from gradkit.core import settings as runtime
+from gradkit.core.validation import ConfigError, choice, integer, number, vector
 from gradkit.experiments.basic_gradients import BasicGradients
 from gradkit.experiments.computational_graph import ComputationalGraph
 from gradkit.experiments.jacobian import Jacobian
-from gradkit.validation import ConfigError, choice, integer, number, vector
 
 # --- the helpers ------------------------------------------------------------------------------
 

@@ -15,12 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
 
-from gradkit.data import regression_batch
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.memory import SavedTensorMeter, cuda_peak
-from gradkit.models import check_widths, linear_layers, mlp
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, integer, number
+from gradkit.lib.data import regression_batch
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.models import check_widths, linear_layers, mlp
 from gradkit.plotting import figure, lean_log_ticks
-from gradkit.validation import ConfigError, integer, number
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient/parameter gap
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from gradkit.data import DIGIT_CLASSES, digits
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.models import CLASSIFIERS
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.lib.data import DIGIT_CLASSES, digits
+from gradkit.lib.models import CLASSIFIERS
+from gradkit.lib.training import TrainSpec, single_threaded, trained_classifier
 from gradkit.plotting import figure
-from gradkit.training import TrainSpec, single_threaded, trained_classifier
-from gradkit.validation import ConfigError, choice, integer, number
 
 ATTACKS = ("fgsm", "pgd")
 TRAINING_OPTIMIZER = "adam"

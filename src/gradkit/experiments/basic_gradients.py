@@ -6,9 +6,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from gradkit.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import number, representable
 from gradkit.plotting import figure
-from gradkit.validation import number, representable
 
 TOLERANCE = 1e-12
 

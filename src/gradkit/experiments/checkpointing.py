@@ -12,11 +12,11 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.memory import SavedTensorMeter, cuda_peak
-from gradkit.models import ACTIVATIONS, check_activation, mlp
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.models import ACTIVATIONS, check_activation, mlp
 from gradkit.plotting import figure
-from gradkit.validation import ConfigError, choice, integer
 
 BLOCKS = ("chain", "mlp")
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient gap

@@ -8,9 +8,9 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from gradkit.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import number, representable
 from gradkit.plotting import figure
-from gradkit.validation import number, representable
 
 TOLERANCE = 1e-10
 NODES = ("x", "a", "b", "c", "d", "e")

@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from gradkit.data import regression_batch
-from gradkit.diagnostics import (
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import choice, integer
+from gradkit.experiments.gradient_flow import plot_layer_norms
+from gradkit.lib.data import regression_batch
+from gradkit.lib.diagnostics import (
     HEALTH_LEVELS,
     KINDS,
     ActivationStats,
@@ -28,11 +31,8 @@ from gradkit.diagnostics import (
     recorded_activations,
     verdict,
 )
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.experiments.gradient_flow import plot_layer_norms
-from gradkit.models import check_widths, linear_layers, mlp
+from gradkit.lib.models import check_widths, linear_layers, mlp
 from gradkit.plotting import figure
-from gradkit.validation import choice, integer
 
 DEAD_BIAS = -1.0  # hidden biases that switch most ReLU units off for N(0, 1) inputs
 EXPLODING_STD = 0.5  # 2.5x He's std for width 50: activations and gradients grow layer by layer

@@ -15,10 +15,10 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.functions import OBJECTIVES, Objective, objective
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, integer, number, vector
+from gradkit.lib.functions import OBJECTIVES, Objective, objective
 from gradkit.plotting import figure, lean_log_ticks
-from gradkit.validation import ConfigError, integer, number, vector
 
 GRADIENT_TOLERANCE = 1e-10
 EXPLOSION_FACTOR = 1e6  # a loss this many times the starting loss (or 1) counts as divergence

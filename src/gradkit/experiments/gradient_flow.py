@@ -14,8 +14,10 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from gradkit.data import regression_batch
-from gradkit.diagnostics import (
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import integer
+from gradkit.lib.data import regression_batch
+from gradkit.lib.diagnostics import (
     ActivationStats,
     Finding,
     Thresholds,
@@ -25,10 +27,8 @@ from gradkit.diagnostics import (
     recorded_activations,
     verdict,
 )
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.models import check_activation, check_init, check_widths, linear_layers, mlp
+from gradkit.lib.models import check_activation, check_init, check_widths, linear_layers, mlp
 from gradkit.plotting import figure, lean_log_ticks
-from gradkit.validation import integer
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative, per parameter
 MAX_LABELLED = 25  # layers named on an x axis before only every k-th is

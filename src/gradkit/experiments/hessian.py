@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from gradkit.curvature import EIGENVALUE_TOLERANCE, definiteness, point_kind
-from gradkit.derivatives import HESSIANS, default_hessian_method
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.functions import NOTEBOOK_QUADRATIC, OBJECTIVES, Objective, quadratic
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.core.validation import vector as coordinates
+from gradkit.lib.curvature import EIGENVALUE_TOLERANCE, definiteness, point_kind
+from gradkit.lib.derivatives import HESSIANS, default_hessian_method
+from gradkit.lib.functions import NOTEBOOK_QUADRATIC, OBJECTIVES, Objective, quadratic
 from gradkit.plotting import figure, lean_log_ticks
-from gradkit.validation import ConfigError, choice, integer, number
-from gradkit.validation import vector as coordinates
 
 FUNCTIONS = ("quadratic", *OBJECTIVES)
 NOTEBOOK_POINT = (2.0, 1.0)

@@ -6,10 +6,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from gradkit.derivatives import jacobian_by_rows
-from gradkit.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import representable, vector
+from gradkit.lib.derivatives import jacobian_by_rows
 from gradkit.plotting import figure
-from gradkit.validation import representable, vector
 
 TOLERANCE = 1e-12
 

@@ -14,12 +14,12 @@ from matplotlib.colorbar import Colorbar
 from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 from matplotlib.figure import Figure
 
-from gradkit.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
-from gradkit.derivatives import batched_gradient, batched_hessian, gradient_per_point
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.functions import OBJECTIVES, Objective, notebook_quadratic
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, vector
+from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
+from gradkit.lib.derivatives import batched_gradient, batched_hessian, gradient_per_point
+from gradkit.lib.functions import OBJECTIVES, Objective, notebook_quadratic
 from gradkit.plotting import colorbar, figure, lean_log_ticks
-from gradkit.validation import ConfigError, choice, integer, vector
 
 FUNCTIONS = (*OBJECTIVES, "quadratic")
 MAX_RESOLUTION = 2000

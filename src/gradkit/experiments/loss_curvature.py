@@ -17,13 +17,13 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 
-from gradkit.curvature import hutchinson, hutchinson_std, lanczos
-from gradkit.data import regression_batch
-from gradkit.derivatives import hessian_operator
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.models import check_activation, check_widths, mlp
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, integer
+from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos
+from gradkit.lib.data import regression_batch
+from gradkit.lib.derivatives import hessian_operator
+from gradkit.lib.models import check_activation, check_widths, mlp
 from gradkit.plotting import figure, lean_log_ticks
-from gradkit.validation import ConfigError, integer
 
 INPUT_DIM, OUTPUT_DIM = 4, 1
 EXACT_LIMIT = 2000  # parameters up to which the full Hessian is built for the checks

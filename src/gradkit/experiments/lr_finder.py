@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from gradkit.data import DIGIT_CLASSES, Digits, digits
-from gradkit.experiment import Check, Experiment, Result, RunContext
-from gradkit.models import CLASSIFIERS, image_classifier
-from gradkit.plotting import figure, lean_log_ticks
-from gradkit.training import (
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.lib.data import DIGIT_CLASSES, Digits, digits
+from gradkit.lib.models import CLASSIFIERS, image_classifier
+from gradkit.lib.training import (
     OPTIMIZERS,
     batches,
     evaluate,
@@ -34,7 +34,7 @@ from gradkit.training import (
     single_threaded,
     train_steps,
 )
-from gradkit.validation import ConfigError, choice, integer, number
+from gradkit.plotting import figure, lean_log_ticks
 
 # The validation runs: the suggestion, ten times lower and ten times higher.
 VALIDATION_FACTORS = {"lr_over_10": 0.1, "suggested": 1.0, "lr_times_10": 10.0}

@@ -2,7 +2,7 @@
 
 In a sweep whose jobs run in this process (the basic launcher), a job returns its objective
 as soon as its result is logged, and its figures are drawn by a child process
-(`gradkit.pngs`). Its run is closed (the PNGs waited for, the job's folder logged, the run
+(`gradkit.plotting.pngs`). Its run is closed (the PNGs waited for, the job's folder logged, the run
 ended) once the next job has computed its result, or when the sweep ends, fails or is
 interrupted: a sweep never leaves a run RUNNING, nor a run FINISHED without its files.
 """

@@ -7,11 +7,12 @@ import platform
 import random
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from gradkit import PROJECT_ROOT
+from gradkit import __version__
 
 PACKAGES = ("torch", "numpy", "hydra-core", "omegaconf", "mlflow", "matplotlib")
 
@@ -28,9 +29,9 @@ def seed_everything(seed: int, deterministic: bool = False) -> torch.Generator:
     return generator
 
 
-def _git(*args: str) -> str | None:
+def _git(where: Path, *args: str) -> str | None:
     try:
-        done = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        done = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True,
                               timeout=10, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -38,13 +39,17 @@ def _git(*args: str) -> str | None:
 
 
 @functools.cache
-def fingerprint() -> dict[str, str]:
-    """Git commit and dirty flag, package versions, python and platform, as MLflow tags."""
-    tags = {"python": platform.python_version(), "platform": platform.platform()}
-    commit = _git("rev-parse", "HEAD")
+def fingerprint(where: Path) -> dict[str, str]:
+    """What makes a run reproducible, as MLflow tags: the git commit and dirty flag of the
+    project in `where` (the directory the command runs in), gradkit's and the main packages'
+    versions, python and platform."""
+    tags = {"python": platform.python_version(), "platform": platform.platform(),
+            "version.gradkit": __version__}
+    commit = _git(where, "rev-parse", "HEAD")
     tags["git_commit"] = commit or "unknown"
     if commit:
-        tags["git_dirty"] = str(bool(_git("status", "--porcelain", "--untracked-files=no")))
+        tags["git_dirty"] = str(bool(_git(where, "status", "--porcelain",
+                                          "--untracked-files=no")))
     for package in PACKAGES:
         try:
             tags[f"version.{package}"] = version(package)

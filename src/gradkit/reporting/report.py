@@ -3,13 +3,14 @@
 The notebook's summary printed numbers from memory (and crashed before that). This one reads
 the MLflow store, so it covers every run ever made: per demonstration its runs, statuses and
 checks, the latest run's key metrics and main figure, each selected sweep's comparison figure
-and best job. `python -m gradkit.report [tracking overrides] [experiments=[...]] [sweeps=...]
+and best job. `gradkit report [tracking overrides] [experiments=[...]] [sweeps=...]
 [since=DATE]` writes it to `outputs/report/` and logs it to a run of MLflow experiment `summary`.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
 import shutil
@@ -23,21 +24,20 @@ from typing import Any
 from hydra.utils import get_class
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from gradkit.catalog import experiments as catalogue
-from gradkit.commands import CONF_DIR, compose_config, fail, plain, run_command
+from gradkit.cli.catalog import experiments as catalogue
+from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core.reproducibility import fingerprint
+from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import figure, save
-from gradkit.reproducibility import fingerprint
-from gradkit.tracking import PARENT_TAG, Tracker
-from gradkit.validation import ConfigError, choice
+from gradkit.tracking.store import PARENT_TAG, Tracker
 
 REPORT_EXPERIMENT = "summary"
 NOT_DEMONSTRATIONS = (REPORT_EXPERIMENT, "Default")
 SWEEP_CHOICES = ("latest", "all", "none")
 MAX_METRICS = 16  # key metrics shown for a latest run; MLflow has the rest
 FIGURE_SEARCH = 20  # runs looked at, newest first, for one that logged figures
-SECTIONS = {entry.name: entry.section for entry in catalogue()}  # "4.2", or "beyond"
 STATUS_COLOURS = {"FINISHED": "tab:green", "FAILED": "tab:red", "KILLED": "tab:orange"}
 
 
@@ -49,6 +49,7 @@ class Options:
     sweeps: str | list[str]
     since: datetime | None
     output: Path
+    config_dirs: list[str] = field(default_factory=list)  # the user's own configs
 
 
 def read_options(cfg: DictConfig, base: Path) -> Options:
@@ -117,19 +118,13 @@ class Demonstration:
         return self.runs[0] if self.runs else None
 
 
-def configured() -> dict[str, str]:
-    """Every demonstration with a config in conf/experiment: name -> its class path."""
-    return {path.stem: str(OmegaConf.load(path).get("_target_", ""))
-            for path in sorted((CONF_DIR / "experiment").glob("*.yaml"))}
-
-
-def describe(demo: Demonstration, target: str) -> None:
-    """Fill in the notebook section (as `make list` reads it) and what the checks prove."""
+def describe(demo: Demonstration, target: str, section: str) -> None:
+    """Fill in the notebook section (as `gradkit list` reads it) and what the checks prove."""
     try:
         cls = get_class(target)
-    except Exception:  # a run of an experiment this checkout no longer has
+    except Exception:  # a run of an experiment this installation no longer has
         return
-    demo.section = SECTIONS.get(demo.name, "")
+    demo.section = section
     demo.proves = getattr(cls, "proves", "")
 
 
@@ -137,7 +132,8 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
     """The demonstrations the options select, with their runs and sweeps from the store."""
     in_store = {name: eid for name, eid in tracker.experiments().items()
                 if name not in NOT_DEMONSTRATIONS}
-    known = configured()
+    entries = {entry.name: entry for entry in catalogue(options.config_dirs)}
+    known = {name: entry.target for name, entry in entries.items()}
     names = sorted(set(known) | set(in_store))
     for name in options.experiments or []:
         if name not in names:
@@ -153,7 +149,8 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
             continue  # an empty experiment of the store (MLflow's Default) is no demonstration
         demo = Demonstration(name, runs=[run for run in runs if not is_parent(run)])
         describe(demo, known.get(name) or (demo.latest.data.params.get("experiment._target_", "")
-                                           if demo.latest else ""))
+                                           if demo.latest else ""),
+                 entries[name].section if name in entries else "")
         demo.sweeps = [Sweep(parent, [run for run in runs
                                       if run.data.tags.get(PARENT_TAG) == parent.info.run_id])
                        for parent in select_sweeps([r for r in runs if is_parent(r)],
@@ -289,7 +286,7 @@ def build(tracker: Tracker, demos: list[Demonstration], options: Options,
     total = sum(len(demo.runs) for demo in demos)
     if not total:
         page.paragraph("The store holds no runs of these demonstrations yet: make some with "
-                       "`make run` or `python -m gradkit.run experiment=NAME`.")
+                       "`make run` or `gradkit run experiment=NAME`.")
     page.table(["demonstration", "notebook section", "what its checks prove", "runs",
                 "FINISHED", "FAILED", "checks passed / failed", "latest run"],
                [[d.name, d.section or "-", d.proves or "-", str(len(d.runs)),
@@ -411,7 +408,7 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
     (output / "report.html").write_text(page.html())
     (output / "report.md").write_text(page.markdown(output))
     runs = [run for demo in demos for run in demo.runs]
-    tags = {**fingerprint(), "demonstrations": " ".join(d.name for d in demos),
+    tags = {**fingerprint(Path.cwd()), "demonstrations": " ".join(d.name for d in demos),
             "since": str(options.since or ""), "sweeps": str(options.sweeps)}
     with tracker.run(REPORT_EXPERIMENT, f"summary {datetime.now():%Y-%m-%d %H:%M:%S}",
                      tags) as run_id:
@@ -427,10 +424,11 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m gradkit.report [KEY=VALUE ...]`: one line on success, one on bad input."""
+    """`gradkit report [--config-dir DIR] [KEY=VALUE ...]`: one line on success, one on bad input."""
     try:
-        cfg = compose_config("report", sys.argv[1:] if argv is None else argv)
-        options = read_options(cfg, Path.cwd())
+        config_dirs, overrides = split_config_dirs(sys.argv[1:] if argv is None else argv)
+        cfg = compose_config("report", overrides, config_dirs)
+        options = dataclasses.replace(read_options(cfg, Path.cwd()), config_dirs=config_dirs)
         tracker = Tracker.from_config(cfg.tracking, base=Path.cwd())
         demos = collect(tracker, options)
         run_id = write_report(tracker, demos, options)
@@ -440,7 +438,3 @@ def main(argv: list[str] | None = None) -> None:
     print(f"gradkit: summary of {plural(runs, 'run')} of {plural(len(demos), 'demonstration')}: "
           f"{options.output / 'report.html'}, {options.output / 'report.md'} "
           f"(MLflow experiment {REPORT_EXPERIMENT}, run {run_id})")
-
-
-if __name__ == "__main__":
-    run_command(main)

@@ -3,7 +3,7 @@
 Drawing is most of what a figure costs (~0.2 s for the six-panel descent figure). A child
 forked with the figures in memory draws them on another core while the job logs its result,
 and, in a sweep that runs its jobs in this process, while the next job computes (see
-`gradkit.closing`). Where there is no fork (or it is unsafe: macOS, Windows), the figures are
+`gradkit.sweeps.closing`). Where there is no fork (or it is unsafe: macOS, Windows), the figures are
 drawn in this process.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from gradkit.interrupts import HANDLED
+from gradkit.core.interrupts import HANDLED
 from gradkit.plotting import discard, save
 
 FORK = sys.platform.startswith("linux")

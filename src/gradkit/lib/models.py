@@ -8,7 +8,7 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-from gradkit.validation import ConfigError, choice, integer, number
+from gradkit.core.validation import ConfigError, choice, integer, number
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import re
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradkit import PROJECT_ROOT
+from gradkit.core import configs
 
 MISSPELT = re.compile(r"Could not override '(experiment\.[\w.]+)'")
 UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
@@ -70,8 +67,4 @@ def _misspelt(key: str, overrides: list[str]) -> str | None:
 
 def _compose(overrides: list[str]) -> DictConfig:
     """The config these overrides compose, inside a running Hydra app or on its own."""
-    if GlobalHydra.instance().is_initialized():
-        return GlobalHydra.instance().config_loader().load_configuration(
-            "config", overrides, run_mode=RunMode.RUN)
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=overrides, return_hydra_config=True)
+    return configs.compose("config", overrides, hydra_node=True)

@@ -68,16 +68,12 @@ class RunContext:
 class Experiment(ABC):
     """A demonstration. Subclasses validate their keyword parameters in `__init__`.
 
-    The module name is the experiment's name: its Hydra option and its MLflow experiment.
-    `proves` says in the summary report what its checks prove; its notebook section is the
+    Its MLflow experiment is named after the Hydra option that chose it (a variant YAML of
+    the same class is an experiment of its own). `proves` says in the summary report what its checks prove; its notebook section is the
     start of its module docstring (`Section 4.2: ...`), read by `make list` and the report.
     """
 
     proves: str = ""  # what its checks prove, in one sentence
-
-    @property
-    def name(self) -> str:
-        return type(self).__module__.rsplit(".", 1)[-1]
 
     @abstractmethod
     def run(self, ctx: RunContext) -> Result:

@@ -11,13 +11,15 @@ from hydra.errors import CompactHydraException, InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from gradkit import closing, interrupts, sweeps
-from gradkit.errors import UNEXPECTED, not_a_parameter
-from gradkit.experiment import Experiment, Result
-from gradkit.reproducibility import fingerprint
-from gradkit.runtime import build_context, read_settings
-from gradkit.tracking import StoreError, Tracker, flatten, run_name, write_result
-from gradkit.validation import ConfigError
+from gradkit.core import interrupts
+from gradkit.core.errors import UNEXPECTED, not_a_parameter
+from gradkit.core.experiment import Experiment, Result
+from gradkit.core.reproducibility import fingerprint
+from gradkit.core.settings import build_context, read_settings
+from gradkit.core.validation import ConfigError
+from gradkit.sweeps import callback as sweeps
+from gradkit.sweeps import closing
+from gradkit.tracking.store import StoreError, Tracker, flatten, run_name, write_result
 
 log = logging.getLogger("gradkit")
 
@@ -53,7 +55,7 @@ def run(cfg: DictConfig) -> float:
     """One job: every key checked before any work, then one MLflow run.
 
     In a sweep that runs its jobs in this process, the run is closed after the next job has
-    computed (`gradkit.closing`): its figures are drawn meanwhile, on another core.
+    computed (`gradkit.sweeps.closing`): its figures are drawn meanwhile, on another core.
     """
     interrupts.install()  # a parallel launcher's worker process handles signals too
     job = _job(cfg)
@@ -74,7 +76,8 @@ def _job(cfg: DictConfig) -> closing.Job:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     sweep = sweeps.SweepJob.current(hydra_cfg) if hydra_cfg.mode == RunMode.MULTIRUN else None
-    experiment = build_experiment(cfg, hydra_cfg.runtime.choices.experiment)
+    option = hydra_cfg.runtime.choices.experiment  # its MLflow experiment, a variant's own
+    experiment = build_experiment(cfg, option)
     try:
         settings = read_settings(cfg)
         tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
@@ -84,31 +87,31 @@ def _job(cfg: DictConfig) -> closing.Job:
                         tracker.cache_dir)
 
     overrides = list(hydra_cfg.overrides.task)
-    tags = {**fingerprint(), "overrides": " ".join(overrides), "seed": settings.seed,
+    tags = {**fingerprint(Path(hydra_cfg.runtime.cwd)), "overrides": " ".join(overrides), "seed": settings.seed,
             "device": str(ctx.device), "dtype": settings.dtype, "threads": ctx.threads,
             **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
-    parent = sweep.parent_run_id(experiment.name) if sweep else None
+    parent = sweep.parent_run_id(option) if sweep else None
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
-        with tracker.run(experiment.name, name, tags, parent) as run_id:
+        with tracker.run(option, name, tags, parent) as run_id:
             result = pngs = None
             try:
                 try:
-                    log.info("%s: running %s", experiment.name, name)
+                    log.info("%s: running %s", option, name)
                     result = experiment.run(ctx)
                     pngs = write_result(result, output_dir, dpi=settings.dpi,
                                         figures=settings.figures)
-                    log.info("%s: objective=%.6g checks=%s", experiment.name, result.objective,
+                    log.info("%s: objective=%.6g checks=%s", option, result.objective,
                              describe_checks(result))
                 finally:  # a failed or interrupted job keeps its params, config and log
                     tracker.log_result(run_id, params, result, settings.max_series_points)
                 if result.failed_checks:
-                    raise ChecksFailed(f"{experiment.name}: checks failed: "
+                    raise ChecksFailed(f"{option}: checks failed: "
                                        f"{describe_checks(result)}; run {run_id}")
-                log.info(tracker.describe(run_id, experiment.name))
-                yield result.objective, f"run {run_id} ({experiment.name} {name})"
+                log.info(tracker.describe(run_id, option))
+                yield result.objective, f"run {run_id} ({option} {name})"
             finally:  # and always its folder, once its PNGs are written: the run is closed
                 tracker.log_files(run_id, output_dir, pngs)
     except StoreError as error:

@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from gradkit.experiment import RunContext
-from gradkit.reproducibility import seed_everything
-from gradkit.validation import ConfigError, boolean, choice, integer
+from gradkit.core.experiment import RunContext
+from gradkit.core.reproducibility import seed_everything
+from gradkit.core.validation import ConfigError, boolean, choice, integer
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from gradkit.models import ACTIVATIONS, linear_layers
-from gradkit.validation import number
+from gradkit.core.validation import number
+from gradkit.lib.models import ACTIVATIONS, linear_layers
 
 KINDS = ("vanishing", "exploding", "dead_units", "imbalance", "nan_grad", "inf_grad")
 CRITICAL = frozenset({"exploding", "nan_grad", "inf_grad"})  # the others are warnings

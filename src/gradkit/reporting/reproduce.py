@@ -1,4 +1,4 @@
-"""`python -m gradkit.reproduce RUN_ID [tracking overrides]`: replay a run, diff the two.
+"""`gradkit reproduce RUN_ID [--config-dir DIR] [tracking overrides]`: replay a run, diff the two.
 
 The replay is built from what the run logged: its command-line overrides (`.hydra/overrides.yaml`)
 and its resolved `config.yaml`. Every key whose value today's defaults would change is pinned
@@ -20,15 +20,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from gradkit import run as entry_point
-from gradkit.commands import compose_config, fail, plain, run_command
-from gradkit.experiment import is_timing
-from gradkit.tracking import Tracker, flatten
-from gradkit.validation import ConfigError
+from gradkit.cli import run as entry_point
+from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core.experiment import is_timing
+from gradkit.core.validation import ConfigError
+from gradkit.tracking.store import Tracker, flatten
 
 IDENTICAL, DIFFERS, UNREPRODUCIBLE = 0, 1, 2
 ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "python", "platform", "device")
-USAGE = "usage: python -m gradkit.reproduce RUN_ID [tracking=server tracking.uri=URL | " \
+USAGE = "usage: gradkit reproduce RUN_ID [--config-dir DIR] [tracking=server tracking.uri=URL | " \
         "tracking.root=DIR]"
 
 
@@ -57,7 +57,8 @@ def is_store_key(key: str) -> bool:
     return key.split("=")[0].lstrip("+~").startswith("tracking")
 
 
-def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list[str], list[str]]:
+def replay_overrides(tracker: Tracker, run: Any, store: list[str],
+                     config_dirs: list[str] = ()) -> tuple[list[str], list[str]]:
     """The overrides that rerun `run` into the store `store` names, and warnings about keys.
 
     Starts from the run's own overrides (without its store), then pins every key whose
@@ -80,7 +81,7 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list
     overrides = [o for o in overrides if not is_store_key(o)]
     try:
         composed = flatten(OmegaConf.to_container(
-            compose_config("config", [*overrides, *store]), resolve=True))
+            compose_config("config", [*overrides, *store], config_dirs), resolve=True))
     except ConfigError as error:
         raise Unreproducible(f"its overrides no longer compose: {error}") from None
     wanted = {k: v for k, v in flatten(OmegaConf.to_container(logged)).items()
@@ -97,11 +98,12 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str]) -> tuple[list
     return [*overrides, *pins, *store], warnings
 
 
-def replay(tracker: Tracker, run: Any, overrides: list[str]) -> Any:
-    """Run `python -m gradkit.run OVERRIDES` in this process; the run it made."""
+def replay(tracker: Tracker, run: Any, overrides: list[str], config_dirs: list[str] = ()) -> Any:
+    """Run `gradkit run OVERRIDES` in this process; the run it made."""
     started = int(time.time() * 1000)
     argv = sys.argv
-    sys.argv = ["gradkit.run", *overrides, "hydra.mode=RUN"]
+    sys.argv = ["gradkit run", *[f"--config-dir={d}" for d in config_dirs], *overrides,
+                "hydra.mode=RUN"]
     try:
         entry_point.main()
     except SystemExit:  # a failing replay still made a run to compare, or says why not
@@ -164,10 +166,10 @@ def table(rows: list[Difference]) -> str:
                      for row in cells)
 
 
-def reproduce(run_id: str, store: list[str]) -> int:
+def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int:
     """Replay run `run_id` of the store `store` names, print the comparison; the exit code."""
     try:
-        tracker = Tracker.from_config(compose_config("reproduce", store).tracking,
+        tracker = Tracker.from_config(compose_config("reproduce", store, config_dirs).tracking,
                                       base=Path.cwd())
     except ConfigError as error:
         fail(str(error), UNREPRODUCIBLE)
@@ -176,8 +178,8 @@ def reproduce(run_id: str, store: list[str]) -> int:
         fail(f"no run {run_id!r} in the MLflow store at {tracker.uri}; pass the store that "
              "holds it (tracking.root=DIR or tracking=server tracking.uri=URL)", UNREPRODUCIBLE)
     try:
-        overrides, warnings = replay_overrides(tracker, original, store)
-        replayed = replay(tracker, original, overrides)
+        overrides, warnings = replay_overrides(tracker, original, store, config_dirs)
+        replayed = replay(tracker, original, overrides, config_dirs)
     except Unreproducible as error:
         fail(f"run {run_id} cannot be reproduced: {error}", UNREPRODUCIBLE)
     tracker.set_tags(replayed.info.run_id, {"reproduces": run_id})
@@ -200,12 +202,8 @@ def reproduce(run_id: str, store: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
+    config_dirs, args = split_config_dirs(sys.argv[1:] if argv is None else argv)
     run_ids = [arg for arg in args if "=" not in arg]
     if len(run_ids) != 1:
         fail(USAGE, UNREPRODUCIBLE)
-    raise SystemExit(reproduce(run_ids[0], [arg for arg in args if "=" in arg]))
-
-
-if __name__ == "__main__":
-    run_command(main)
+    raise SystemExit(reproduce(run_ids[0], [arg for arg in args if "=" in arg], config_dirs))

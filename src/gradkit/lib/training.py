@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradkit.cache import Entry, cached
-from gradkit.data import DIGIT_CLASSES, Digits
-from gradkit.experiment import RunContext
-from gradkit.models import image_classifier
+from gradkit.core.experiment import RunContext
+from gradkit.lib.cache import Entry, cached
+from gradkit.lib.data import DIGIT_CLASSES, Digits
+from gradkit.lib.models import image_classifier
 
 OPTIMIZERS = ("sgd", "adam")
 SGD_MOMENTUM = 0.9

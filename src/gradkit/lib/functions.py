@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gradkit.validation import choice
+from gradkit.core.validation import choice
 
 
 @dataclass(frozen=True)

@@ -22,23 +22,23 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from gradkit import PROJECT_ROOT
-from gradkit.experiment import Result
-from gradkit.interrupts import Interrupted
+from gradkit.core.experiment import Result
+from gradkit.core.interrupts import Interrupted
+from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import discard
-from gradkit.pngs import PNGs
-from gradkit.validation import ConfigError, choice
+from gradkit.plotting.pngs import PNGs
 
 PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
 ENTRIES_PER_CALL = 1000  # and params, tags and metrics together
 MAX_TAG_LENGTH = 5000
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
-SOURCE_TAGS = {"mlflow.source.name": "python -m gradkit.run", "mlflow.source.type": "LOCAL"}
+SOURCE_TAGS = {"mlflow.source.name": "gradkit run", "mlflow.source.type": "LOCAL"}
 SOURCE_COMMIT_TAG = "mlflow.source.git.commit"
 # MLflow 3's UI starts on its GenAI view; this switches it to model training (and stays so).
 UI_TRAINING_VIEW = "?workflowType=machine_learning"
-UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves by default
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `gradkit ui` serves by default
+DEFAULT_ROOT = "mlruns"  # the local store's folder, under the directory the command runs in
 SEARCH_PAGE = 1000  # runs per search request; a store may hold many thousands
 SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before any work
 # MLflow retries an unreachable server for ~4 minutes by default; a sweep should fail fast.
@@ -97,9 +97,10 @@ def _user() -> str:
 class Tracker:
     """One MLflow store: a local SQLite database with artifacts beside it, or a server."""
 
-    def __init__(self, uri: str, artifact_root: Path | None = None):
+    def __init__(self, uri: str, artifact_root: Path | None = None, base: Path | None = None):
         self.uri = uri
         self.artifact_root = artifact_root
+        self.base = base or Path.cwd()  # the directory the command runs in
         self.client = MlflowClient(tracking_uri=uri)
         self._experiment_ids: dict[str, str] = {}
 
@@ -107,13 +108,14 @@ class Tracker:
     def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None) -> Tracker:
         """The store a `tracking` config group names (kind: local | server), checked usable.
 
-        A relative `root` is taken relative to `base` (the directory the command started in).
+        A relative `root` (default `mlruns`) is taken relative to `base`, the directory the
+        command started in.
         """
+        base = (base or Path.cwd()).resolve()
         if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
-            return _server(str(tracking["uri"]).rstrip("/"))
-        root = Path(tracking.get("root") or PROJECT_ROOT / "mlruns").expanduser()
-        root = (base or Path.cwd()) / root if not root.is_absolute() else root
-        return _local(root.resolve())
+            return _server(str(tracking["uri"]).rstrip("/"), base)
+        root = Path(tracking.get("root") or DEFAULT_ROOT).expanduser()
+        return _local((base / root).resolve(), base)
 
     def experiment_id(self, name: str) -> str:
         """The id of MLflow experiment `name`, created on first use (looked up once)."""
@@ -149,9 +151,9 @@ class Tracker:
 
     @property
     def cache_dir(self) -> Path:
-        """Where trained weights are cached: beside a local store; with a server, the
-        project's `mlruns/cache`."""
-        return (self.artifact_root.parent if self.artifact_root else PROJECT_ROOT / "mlruns") \
+        """Where trained weights are cached: beside a local store; with a server, `mlruns/cache`
+        under the directory the command runs in."""
+        return (self.artifact_root.parent if self.artifact_root else self.base / DEFAULT_ROOT) \
             / "cache"
 
     def describe(self, run_id: str, experiment: str) -> str:
@@ -161,8 +163,8 @@ class Tracker:
         if self.artifact_root is None:  # a server: link straight to the run
             return f"{where}: {self.uri}{page}"
         root = self.artifact_root.parent
-        store = "" if root == PROJECT_ROOT / "mlruns" else f" STORE={root}"
-        return f"{where}, store {root}: `make ui{store}`, then {UI_ADDRESS}{page}"
+        store = "" if root == self.base / DEFAULT_ROOT else f" --store {root}"
+        return f"{where}, store {root}: `gradkit ui{store}`, then {UI_ADDRESS}{page}"
 
     def failed(self, error: BaseException) -> StoreError:
         """An MLflow error as one line naming the store."""
@@ -341,17 +343,17 @@ def _write_series(path: Path, series: Mapping[str, list[float]]) -> Path:
 
 
 @functools.lru_cache(maxsize=8)
-def _server(uri: str) -> Tracker:
+def _server(uri: str, base: Path) -> Tracker:
     """The tracking server at `uri`, checked once per process (a sweep's jobs share it)."""
     _check_server(uri)
-    return Tracker(uri)
+    return Tracker(uri, base=base)
 
 
 @functools.lru_cache(maxsize=8)
-def _local(root: Path) -> Tracker:
+def _local(root: Path, base: Path) -> Tracker:
     """The embedded store in `root`, checked once per process (a sweep's jobs share it)."""
     database = _local_database(root)
-    tracker = Tracker(f"sqlite:///{database}", database.parent / "artifacts")
+    tracker = Tracker(f"sqlite:///{database}", database.parent / "artifacts", base)
     try:
         tracker.client.search_experiments(max_results=1)
     except Exception as error:  # whatever MLflow or SQLite raise for a broken database

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from gradkit.cache import cached
+from gradkit.lib.cache import cached
 
 
 def regression_batch(size: int, input_dim: int, output_dim: int, generator: torch.Generator,
