@@ -15,18 +15,20 @@ NOTEBOOK ?=
 
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-RUN := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.run
+GRADKIT := MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/gradkit
+RUN := $(GRADKIT) run
+PYTEST := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help list install run run-one sweep sweep-descent report reproduce test lint bench ui \
-	server clean clean-store
+.PHONY: help list install run run-one sweep sweep-descent report reproduce test test-fast lint \
+	bench ui server clean clean-store
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 	@echo "Every experiment with its parameters, and every sweep preset: make list"
 
 list: $(STAMP) ## every experiment (section, purpose, parameters) and sweep preset (grid)
-	@$(PY) -m gradkit.catalog
+	@$(GRADKIT) list
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,14 +52,17 @@ sweep-descent: SWEEP = descent_lr_start
 sweep-descent: sweep ## the gradient descent learning-rate x start sweep (18 jobs)
 
 report: $(STAMP) ## summary of every run in the store: outputs/report/report.html (ARGS='since=2026-11-01')
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.report $(ARGS)
+	$(GRADKIT) report $(ARGS)
 
 reproduce: $(STAMP) ## replay a run and diff its metrics: make reproduce RUN=<run id> [ARGS=tracking.root=DIR]
 	@[ "$(origin RUN)" != file ] || { echo "usage: make reproduce RUN=<run id>" >&2; exit 2; }
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m gradkit.reproduce $(RUN) $(ARGS)
+	$(GRADKIT) reproduce $(RUN) $(ARGS)
 
-test: $(STAMP) ## run the test suite
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest
+test: $(STAMP) ## the whole test suite (unit, integration, system), in parallel
+	$(PYTEST) -n auto
+
+test-fast: $(STAMP) ## the unit tests alone, for the edit loop
+	$(PYTEST) -n auto tests/unit
 
 lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests bench
@@ -69,10 +74,7 @@ bench: $(STAMP) ## every benchmark in bench/, results in bench/results/ (NOTEBOO
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) bench/first_hour.py $(if $(NOTEBOOK),--notebook '$(NOTEBOOK)')
 
 ui: $(STAMP) ## MLflow UI on a store (STORE=mlruns; http://127.0.0.1:5000, HOST=, PORT=)
-	@echo "Open http://$(HOST):$(PORT)/#/?workflowType=machine_learning (the Model training view)"
-	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow ui --host $(HOST) --port $(PORT) \
-		--backend-store-uri sqlite:///$(abspath $(STORE))/mlflow.db \
-		--default-artifact-root $(abspath $(STORE))/artifacts
+	$(GRADKIT) ui --store $(STORE) --host $(HOST) --port $(PORT)
 
 server: $(STAMP) ## MLflow tracking server for tracking=server (bound to 127.0.0.1)
 	MLFLOW_DISABLE_TELEMETRY=true $(VENV)/bin/mlflow server --host $(HOST) --port $(PORT) \

@@ -57,6 +57,17 @@ def is_store_key(key: str) -> bool:
     return key.split("=")[0].lstrip("+~").startswith("tracking")
 
 
+def logged_config_dirs(tracker: Tracker, run_id: str) -> list[str]:
+    """The user's config folders the run was composed with (`--config-dir`,
+    `hydra.searchpath`), as its Hydra record names them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        record = tracker.download(run_id, ".hydra/hydra.yaml", Path(tmp))
+        sources = OmegaConf.select(OmegaConf.load(record), "hydra.runtime.config_sources",
+                                   default=[]) if record else []
+    return [source.path for source in sources
+            if source.schema == "file" and source.provider not in ("hydra", "main", "schema")]
+
+
 def replay_overrides(tracker: Tracker, run: Any, store: list[str],
                      config_dirs: list[str] = ()) -> tuple[list[str], list[str]]:
     """The overrides that rerun `run` into the store `store` names, and warnings about keys.
@@ -177,6 +188,7 @@ def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int
     if original is None:
         fail(f"no run {run_id!r} in the MLflow store at {tracker.uri}; pass the store that "
              "holds it (tracking.root=DIR or tracking=server tracking.uri=URL)", UNREPRODUCIBLE)
+    config_dirs = config_dirs or logged_config_dirs(tracker, run_id)
     try:
         overrides, warnings = replay_overrides(tracker, original, store, config_dirs)
         replayed = replay(tracker, original, overrides, config_dirs)

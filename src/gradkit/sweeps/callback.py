@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import read_settings
 from gradkit.core.validation import ConfigError
 from gradkit.sweeps import closing
@@ -108,7 +109,8 @@ class SweepTracker(Callback):
         choices = config.hydra.runtime.choices
         preset = choices.get("sweep") or choices.get("search") or "sweep"
         name = f"{preset} {started:%Y-%m-%d %H:%M:%S.%f}"
-        tags = {"sweep_id": sweep_id, "sweep_dir": str(sweep_dir),
+        tags = {**fingerprint(Path(config.hydra.runtime.cwd)), "sweep_id": sweep_id,
+                "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
         try:
             settings = read_settings(config)

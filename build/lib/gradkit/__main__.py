@@ -1,0 +1,5 @@
+"""`python -m gradkit ...`: the `gradkit` command."""
+
+from gradkit.cli import main
+
+main()

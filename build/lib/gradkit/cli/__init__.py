@@ -1,0 +1,90 @@
+"""The `gradkit` command: `gradkit run | list | report | reproduce | ui`, each a thin layer
+over the rest of the package, taking Hydra overrides as `python -m gradkit.run` does."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+from gradkit import __version__
+from gradkit.cli.commands import fail, run_command, split_config_dirs
+
+USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
+
+  run        one experiment or a sweep:   gradkit run [--multirun] [--config-dir DIR] [KEY=VALUE ...]
+  list       every experiment and preset: gradkit list [--config-dir DIR]
+  report     summary of the store's runs: gradkit report [--config-dir DIR] [KEY=VALUE ...]
+  reproduce  replay a run, diff it:       gradkit reproduce RUN_ID [--config-dir DIR] [KEY=VALUE ...]
+  ui         MLflow's UI on a store:      gradkit ui [--store DIR] [--host HOST] [--port PORT]
+
+`gradkit run --help` lists every key; results go to outputs/ and mlruns/ in this folder."""
+
+
+def _run(args: list[str]) -> None:
+    from gradkit.cli import run
+
+    sys.argv = ["gradkit run", *args]
+    run.main()
+
+
+def _list(args: list[str]) -> None:
+    from gradkit.cli.catalog import render
+
+    config_dirs, rest = split_config_dirs(args)
+    if rest:
+        fail(f"gradkit list takes only --config-dir DIR, not {' '.join(rest)}", 2)
+    try:
+        print(render(config_dirs))
+    except BrokenPipeError:  # `gradkit list | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
+
+
+def _report(args: list[str]) -> None:
+    from gradkit.reporting import report
+
+    report.main(args)
+
+
+def _reproduce(args: list[str]) -> None:
+    from gradkit.reporting import reproduce
+
+    reproduce.main(args)
+
+
+def _ui(args: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="gradkit ui", description="MLflow's UI on a store")
+    parser.add_argument("--store", default="mlruns", help="the store folder (default: mlruns)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", default="5000")
+    options = parser.parse_args(args)
+    store = os.path.abspath(options.store)
+    if not os.path.isfile(os.path.join(store, "mlflow.db")):
+        fail(f"--store {store} holds no mlflow.db; run an experiment first or pass --store DIR")
+    print(f"Open http://{options.host}:{options.port}/#/?workflowType=machine_learning "
+          "(the Model training view)", flush=True)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", options.host,
+                              "--port", options.port, "--backend-store-uri",
+                              f"sqlite:///{store}/mlflow.db", "--default-artifact-root",
+                              f"{store}/artifacts"])
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "run": _run, "list": _list, "report": _report, "reproduce": _reproduce, "ui": _ui}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `gradkit` console script."""
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    if args[0] == "--version":
+        print(f"gradkit {__version__}")
+        return
+    command = COMMANDS.get(args[0])
+    if command is None:
+        fail(f"{args[0]!r} is not a gradkit command; choose one of: {', '.join(COMMANDS)}", 2)
+    run_command(lambda: command(args[1:]))

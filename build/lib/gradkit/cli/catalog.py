@@ -1,0 +1,92 @@
+"""`gradkit list`: every experiment and sweep preset at a glance, the user's own included.
+
+The options come from Hydra's config search path (gradkit's configs and every `--config-dir`);
+sections and purposes from the experiment modules' docstrings (`Section 4.2: purpose`), read
+without importing them, so the list answers without loading torch.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.resources
+import importlib.util
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gradkit.core import configs
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One experiment: its option name, class, notebook section, purpose and defaults."""
+
+    name: str
+    target: str
+    section: str
+    purpose: str
+    parameters: dict[str, object]
+
+
+def config_file(group: str, name: str, config_dirs: Sequence[str | Path] = ()) -> Path | None:
+    """The YAML file of option `name` of `group`: the user's folders first, then gradkit's."""
+    roots = [*map(Path, config_dirs), Path(str(importlib.resources.files(configs.CONFIG_MODULE)))]
+    return next((root / group / f"{name}.yaml" for root in roots
+                 if (root / group / f"{name}.yaml").is_file()), None)
+
+
+def describe_module(module: str) -> tuple[str, str]:
+    """The notebook section (`4.2`, or `beyond`) and purpose in `module`'s docstring."""
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return "beyond", f"{module or 'no _target_'} (its module cannot be found)"
+    docstring = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""
+    head, _, purpose = docstring.split("\n")[0].partition(": ")
+    section = head.removeprefix("Section ") if purpose else "beyond"
+    return (section if section[:1].isdigit() else "beyond"), (purpose or head).rstrip(".")
+
+
+def experiments(config_dirs: Sequence[str | Path] = ()) -> list[Entry]:
+    """Every experiment option, in notebook order (those beyond the notebook last)."""
+    entries = []
+    for name in configs.group_options("experiment", config_dirs):
+        config = configs.compose("config", [f"experiment={name}"], config_dirs).experiment
+        parameters = OmegaConf.to_container(config)
+        target = str(parameters.pop("_target_", ""))
+        entries.append(Entry(name, target, *describe_module(target.rpartition(".")[0]),
+                             parameters))
+    return sorted(entries, key=lambda e: [int(n) for n in e.section.split(".")]
+                  if e.section[0].isdigit() else [99])
+
+
+def presets(config_dirs: Sequence[str | Path] = ()) -> list[tuple[str, str, dict[str, str]]]:
+    """Every sweep preset: name, the description in its header comment, its grid."""
+    found = []
+    for name in configs.group_options("sweep", config_dirs):
+        path = config_file("sweep", name, config_dirs)
+        text = path.read_text() if path else ""
+        comment = [line.lstrip("# ").rstrip() for line in text.splitlines()
+                   if line.startswith("#") and "@package" not in line]
+        grid = OmegaConf.select(OmegaConf.create(text), "hydra.sweeper.params") or {}
+        found.append((name, " ".join(comment), {k: str(v) for k, v in grid.items()}))
+    return found
+
+
+def render(config_dirs: Sequence[str | Path] = (), width: int = 100) -> str:
+    """The catalogue as text, wrapped at `width` columns."""
+    def block(head: str, body: str) -> list[str]:
+        return textwrap.wrap(body, width, initial_indent=f"  {head:<30}",
+                             subsequent_indent=" " * 32, break_on_hyphens=False)
+
+    lines = ["Experiments: gradkit run experiment=NAME [experiment.PARAM=VALUE ...]", ""]
+    for entry in experiments(config_dirs):
+        lines += block(f"{entry.name} ({entry.section})", entry.purpose)
+        lines += block("", "  ".join(f"{key}={value}" for key, value in entry.parameters.items()))
+    lines += ["", "Sweep presets: gradkit run sweep=NAME [hydra/launcher=joblib]", ""]
+    for name, description, grid in presets(config_dirs):
+        lines += block(name, description)
+        lines += [line for key, values in grid.items() for line in block("", f"{key}: {values}")]
+    return "\n".join(lines)

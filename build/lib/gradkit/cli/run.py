@@ -1,0 +1,71 @@
+"""`gradkit run`: compose the config, then run each job (`gradkit.core.job`) and report.
+
+This module imports only Hydra and light helpers: torch, mlflow and matplotlib load with the
+first job, so a misspelt key or `--help` answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from gradkit.core import interrupts
+from gradkit.core.configs import SEARCH_PATH, register_sweeper
+from gradkit.core.errors import explain
+
+
+@hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="config")
+def run_job(cfg: DictConfig) -> float:
+    """One job: every key checked before any work, then one MLflow run."""
+    from gradkit.core import job  # the heavy imports, once there is a job to run
+
+    return job.run(cfg)
+
+
+def ended_sweeps(interrupted: bool) -> list[str]:
+    """End the sweeps this process left open; none when no sweep ever started (Hydra loads
+    `gradkit.sweeps.callback` for its callback when one does)."""
+    sweeps = sys.modules.get("gradkit.sweeps.callback")
+    return sweeps.end_open_sweeps(interrupted=interrupted) if sweeps else []
+
+
+def failed_closings() -> list[str]:
+    """Runs of this command's jobs that ended FAILED after their job returned: their files
+    could not be written or logged (`gradkit.sweeps.closing`, loaded with the first job)."""
+    closing = sys.modules.get("gradkit.sweeps.closing")
+    return closing.take_failures() if closing else []
+
+
+def main() -> None:
+    """`gradkit run ARGS` (ARGS in `sys.argv[1:]`): errors in one line; Ctrl-C or SIGTERM
+    end every open run."""
+    interrupts.install()
+    register_sweeper()
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands every error back here
+    try:
+        run_job()
+        failures = failed_closings()
+        for failure in failures:
+            print(f"gradkit: {failure}", file=sys.stderr)
+        if failures:
+            raise SystemExit(1)
+    except Exception as error:
+        if full_error == "1":
+            raise
+        print(f"gradkit: {explain(error, sys.argv[1:])}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except interrupts.Interrupted as stop:
+        ended = [*stop.ended, *ended_sweeps(interrupted=True)]
+        print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
+        interrupts.exit_terminated(stop.signum)
+    finally:  # Hydra skips on_multirun_end when a job raises
+        for line in ended_sweeps(interrupted=False):
+            print(f"gradkit: {line}", file=sys.stderr)
+        if full_error is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error

@@ -1,0 +1,1 @@
+"""The experiment contract, global settings, validation and one job from config to run."""

@@ -1,0 +1,70 @@
+"""Errors said in one line: what is wrong, the key, and what is allowed instead.
+
+Hydra's own composition messages span several lines and advise `+key=...` for a misspelt
+key, which then fails differently; these functions turn them into one line that names the
+experiment's real parameters.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig
+
+from gradkit.core import configs
+
+MISSPELT = re.compile(r"Could not override '(experiment\.[\w.]+)'")
+UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+
+
+def not_a_parameter(key: str, experiment: str, parameters: list[str]) -> str:
+    """`experiment.pont is not a parameter of jacobian; its parameters: point`."""
+    return (f"{key} is not a parameter of {experiment}; its parameters: "
+            f"{', '.join(parameters) or 'none'}")
+
+
+def one_line(message: str) -> str:
+    """Hydra's multi-line message as one line, without its `+key` advice or search path."""
+    lines = [line.strip() for line in message.split("Config search path")[0].splitlines()
+             if line.strip() and not line.strip().startswith("To append to your config")]
+    listed = next((i for i, line in enumerate(lines) if line.startswith("Available options")),
+                  None)
+    if listed is None:
+        return " ".join(lines)
+    return f"{' '.join(lines[:listed])} Available: {', '.join(lines[listed + 1:])}"
+
+
+def explain(error: Exception, overrides: list[str]) -> str:
+    """One line for an error that stopped the command (`overrides`: its command line)."""
+    if isinstance(error, CompactHydraException) and not MISSPELT.search(str(error)):
+        return one_line(str(error))
+    misspelt = MISSPELT.search(str(error))
+    if misspelt:
+        return _misspelt(misspelt[1], overrides) or one_line(str(error))
+    return f"{type(error).__name__}: {one_line(str(error))} (HYDRA_FULL_ERROR=1 for a traceback)"
+
+
+def _misspelt(key: str, overrides: list[str]) -> str | None:
+    """Name the parameters of each experiment the command chose that lacks `key`."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [o for o in overrides if not o.startswith("-")])
+        kept = [o.input_line for o in parsed if not o.is_sweep_override()
+                and not o.key_or_group.lstrip("+~").startswith(("experiment.", "hydra"))]
+        chosen = [list(o.sweep_string_iterator()) for o in parsed
+                  if o.key_or_group == "experiment" and o.is_sweep_override()]
+        for option in chosen[-1] if chosen else [None]:
+            cfg = _compose(kept + ([f"experiment={option}"] if option else []))
+            parameters = [name for name in cfg.experiment if name != "_target_"]
+            if key.split(".")[1] not in parameters:
+                return not_a_parameter(key, cfg.hydra.runtime.choices.experiment, parameters)
+    except Exception:  # the command is too unusual to analyse: Hydra's message will do
+        return None
+    return None
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The config these overrides compose, inside a running Hydra app or on its own."""
+    return configs.compose("config", overrides, hydra_node=True)

@@ -1,0 +1,49 @@
+"""Ctrl-C and SIGTERM (timeout, kill, SLURM) become one exception that every run handles.
+
+`install()` turns the first SIGINT or SIGTERM into `Interrupted` (a KeyboardInterrupt, so
+libraries that clean up on Ctrl-C do so for SIGTERM too); repeats are ignored while the
+runs end. `exit_terminated()` then leaves with the status a shell gives for that signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process was asked to stop by a signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.ended: list[str] = []  # what was closed on the way out, for the final line
+
+
+_received: list[int] = []
+
+
+def _raise_once(signum: int, frame) -> None:
+    if _received:  # already stopping: let the runs end
+        return
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+def install() -> None:
+    """Handle SIGINT and SIGTERM in this process (only the main thread can)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in HANDLED:
+        if signal.getsignal(signum) is not _raise_once:
+            signal.signal(signum, _raise_once)
+
+
+def exit_terminated(signum: int) -> None:
+    """Exit with status 128 + signum, as a shell reports a process killed by `signum`.
+
+    Exiting (rather than dying by the signal) lets parallel launchers clean up their workers.
+    """
+    raise SystemExit(128 + signum)

@@ -1,0 +1,1 @@
+"""One module per demonstration; the module name is the experiment's name."""

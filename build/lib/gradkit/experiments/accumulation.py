@@ -1,0 +1,324 @@
+"""Section 6.1: gradient accumulation over micro-batches against training on the full batch."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+from torch import nn
+
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, integer, number
+from gradkit.lib.data import regression_batch
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.models import check_widths, linear_layers, mlp
+from gradkit.plotting import figure, lean_log_ticks
+
+TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient/parameter gap
+
+
+class SharedDropout(nn.Module):
+    """Dropout whose mask (already scaled by 1 / (1 - p)) is set from outside, so that both
+    ways of training drop the same units of the same samples."""
+
+    def __init__(self, p: float, width: int):
+        super().__init__()
+        self.p = p
+        self.width = width
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.mask if self.training else x
+
+
+def with_shared_dropout(model: nn.Sequential) -> list[SharedDropout]:
+    """Replace the model's Dropout modules by SharedDropout ones and return those."""
+    shared, width = [], 0
+    for i, module in enumerate(model):
+        if isinstance(module, nn.Linear):
+            width = module.out_features
+        elif isinstance(module, nn.Dropout):
+            model[i] = SharedDropout(module.p, width)
+            shared.append(model[i])
+    return shared
+
+
+@dataclass
+class Way:
+    """One way of training: its model, optimizer, dropout modules and what it recorded."""
+
+    model: nn.Sequential
+    optimizer: torch.optim.Optimizer
+    dropouts: list[SharedDropout]
+    losses: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)  # per optimizer step
+    first_grads: list[torch.Tensor] = field(default_factory=list)
+
+
+class Accumulation(Experiment):
+    """Two copies of one MLP (copied before any step): one trained on full batches, one by
+    accumulating micro-batch gradients with each loss scaled by 1 / accumulation_steps."""
+
+    proves = ("accumulated micro-batch gradients and the parameters they train equal full-batch"
+              " training (without batch norm)")
+
+    def __init__(self, micro_batch: int | None = 32, effective_batch: int | None = None,
+                 accumulation_steps: int = 4, optimizer_steps: int = 10, dropout: float = 0.1,
+                 batch_norm: bool = False, learning_rate: float = 1e-3, input_dim: int = 50,
+                 hidden: list[int] = (100, 50), output_dim: int = 10):
+        self.accumulation_steps = integer("experiment.accumulation_steps", accumulation_steps,
+                                          minimum=1)
+        self.micro_batch = self._micro_batch(micro_batch, effective_batch)
+        self.optimizer_steps = integer("experiment.optimizer_steps", optimizer_steps, minimum=1)
+        self.dropout = number("experiment.dropout", dropout, minimum=0.0)
+        if self.dropout >= 1:
+            raise ConfigError(f"experiment.dropout={dropout} must be in [0, 1)")
+        if not isinstance(batch_norm, bool):
+            raise ConfigError(f"experiment.batch_norm={batch_norm!r} must be true or false")
+        self.batch_norm = batch_norm
+        if batch_norm and self.micro_batch < 2:
+            raise ConfigError(f"experiment.micro_batch={self.micro_batch} must be >= 2 with "
+                              "batch_norm (batch statistics need two samples)")
+        self.learning_rate = number("experiment.learning_rate", learning_rate, positive=True)
+        self.input_dim = integer("experiment.input_dim", input_dim, minimum=1)
+        self.hidden = check_widths("experiment.hidden", hidden)
+        self.output_dim = integer("experiment.output_dim", output_dim, minimum=1)
+
+    def _micro_batch(self, micro_batch: int | None, effective_batch: int | None) -> int:
+        """The micro-batch size: given, or effective_batch / accumulation_steps."""
+        if (micro_batch is None) == (effective_batch is None):
+            raise ConfigError(f"experiment.micro_batch={micro_batch} and experiment."
+                              f"effective_batch={effective_batch}: set exactly one (null the "
+                              "other)")
+        if micro_batch is not None:
+            return integer("experiment.micro_batch", micro_batch, minimum=1)
+        effective = integer("experiment.effective_batch", effective_batch, minimum=1)
+        if effective % self.accumulation_steps:
+            raise ConfigError(f"experiment.effective_batch={effective} must be a multiple of "
+                              f"experiment.accumulation_steps={self.accumulation_steps}")
+        return effective // self.accumulation_steps
+
+    @property
+    def effective_batch(self) -> int:
+        return self.micro_batch * self.accumulation_steps
+
+    def run(self, ctx: RunContext) -> Result:
+        gen, device = ctx.generator, ctx.device
+        model = mlp(self.input_dim, self.hidden, self.output_dim, dropout=self.dropout,
+                    batch_norm=self.batch_norm, generator=gen).to(device, ctx.dtype)
+        with_shared_dropout(model)
+        full, accumulated = (self._way(copy.deepcopy(model)) for _ in range(2))
+        x, y = regression_batch(self.optimizer_steps * self.effective_batch, self.input_dim,
+                                self.output_dim, gen, dtype=ctx.dtype)
+        memory = self._memory(model, x[:self.effective_batch].to(device), ctx)
+        for step in range(self.optimizer_steps):
+            rows = slice(step * self.effective_batch, (step + 1) * self.effective_batch)
+            batch = x[rows].to(device), y[rows].to(device)
+            masks = [(torch.rand(self.effective_batch, d.width, generator=gen) >= d.p)
+                     .to(device, ctx.dtype) / (1 - d.p) for d in full.dropouts]
+            self._full_step(full, batch, masks, device)
+            self._accumulated_step(accumulated, batch, masks, device)
+        return self._result(full, accumulated, memory, ctx)
+
+    def _way(self, model: nn.Sequential) -> Way:
+        dropouts = [m for m in model if isinstance(m, SharedDropout)]
+        return Way(model, torch.optim.Adam(model.parameters(), lr=self.learning_rate),
+                   dropouts)
+
+    def _full_step(self, way: Way, batch, masks, device) -> None:
+        start = _now(device)
+        way.optimizer.zero_grad()
+        for dropout, mask in zip(way.dropouts, masks, strict=True):
+            dropout.mask = mask
+        loss = F.mse_loss(way.model(batch[0]), batch[1])
+        loss.backward()
+        _keep_first_grads(way)
+        way.optimizer.step()
+        way.seconds.append(_now(device) - start)
+        way.losses.append(loss.item())
+
+    def _accumulated_step(self, way: Way, batch, masks, device) -> None:
+        start = _now(device)
+        way.optimizer.zero_grad()
+        total = 0.0
+        for i in range(self.accumulation_steps):
+            rows = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
+            for dropout, mask in zip(way.dropouts, masks, strict=True):
+                dropout.mask = mask[rows]
+            loss = F.mse_loss(way.model(batch[0][rows]), batch[1][rows]) / self.accumulation_steps
+            loss.backward()
+            total += loss.item()  # the scaled losses add up to the mean micro-batch loss
+        _keep_first_grads(way)
+        way.optimizer.step()
+        way.seconds.append(_now(device) - start)
+        way.losses.append(total)
+
+    def _memory(self, model: nn.Sequential, x: torch.Tensor, ctx: RunContext) -> dict[str, float]:
+        """Saved-activation bytes (and the CUDA peak) of one forward/backward pass on the full
+        batch and on one micro-batch, measured on a throw-away copy of the model."""
+        memory = {}
+        for name, size in (("full_batch", self.effective_batch), ("micro_batch", self.micro_batch)):
+            rows = x[:size].clone()  # its own storage, as a loader's batch would have
+            probe = copy.deepcopy(model)
+            for dropout in probe:
+                if isinstance(dropout, SharedDropout):
+                    dropout.mask = torch.ones(len(rows), dropout.width, device=ctx.device,
+                                              dtype=ctx.dtype)
+            meter = SavedTensorMeter(exclude=probe.parameters())
+            with cuda_peak(ctx.device) as peak:
+                with meter.measure():
+                    out = probe(rows)
+                out.square().mean().backward()
+            memory[f"saved_bytes.{name}"] = float(meter.bytes)
+            if peak:
+                memory[f"cuda_peak_bytes.{name}"] = peak["bytes"]
+        return memory
+
+    def _result(self, full: Way, accumulated: Way, memory: dict[str, float],
+                ctx: RunContext) -> Result:
+        grad_gap, grad_scale, layer_gaps = _gaps(full.first_grads, accumulated.first_grads,
+                                                 full.model)
+        params_full = [p.detach() for p in full.model.parameters()]
+        param_gap, param_scale, _ = _gaps(params_full,
+                                          [p.detach() for p in accumulated.model.parameters()],
+                                          full.model)
+        relative = max(grad_gap / grad_scale, param_gap / param_scale)
+        metrics = {
+            "grad_max_abs_diff": grad_gap, "grad_rel_diff": grad_gap / grad_scale,
+            "param_max_abs_diff": param_gap, "param_rel_diff": param_gap / param_scale,
+            "loss_full": full.losses[0], "loss_accumulated": accumulated.losses[0],
+            "final_loss_full": full.losses[-1],
+            "final_loss_accumulated": accumulated.losses[-1],
+            "seconds_per_step.full": float(np.median(full.seconds)),
+            "seconds_per_step.accumulated": float(np.median(accumulated.seconds)),
+            "effective_batch": float(self.effective_batch),
+            "micro_batch": float(self.micro_batch),
+            **memory,
+            "saved_bytes_ratio": memory["saved_bytes.micro_batch"] / memory[
+                "saved_bytes.full_batch"],
+            **{f"grad_diff.{layer}": gap for layer, gap in layer_gaps.items()},
+        }
+        if self.batch_norm:
+            metrics["batchnorm_gap"] = relative
+            checks, equivalence = {}, "broken_by_batch_norm"
+        else:
+            checks = {"equivalence": Check(relative, TOLERANCE[ctx.dtype])}
+            equivalence = "holds" if checks["equivalence"].passed else "broken"
+        return Result(
+            metrics=metrics,
+            series={"loss_full": full.losses, "loss_accumulated": accumulated.losses},
+            checks=checks,
+            figures={"accumulation": self.plot(full, accumulated, metrics, layer_gaps)},
+            summary={"effective_batch": self.effective_batch, "micro_batch": self.micro_batch,
+                     "dropout_masks": "drawn once per full batch, sliced per micro-batch"},
+            tags={"equivalence": equivalence},
+            objective=relative,
+        )
+
+    def plot(self, full: Way, accumulated: Way, metrics: dict[str, float],
+             layer_gaps: dict[str, float]) -> Figure:
+        """Gradient gap by layer, both loss curves, saved-activation memory per forward."""
+        title = (f"Gradient accumulation: {self.accumulation_steps} x {self.micro_batch} vs one "
+                 f"batch of {self.effective_batch} (dropout {self.dropout:g}"
+                 f"{', batch norm' if self.batch_norm else ''})")
+        fig, (gaps_ax, loss_ax, memory_ax) = figure(title, 1, 3, size=(17, 5), layout=None)
+        fig.subplots_adjust(left=0.05, right=0.985, bottom=0.15, top=0.87, wspace=0.2)
+        layers = list(layer_gaps)
+        gaps_ax.bar(layers, [max(g, 1e-30) for g in layer_gaps.values()], color="tab:purple")
+        gaps_ax.set_yscale("log")
+        lean_log_ticks(gaps_ax.yaxis)
+        gaps_ax.set(title="Gradient gap after the first accumulation",
+                    xlabel="Linear layer (weights and bias)",
+                    ylabel="max |g_full − g_accumulated| (log)")
+        steps = np.arange(1, len(full.losses) + 1)
+        loss_ax.plot(steps, full.losses, "o-", label="full batch")
+        loss_ax.plot(steps, accumulated.losses, "x--", markersize=9, label="accumulated")
+        loss_ax.set(title=f"Loss (parameter gap after {len(steps)} steps: "
+                          f"{metrics['param_max_abs_diff']:.1e})",
+                    xlabel="optimizer step", ylabel="mean squared error (batch mean)")
+        loss_ax.legend()
+        kib = [metrics["saved_bytes.full_batch"] / 1024, metrics["saved_bytes.micro_batch"] / 1024]
+        bars = memory_ax.bar([f"full batch\n({self.effective_batch})",
+                              f"micro-batch\n({self.micro_batch})"], kib,
+                             color=["tab:blue", "tab:orange"])
+        memory_ax.bar_label(bars, [f"{v:.0f} KiB" for v in kib])
+        memory_ax.set(title="Activations saved for backward, per forward pass",
+                      ylabel="saved tensors (KiB)")
+        return fig
+
+    @classmethod
+    def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
+        """Saved-activation memory, gradient/parameter gaps and time against accumulation
+        steps."""
+        done = sorted((j for j in jobs if "saved_bytes.micro_batch" in j["metrics"]
+                       and "experiment.accumulation_steps" in j["params"]),
+                      key=lambda j: int(j["params"]["experiment.accumulation_steps"]))
+        if not done:
+            return None
+        steps = [int(j["params"]["experiment.accumulation_steps"]) for j in done]
+        metric = {key: [j["metrics"].get(key, math.nan) for j in done] for key in (
+            "saved_bytes.micro_batch", "grad_rel_diff", "param_rel_diff",
+            "seconds_per_step.full", "seconds_per_step.accumulated")}
+        fig, axes = figure("Gradient accumulation sweep: memory falls, gradients stay equal",
+                           1, 3, size=(17, 5))
+        kib = np.array(metric["saved_bytes.micro_batch"]) / 1024
+        axes[0].plot(steps, kib, "o-", label="measured")
+        axes[0].plot(steps, kib[0] * steps[0] / np.array(steps), "--", color="gray",
+                     label="first point × 1/steps")
+        axes[0].set_yscale("log")
+        axes[0].set_yticks(kib, [f"{v:.0f}" for v in kib])
+        axes[0].yaxis.set_minor_formatter(NullFormatter())
+        axes[0].set(title="Activations saved per micro-batch forward",
+                    xlabel="accumulation steps", ylabel="saved tensors (KiB, log)")
+        for key, marker in (("grad_rel_diff", "o"), ("param_rel_diff", "s")):
+            values = np.array(metric[key])
+            axes[1].plot(steps, np.where(values > 0, values, np.nan), marker=marker, label=key)
+            for x in np.array(steps)[values == 0]:
+                axes[1].annotate("= 0", (x, 0.03), xycoords=("data", "axes fraction"),
+                                 ha="center", color="tab:green", fontweight="bold")
+        axes[1].axhline(TOLERANCE[torch.float32], color="tab:red", linestyle="--",
+                        label="float32 tolerance")
+        axes[1].set_yscale("log")
+        axes[1].set(title="Full batch vs accumulated: relative gap (= 0: identical)",
+                    xlabel="accumulation steps", ylabel="max |difference| / max |value| (log)")
+        for key in ("seconds_per_step.full", "seconds_per_step.accumulated"):
+            axes[2].plot(steps, np.array(metric[key]) * 1e3, "o-", label=key.split(".")[1])
+        axes[2].set(title="Time per optimizer step", xlabel="accumulation steps",
+                    ylabel="milliseconds")
+        for ax in axes:
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(steps, [str(s) for s in steps])
+            ax.set_xlim(steps[0] / 1.3, steps[-1] * 1.3)
+            ax.legend(fontsize=8)
+        return fig
+
+
+def _keep_first_grads(way: Way) -> None:
+    if not way.first_grads:
+        way.first_grads = [p.grad.detach().clone() for p in way.model.parameters()]
+
+
+def _gaps(first: list[torch.Tensor], second: list[torch.Tensor],
+          model: nn.Module) -> tuple[float, float, dict[str, float]]:
+    """Largest |first - second| over all tensors, largest |first|, and the largest gap per
+    Linear layer (weight and bias together)."""
+    gaps = [(a - b).abs().max().item() for a, b in zip(first, second, strict=True)]
+    scale = max(a.abs().max().item() for a in first) or 1.0
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    per_layer = {name: max(gaps[index[id(layer.weight)]], gaps[index[id(layer.bias)]])
+                 for name, layer in linear_layers(model)}
+    return max(gaps), scale, per_layer
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

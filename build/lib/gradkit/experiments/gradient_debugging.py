@@ -1,0 +1,239 @@
+"""Section 5.2: a gradient detector run on networks with a planted fault, which it must find."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import choice, integer
+from gradkit.experiments.gradient_flow import plot_layer_norms
+from gradkit.lib.data import regression_batch
+from gradkit.lib.diagnostics import (
+    HEALTH_LEVELS,
+    KINDS,
+    ActivationStats,
+    Finding,
+    GradStats,
+    NonFiniteOrigin,
+    Thresholds,
+    anomaly_mode,
+    backward_with_origin,
+    findings,
+    layer_gradient_stats,
+    layer_metrics,
+    recorded_activations,
+    verdict,
+)
+from gradkit.lib.models import check_widths, linear_layers, mlp
+from gradkit.plotting import figure
+
+DEAD_BIAS = -1.0  # hidden biases that switch most ReLU units off for N(0, 1) inputs
+EXPLODING_STD = 0.5  # 2.5x He's std for width 50: activations and gradients grow layer by layer
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """How a scenario builds its network, and the finding its fault must produce."""
+
+    init: str
+    expected: str | None
+    hidden_bias: float = 0.0
+    planted_sqrt: bool = False
+    description: str = ""
+
+
+SCENARIOS = {
+    "healthy": Scenario("xavier_normal", None, description="Xavier init: nothing to find"),
+    "problematic": Scenario("problematic", "vanishing",
+                            description="the notebook's init: std 5, 0.01, 0.001"),
+    "dead_relu": Scenario("xavier_normal", "dead_units", hidden_bias=DEAD_BIAS,
+                          description=f"hidden biases {DEAD_BIAS:g} switch ReLUs off"),
+    "exploding": Scenario(f"normal:{EXPLODING_STD}", "exploding",
+                          description=f"weights ~ N(0, {EXPLODING_STD}²)"),
+    "nan": Scenario("xavier_normal", "nan_grad", planted_sqrt=True,
+                    description="|z| written as sqrt(z²), a zero (padding) input row"),
+}
+
+
+class AbsAsSqrt(nn.Module):
+    """|z| computed as sqrt(z²): right forward, but its backward is 0/0 = NaN where z = 0."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(z * z)
+
+
+@dataclass
+class Diagnosis:
+    """What the detector found on one forward/backward pass."""
+
+    loss: float
+    grads: dict[str, GradStats]
+    activations: dict[str, ActivationStats]
+    found: list[Finding]
+    origin: NonFiniteOrigin | None
+
+
+def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             thresholds: Thresholds) -> Diagnosis:
+    """Forward in anomaly mode (so a faulty operation's forward line is known), backward with
+    the non-finite origin search (it does not stop at the first NaN), then the rules."""
+    with anomaly_mode(), recorded_activations(model) as activations:
+        loss = F.mse_loss(model(x), y)
+        origin = backward_with_origin(loss)
+    grads = layer_gradient_stats(model)
+    return Diagnosis(loss.item(), grads, dict(activations),
+                     findings(grads, activations, thresholds), origin)
+
+
+class GradientDebugging(Experiment):
+    """Run the gradient detector on a DiagnosticNet (input -> hidden ReLU layers -> 1) that has
+    the fault of `scenario` planted."""
+
+    proves = "the detector finds each scenario's planted fault, and nothing in the healthy network"
+
+    def __init__(self, scenario: str = "problematic", input_dim: int = 10,
+                 hidden: list[int] = (50, 50, 50), batch_size: int = 16,
+                 vanishing: float = 1e-4, exploding: float = 10.0, imbalance: float = 1e3,
+                 dead_units: float = 0.5):
+        if isinstance(scenario, float) and math.isnan(scenario):
+            scenario = "nan"  # Hydra reads `scenario=nan` on a command line as a float
+        self.scenario = choice("experiment.scenario", scenario, SCENARIOS)
+        self.input_dim = integer("experiment.input_dim", input_dim, minimum=1)
+        self.hidden = check_widths("experiment.hidden", hidden)
+        self.batch_size = integer("experiment.batch_size", batch_size, minimum=2)
+        self.thresholds = Thresholds.checked("experiment", vanishing, exploding, imbalance,
+                                             dead_units)
+
+    def build(self, generator: torch.Generator) -> nn.Sequential:
+        """The scenario's network (on the CPU, weights drawn from `generator`)."""
+        spec = SCENARIOS[self.scenario]
+        model = mlp(self.input_dim, self.hidden, 1, init=spec.init, generator=generator)
+        with torch.no_grad():
+            for _, layer in linear_layers(model)[:-1]:
+                layer.bias.fill_(spec.hidden_bias)
+        if spec.planted_sqrt:
+            model.insert(1, AbsAsSqrt())
+        return model
+
+    def run(self, ctx: RunContext) -> Result:
+        spec = SCENARIOS[self.scenario]
+        model = self.build(ctx.generator).to(ctx.device, ctx.dtype)
+        x, y = regression_batch(self.batch_size, self.input_dim, 1, ctx.generator,
+                                dtype=ctx.dtype)
+        if spec.planted_sqrt:
+            x[0] = 0.0  # a padding row: its pre-activations are exactly the (zero) biases
+        diagnosis = diagnose(model, x.to(ctx.device), y.to(ctx.device), self.thresholds)
+        health_metrics, tags = verdict(diagnosis.found)
+        kinds = {f.kind for f in diagnosis.found}
+        missed = ([spec.expected] if spec.expected and spec.expected not in kinds else []) + (
+            sorted(kinds) if spec.expected is None else [])
+        origin = diagnosis.origin
+        if origin:
+            tags["nonfinite_origin"] = f"{origin.operation} ({origin.kind})"
+        metrics = {**layer_metrics(diagnosis.grads, diagnosis.activations), **health_metrics,
+                   "loss": diagnosis.loss, "nonfinite_origin_found": float(origin is not None)}
+        return Result(
+            metrics=metrics,
+            checks={"detects_planted_fault": Check(float(len(missed)), 0.0)},
+            figures={"gradient_debugging": self.plot(diagnosis, tags)},
+            summary={"scenario": self.scenario, "description": spec.description,
+                     "expected_finding": spec.expected, "missed": missed,
+                     "findings": [f.as_dict() for f in diagnosis.found],
+                     "nonfinite_origin": vars(origin) if origin else None,
+                     "layers": {k: vars(s) for k, s in diagnosis.grads.items()},
+                     "activations": {k: vars(s) for k, s in diagnosis.activations.items()},
+                     "thresholds": vars(self.thresholds)},
+            tags=tags,
+            objective=health_metrics["health_level"],
+        )
+
+    def plot(self, diagnosis: Diagnosis, tags: dict[str, str]) -> Figure:
+        """The per-layer statistics as a table with each finding's cell highlighted, and the
+        gradient norms by layer against the thresholds."""
+        title = f"Gradient debugging, scenario {self.scenario}: {tags['health']}"
+        title += f" ({tags['findings'].replace(',', ', ')})" if tags["findings"] else ""
+        fig, (table_ax, norms_ax) = figure(title, 1, 2, size=(17, 5.5), layout=None)
+        fig.subplots_adjust(left=0.035, right=0.985, bottom=0.15, top=0.88, wspace=0.12)
+        stats_table(table_ax, diagnosis)
+        origin = diagnosis.origin
+        if origin:
+            table_ax.set_xlabel(f"first non-finite gradient: {origin.operation} ({origin.kind})"
+                                f"\ncreated at {origin.forward_line}", fontsize=10)
+        plot_layer_norms(norms_ax, {k: math.nan if s.nan_count or s.inf_count else s.norm
+                                    for k, s in diagnosis.grads.items()},
+                         diagnosis.found, self.thresholds)
+        return fig
+
+    @classmethod
+    def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
+        """One row per job: its scenario, how many layers each rule flagged, its health."""
+        if not jobs:
+            return None
+        fig, ax = figure("Gradient debugging sweep: findings per scenario",
+                         size=(12, 1.6 + 0.45 * len(jobs)))
+        header = ["scenario", *KINDS, "health"]
+        rows, colours = [], []
+        for job in jobs:
+            metrics = job["metrics"]
+            scenario = job["params"].get("experiment.scenario", job["overrides"])
+            if "health_level" not in metrics:
+                rows.append([scenario, *["" for _ in KINDS], job["status"].lower()])
+                colours.append(["white", *["white" for _ in KINDS], "lightgray"])
+                continue
+            counts = [int(metrics.get(f"findings.{kind}", 0)) for kind in KINDS]
+            level = HEALTH_LEVELS[int(metrics["health_level"])]
+            rows.append([scenario, *[str(c) if c else "" for c in counts], level])
+            colours.append(["white", *[_HIGHLIGHT[kind] if c else "white"
+                                       for kind, c in zip(KINDS, counts, strict=True)],
+                            _LEVEL_COLOUR[level]])
+        table = ax.table(cellText=rows, colLabels=header, cellColours=colours, loc="center",
+                         cellLoc="center")
+        table.scale(1, 1.6)
+        ax.set_axis_off()
+        ax.set_title("cells: number of layers the rule flagged (empty: none)")
+        return fig
+
+
+_HIGHLIGHT = {"vanishing": "#fdd9a0", "imbalance": "#fdd9a0", "dead_units": "#fdd9a0",
+              "exploding": "#f4a0a0", "nan_grad": "#f4a0a0", "inf_grad": "#f4a0a0"}
+_LEVEL_COLOUR = {"healthy": "#b7e4b0", "warning": "#fdd9a0", "critical": "#f4a0a0"}
+_COLUMNS = {  # column -> (rule kinds shown in it, value of a layer's stats)
+    "‖grad‖": (("vanishing", "exploding", "imbalance"), lambda g, a: f"{g.norm:.2e}"),
+    "mean": ((), lambda g, a: f"{g.mean:.1e}"),
+    "std": ((), lambda g, a: f"{g.std:.1e}"),
+    "zeros": ((), lambda g, a: f"{g.zero_fraction:.0%}"),
+    "‖grad‖/‖W‖": ((), lambda g, a: f"{g.grad_to_weight:.1e}"),
+    "dead units": (("dead_units",), lambda g, a: f"{a.dead_fraction:.0%}" if a else "-"),
+    "NaN": (("nan_grad",), lambda g, a: str(g.nan_count)),
+    "Inf": (("inf_grad",), lambda g, a: str(g.inf_count)),
+}
+
+
+def stats_table(ax, diagnosis: Diagnosis) -> None:
+    """A table of each layer's gradient statistics, finding cells coloured by severity."""
+    flagged = {(f.layer, f.kind) for f in diagnosis.found}
+    rows, colours = [], []
+    for layer, stats in diagnosis.grads.items():
+        activation = diagnosis.activations.get(layer)
+        rows.append([value(stats, activation) for _, value in _COLUMNS.values()])
+        colours.append([next((_HIGHLIGHT[k] for k in kinds if (layer, k) in flagged), "white")
+                        for kinds, _ in _COLUMNS.values()])
+    table = ax.table(cellText=rows, colLabels=list(_COLUMNS), rowLabels=list(diagnosis.grads),
+                     cellColours=colours, loc="center", cellLoc="center")
+    table.scale(1, 1.8)
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    ax.set_title("Weight gradients by layer (orange: warning, red: critical)")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+

@@ -1,0 +1,335 @@
+"""Section 4.1: a 2-D function's gradient over a whole grid, and every critical point in it."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.cm import ScalarMappable
+from matplotlib.colorbar import Colorbar
+from matplotlib.colors import LogNorm, Normalize, SymLogNorm
+from matplotlib.figure import Figure
+
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, vector
+from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
+from gradkit.lib.derivatives import batched_gradient, batched_hessian, gradient_per_point
+from gradkit.lib.functions import OBJECTIVES, Objective, notebook_quadratic
+from gradkit.plotting import colorbar, figure, lean_log_ticks
+
+FUNCTIONS = (*OBJECTIVES, "quadratic")
+MAX_RESOLUTION = 2000
+GRADIENT_TOLERANCE = 1e-12
+LOOP_SAMPLE = 64  # grid points the per-point backward loop recomputes
+NEWTON_STEPS = 40
+NEWTON_STOP = 1e-15  # every step below this fraction of the window: converged
+MAX_SEEDS = 1000
+MERGE_DISTANCE = 1e-7  # relative to the window's size
+MARKERS = {"minimum": ("*", "tab:green"), "maximum": ("^", "tab:red"),
+           "saddle": ("X", "tab:orange"), "degenerate": ("o", "tab:purple")}
+
+
+def landscape_objective(name: str) -> Objective:
+    """The named 2-D function (the notebook's quadratic for `quadratic`)."""
+    return notebook_quadratic() if name == "quadratic" else OBJECTIVES[name]
+
+
+def window_range(key: str, value: Any, default: tuple[float, float]) -> tuple[float, float]:
+    """A [low, high] range with low < high; null takes `default`."""
+    if value is None:
+        return default
+    low, high = vector(key, value, 2)
+    if not low < high:
+        raise ConfigError(f"{key}={[low, high]} must be increasing: [low, high] with low < high")
+    return low, high
+
+
+def grid(x_range: tuple[float, float], y_range: tuple[float, float],
+         resolution: int, device: torch.device) -> torch.Tensor:
+    """Points (resolution, resolution, 2): row i has y = ys[i], column j has x = xs[j]."""
+    xs = torch.linspace(*x_range, resolution, dtype=torch.float64, device=device)
+    ys = torch.linspace(*y_range, resolution, dtype=torch.float64, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)
+
+
+def critical_points(fn: Objective, points: torch.Tensor, grads: torch.Tensor,
+                    x_range: tuple[float, float], y_range: tuple[float, float]
+                    ) -> list[dict[str, Any]]:
+    """Every stationary point in the window, classified by its Hessian's eigenvalues.
+
+    Seeds are the grid's local minima of |grad f|; Newton's method on grad f refines them;
+    those inside the window with |grad f| < STATIONARY_TOLERANCE are kept, duplicates merged.
+    """
+    magnitude = grads.norm(dim=-1)
+    padded = F.pad(magnitude[None, None], (1, 1, 1, 1), value=float("inf"))
+    neighbourhood_min = -F.max_pool2d(-padded, 3, stride=1)[0, 0]
+    is_seed = magnitude <= neighbourhood_min
+    order = magnitude[is_seed].argsort()[:MAX_SEEDS]
+    x = points[is_seed][order]
+    low = torch.tensor([x_range[0], y_range[0]], dtype=x.dtype, device=x.device)
+    high = torch.tensor([x_range[1], y_range[1]], dtype=x.dtype, device=x.device)
+    size = high - low
+    gradient = torch.func.vmap(torch.func.grad(fn.value))
+    for _ in range(NEWTON_STEPS):
+        step = torch.linalg.lstsq(batched_hessian(fn.value, x),
+                                  gradient(x).unsqueeze(-1)).solution.squeeze(-1)
+        x = torch.clamp(x - step, low - size, high + size)
+        if (step.abs() / size).max() < NEWTON_STOP:
+            break
+    grad_norms = gradient(x).norm(dim=-1)
+    keep = (grad_norms < STATIONARY_TOLERANCE) & ((x >= low) & (x <= high)).all(-1)
+    found: list[torch.Tensor] = []
+    for point in x[keep]:
+        if all(((point - other).abs() / size).max() > MERGE_DISTANCE for other in found):
+            found.append(point)
+    if not found:
+        return []
+    stacked = torch.stack(found)
+    eigenvalues = torch.linalg.eigvalsh(batched_hessian(fn.value, stacked))
+    rows = []
+    for point, eig in zip(stacked, eigenvalues, strict=True):
+        grad_norm = gradient(point[None]).norm().item()
+        rows.append({"x": point[0].item(), "y": point[1].item(),
+                     "value": fn.value(point).item(),
+                     "kind": point_kind(eig.tolist(), grad_norm),
+                     "eigenvalues": eig.tolist(), "grad_norm": grad_norm})
+    return sorted(rows, key=lambda r: (KINDS.index(r["kind"]), r["x"], r["y"]))
+
+
+class Landscape(Experiment):
+    """Values and gradients of a 2-D function on a grid; its critical points, classified."""
+
+    proves = ("the batched gradient equals the analytic one and the per-point loop on the grid,"
+              " and every critical point found is stationary")
+
+    def __init__(self, function: str = "rosenbrock", x_range: list[float] | None = None,
+                 y_range: list[float] | None = None, resolution: int = 200):
+        self.objective = landscape_objective(choice("experiment.function", function, FUNCTIONS))
+        (x_window, y_window) = self.objective.window
+        self.x_range = window_range("experiment.x_range", x_range, x_window)
+        self.y_range = window_range("experiment.y_range", y_range, y_window)
+        self.resolution = integer("experiment.resolution", resolution, minimum=2)
+        if self.resolution > MAX_RESOLUTION:
+            raise ConfigError(f"experiment.resolution={resolution} must be <= {MAX_RESOLUTION}")
+
+    def run(self, ctx: RunContext) -> Result:
+        fn = self.objective
+        points = grid(self.x_range, self.y_range, self.resolution, ctx.device)
+        batched_gradient(fn.value, points[:2, :2])  # first-call costs are not the method's
+        start = time.perf_counter()
+        values, grads = batched_gradient(fn.value, points)
+        seconds = time.perf_counter() - start
+        magnitude = grads.norm(dim=-1)
+        found = critical_points(fn, points, grads, self.x_range, self.y_range)
+        counts = {kind: sum(p["kind"] == kind for p in found) for kind in KINDS}
+        metrics = {
+            "value_min": values.min().item(), "value_max": values.max().item(),
+            "value_mean": values.mean().item(), "value_std": values.std().item(),
+            "grad_norm_mean": magnitude.mean().item(), "grad_norm_max": magnitude.max().item(),
+            "gradient_seconds": seconds,
+            **{f"critical_points.{kind}": float(n) for kind, n in counts.items()},
+        }
+        return Result(
+            metrics=metrics,
+            checks=self.checks(points, grads, found),
+            figures={"landscape": self.plot(points.cpu(), values.cpu(), grads.cpu(), found)},
+            summary={"function": fn.name, "x_range": list(self.x_range),
+                     "y_range": list(self.y_range), "resolution": self.resolution,
+                     "critical_points": found},
+            objective=metrics["grad_norm_mean"],
+        )
+
+    def checks(self, points: torch.Tensor, grads: torch.Tensor,
+               found: list[dict[str, Any]]) -> dict[str, Check]:
+        """Batched autograd vs the analytic gradient everywhere and vs the per-point loop on
+        a fixed sample; the analytic gradient at every critical point."""
+        flat_points, flat_grads = points.reshape(-1, 2), grads.reshape(-1, 2)
+        analytic = self.objective.gradient(flat_points)
+        scale = max(1.0, analytic.abs().max().item())
+        sample = torch.linspace(0, len(flat_points) - 1, LOOP_SAMPLE,
+                                device=points.device).round().long().unique()
+        looped = gradient_per_point(self.objective.value, flat_points[sample])
+        at_critical = self.objective.gradient(
+            torch.tensor([[p["x"], p["y"]] for p in found], dtype=torch.float64).reshape(-1, 2))
+        return {
+            "gradient": Check((flat_grads - analytic).abs().max().item() / scale,
+                              GRADIENT_TOLERANCE),
+            "loop_agreement": Check((looped - flat_grads[sample]).abs().max().item() / scale,
+                                    GRADIENT_TOLERANCE),
+            "stationary": Check(at_critical.norm(dim=-1).max().item() if found else 0.0,
+                                STATIONARY_TOLERANCE),
+        }
+
+    def plot(self, points: torch.Tensor, values: torch.Tensor, grads: torch.Tensor,
+             found: list[dict[str, Any]]) -> Figure:
+        """The notebook's nine views: contours, surface, field, |grad|, df/dx, df/dy,
+        histograms of values, magnitudes and directions."""
+        x, y = points[..., 0].numpy(), points[..., 1].numpy()
+        z, g = values.numpy(), grads.numpy()
+        magnitude = np.hypot(g[..., 0], g[..., 1])
+        extent = (*self.x_range, *self.y_range)
+        counts = ", ".join(count_label(sum(p["kind"] == k for p in found), k)
+                           for k in KINDS if any(p["kind"] == k for p in found))
+        title = (f"{self.objective.name} on [{self.x_range[0]:g}, {self.x_range[1]:g}] × "
+                 f"[{self.y_range[0]:g}, {self.y_range[1]:g}], {self.resolution}² points: "
+                 f"critical points: {counts or 'none'}")
+        fig, axes = figure(title, 3, 3, size=(17, 14.5), layout=None)
+        fig.subplots_adjust(left=0.05, right=0.97, bottom=0.05, top=0.93, wspace=0.4,
+                            hspace=0.3)
+        norm = value_norm(z)
+        logarithmic = isinstance(norm, LogNorm)
+        contours(fig, axes[0, 0], x, y, z, norm, found)
+        heatmap(fig, axes[0, 1], z, extent, norm, "viridis", "f(x, y)",
+                f"Surface f ({'log' if logarithmic else 'linear'} colour scale)")
+        gradient_field(fig, axes[0, 2], x, y, g, magnitude)
+        heatmap(fig, axes[1, 0], magnitude, extent, positive_norm(magnitude), "plasma",
+                "‖∇f‖", "Gradient magnitude ‖∇f‖ (log colour scale)")
+        for ax, component, name in ((axes[1, 1], g[..., 0], "∂f/∂x"),
+                                    (axes[1, 2], g[..., 1], "∂f/∂y")):
+            diverging_heatmap(fig, ax, component, extent, name)
+        histogram(axes[2, 0], z, "f(x, y)", "Distribution of values", "tab:blue")
+        histogram(axes[2, 1], magnitude, "‖∇f‖", "Distribution of gradient magnitudes",
+                  "tab:orange")
+        angles = np.arctan2(g[..., 1], g[..., 0]).ravel()
+        counts, edges = np.histogram(angles, bins=72, range=(-np.pi, np.pi))
+        axes[2, 2].stairs(counts, edges, fill=True, color="tab:green")
+        axes[2, 2].set_xticks(np.linspace(-np.pi, np.pi, 5), ["−π", "−π/2", "0", "π/2", "π"])
+        axes[2, 2].set(title="Distribution of gradient directions",
+                       xlabel="angle of ∇f (radians, 0 = +x)", ylabel="grid points")
+        return fig
+
+    @classmethod
+    def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
+        """Batched gradient time against grid size, one line per function."""
+        done = [j for j in jobs if "gradient_seconds" in j["metrics"]
+                and "experiment.resolution" in j["params"]]
+        if not done:
+            return None
+        fig, ax = figure("Landscape sweep: batched gradient time against grid size",
+                         size=(9, 6))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for job in done:
+            groups.setdefault(job["params"].get("experiment.function", "?"), []).append(job)
+        for (name, group), marker in zip(sorted(groups.items()), itertools.cycle("osD^v")):
+            group.sort(key=lambda j: int(j["params"]["experiment.resolution"]))
+            sizes = [int(j["params"]["experiment.resolution"]) ** 2 for j in group]
+            seconds = [j["metrics"]["gradient_seconds"] for j in group]
+            found = {sum(j["metrics"].get(f"critical_points.{k}", 0) for k in KINDS)
+                     for j in group}
+            counts = "/".join(f"{n:.0f}" for n in sorted(found))
+            ax.loglog(sizes, seconds, marker=marker,
+                      label=f"{name} ({counts} critical point{'' if found == {1} else 's'})")
+        sizes = np.array(sorted({int(j["params"]["experiment.resolution"]) ** 2 for j in done}))
+        reference = max(j["metrics"]["gradient_seconds"] for j in done) / sizes[-1]
+        ax.loglog(sizes, reference * sizes, color="gray", linestyle="--",
+                  label="linear in grid points")
+        failed = len(jobs) - len(done)
+        ax.set(xlabel="grid points (resolution²)", ylabel="batched gradient time (s)",
+               title=f"{len(done)} jobs" + (f", {failed} not completed (not shown)"
+                                            if failed else ""))
+        ax.legend()
+        return fig
+
+
+PLURALS = {"minimum": "minima", "maximum": "maxima", "saddle": "saddles",
+           "degenerate": "degenerate"}
+
+
+def count_label(count: int, kind: str) -> str:
+    return f"{count} {kind if count == 1 else PLURALS[kind]}"
+
+
+def contours(fig: Figure, ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, norm: Normalize,
+             found: list[dict[str, Any]]) -> None:
+    """Contours of f (log-spaced under a log norm) with the critical points marked by kind."""
+    logarithmic = isinstance(norm, LogNorm)
+    if logarithmic:
+        levels, z = np.geomspace(norm.vmin, norm.vmax, 25), np.clip(z, norm.vmin, None)
+    else:
+        levels = np.linspace(norm.vmin, norm.vmax, 25)
+    ax.contour(x, y, z, levels=levels, norm=norm, cmap="viridis", linewidths=0.8)
+    colorbar(fig, ScalarMappable(norm, "viridis"), ax, label="f(x, y)")
+    for kind in KINDS:
+        at = [(p["x"], p["y"]) for p in found if p["kind"] == kind]
+        if at:
+            marker, color = MARKERS[kind]
+            ax.scatter(*zip(*at, strict=True), marker=marker, color=color, s=150,
+                       edgecolor="black", zorder=3, label=count_label(len(at), kind))
+    if found:
+        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+    spaced = "log-spaced" if logarithmic else "evenly spaced"
+    ax.set(title=f"Contours ({spaced}), critical points", xlabel="x", ylabel="y")
+
+
+def diverging_heatmap(fig: Figure, ax, values: np.ndarray, extent: tuple[float, ...],
+                      name: str) -> None:
+    """Signed values on a symmetric log scale centred at 0 (white), a tick per decade."""
+    limit = max(float(np.abs(values).max()), 1e-300)
+    linthresh = limit * 1e-3
+    norm = SymLogNorm(linthresh=linthresh, vmin=-limit, vmax=limit)
+    bar = heatmap(fig, ax, values, extent, norm, "RdBu_r", name,
+                  f"{name} (symmetric log scale, 0 = white)")
+    decades = 10.0 ** np.arange(np.ceil(np.log10(linthresh)), np.floor(np.log10(limit)) + 1)
+    bar.set_ticks([*-decades[::-1], 0.0, *decades])
+
+
+def positive_norm(values: np.ndarray) -> LogNorm:
+    """A log colour scale over the positive values (zeros clip to the smallest)."""
+    positive = values[values > 0]
+    top = float(values.max()) if positive.size else 1.0
+    bottom = float(positive.min()) if positive.size else top * 1e-12
+    return LogNorm(vmin=max(bottom, top * 1e-12), vmax=top, clip=True)
+
+
+def value_norm(values: np.ndarray) -> Normalize:
+    """Log colours for non-negative values spanning two decades or more, else linear."""
+    norm = positive_norm(values)
+    if values.min() >= 0 and norm.vmax >= 100 * norm.vmin:
+        return norm
+    return Normalize(vmin=float(values.min()), vmax=float(values.max()))
+
+
+def heatmap(fig: Figure, ax, values: np.ndarray, extent: tuple[float, ...], norm: Normalize,
+            cmap: str, label: str, title: str) -> Colorbar:
+    image = ax.imshow(values, extent=extent, origin="lower", aspect="auto", norm=norm,
+                      cmap=cmap, interpolation="nearest")
+    ax.set(title=title, xlabel="x", ylabel="y")
+    ax.grid(False)
+    return colorbar(fig, image, ax, label=label)
+
+
+def gradient_field(fig: Figure, ax, x: np.ndarray, y: np.ndarray, g: np.ndarray,
+                   magnitude: np.ndarray, arrows: int = 21) -> None:
+    """Unit arrows on a subsampled grid, coloured by log10 of the gradient magnitude."""
+    step = max(1, len(x) // arrows)
+    xs, ys, gs, ms = x[::step, ::step], y[::step, ::step], g[::step, ::step], \
+        magnitude[::step, ::step]
+    length = 0.8 * min(xs[0, 1] - xs[0, 0], ys[1, 0] - ys[0, 0]) if len(xs) > 1 else 1.0
+    safe = np.where(ms > 0, ms, 1.0) / length
+    colours = np.log10(np.where(ms > 0, ms, np.nan))
+    quiver = ax.quiver(xs, ys, gs[..., 0] / safe, gs[..., 1] / safe, colours, cmap="plasma",
+                       pivot="mid", angles="xy", scale_units="xy", scale=1, width=0.004)
+    colorbar(fig, quiver, ax, label="log₁₀ ‖∇f‖")
+    ax.set(title="Gradient direction (unit arrows, colour = magnitude)", xlabel="x",
+           ylabel="y", xlim=(x.min(), x.max()), ylim=(y.min(), y.max()))
+
+
+def histogram(ax, values: np.ndarray, label: str, title: str, color: str) -> None:
+    """A histogram with log-spaced bins when the values are positive and span decades."""
+    values = values.ravel()
+    norm = value_norm(values)
+    if isinstance(norm, LogNorm):
+        counts, edges = np.histogram(np.clip(values, norm.vmin, None),
+                                     bins=np.geomspace(norm.vmin, norm.vmax, 61))
+        ax.set_xscale("log")
+        lean_log_ticks(ax.xaxis)
+        title += " (log bins)"
+    else:
+        counts, edges = np.histogram(values, bins=60)
+    ax.stairs(counts, edges, fill=True, color=color)
+    ax.set(title=title, xlabel=label, ylabel="grid points")

@@ -1,0 +1,331 @@
+"""Section 7.1: the learning-rate range test on the digits, its advice checked by training.
+
+The range test as Smith (2015) and torch-lr-finder define it: `num_iter` steps whatever the
+dataset size (the loader cycles), an exponential schedule from `start_lr` to `end_lr`, the
+loss smoothed exponentially, a stop once the smoothed loss exceeds `diverge_th` times its best,
+and the suggestion at the steepest descent of the smoothed loss between the skipped ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import nn
+
+from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.lib.data import DIGIT_CLASSES, Digits, digits
+from gradkit.lib.models import CLASSIFIERS, image_classifier
+from gradkit.lib.training import (
+    OPTIMIZERS,
+    batches,
+    evaluate,
+    make_optimizer,
+    single_threaded,
+    train_steps,
+)
+from gradkit.plotting import figure, lean_log_ticks
+
+# The validation runs: the suggestion, ten times lower and ten times higher.
+VALIDATION_FACTORS = {"lr_over_10": 0.1, "suggested": 1.0, "lr_times_10": 10.0}
+
+
+def exponential_schedule(start_lr: float, end_lr: float, num_iter: int) -> list[float]:
+    """lr_i = start_lr * (end_lr / start_lr) ** (i / (num_iter - 1)), i = 0 .. num_iter - 1."""
+    return [start_lr * (end_lr / start_lr) ** (i / (num_iter - 1)) for i in range(num_iter)]
+
+
+@dataclass
+class RangeTest:
+    """What the test recorded at each step it ran: lr, batch loss, smoothed loss, grad norm."""
+
+    lrs: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    diverged: bool = False
+
+
+def range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
+               loader: Iterator[tuple[torch.Tensor, torch.Tensor]], schedule: list[float],
+               smooth_f: float = 0.05, diverge_th: float = 5.0) -> RangeTest:
+    """One optimizer step per learning rate of `schedule`, one batch each.
+
+    smoothed_i = smooth_f * loss_i + (1 - smooth_f) * smoothed_(i-1); the test stops after the
+    first step whose smoothed loss exceeds `diverge_th` times the best so far (or is not
+    finite). Model and optimizer state are put back as they were, whatever happens.
+    """
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    trace = RangeTest()
+    try:
+        model.train()
+        for lr, (x, y) in zip(schedule, loader, strict=False):  # the loader never ends
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            trace.grad_norms.append(torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+            optimizer.step()
+            value = loss.item()
+            smoothed = value if not trace.smoothed else (
+                smooth_f * value + (1 - smooth_f) * trace.smoothed[-1])
+            trace.lrs.append(lr)
+            trace.losses.append(value)
+            trace.smoothed.append(smoothed)
+            if not math.isfinite(smoothed) or smoothed > diverge_th * min(trace.smoothed):
+                trace.diverged = True
+                break
+    finally:
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optimizer)
+    return trace
+
+
+def steepest_descent(smoothed: list[float], skip_start: int, skip_end: int) -> int | None:
+    """Index of the most negative gradient (np.gradient) of `smoothed` once the first
+    `skip_start` and last `skip_end` points are dropped; None when fewer than 2 remain."""
+    window = np.asarray(smoothed[skip_start:len(smoothed) - skip_end], dtype=float)
+    if len(window) < 2 or not np.isfinite(slopes := np.gradient(window)).any():
+        return None
+    return skip_start + int(np.nanargmin(np.where(np.isfinite(slopes), slopes, np.nan)))
+
+
+def state_mismatches(before: Any, after: Any) -> int:
+    """How many leaves of two (nested) state dicts differ; tensors must be bit-identical."""
+    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
+        same = (isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor)
+                and before.dtype == after.dtype and before.device == after.device
+                and torch.equal(before, after))
+        return int(not same)
+    if isinstance(before, Mapping) and isinstance(after, Mapping):
+        return (len(before.keys() ^ after.keys())
+                + sum(state_mismatches(before[k], after[k]) for k in before.keys() & after.keys()))
+    if isinstance(before, list | tuple) and isinstance(after, list | tuple):
+        return abs(len(before) - len(after)) + sum(
+            state_mismatches(b, a) for b, a in zip(before, after, strict=False))
+    return int(before != after)
+
+
+class LrFinder(Experiment):
+    """Range-test the learning rate of a digits classifier, then train at the advice."""
+
+    proves = "the model and optimizer are restored bit for bit after the range test"
+
+    def __init__(self, model: str = "mlp", optimizer: str = "sgd", start_lr: float = 1e-7,
+                 end_lr: float = 10.0, num_iter: int = 100, smooth_f: float = 0.05,
+                 diverge_th: float = 5.0, skip_start: int = 10, skip_end: int = 5,
+                 batch_size: int = 64, validation_steps: int = 100,
+                 test_fraction: float = 0.2):
+        self.model = choice("experiment.model", model, CLASSIFIERS)
+        self.optimizer = choice("experiment.optimizer", optimizer, OPTIMIZERS)
+        self.start_lr = number("experiment.start_lr", start_lr, positive=True)
+        self.end_lr = number("experiment.end_lr", end_lr, positive=True)
+        if self.start_lr >= self.end_lr:
+            raise ConfigError(f"experiment.start_lr={self.start_lr:g} must be below "
+                              f"experiment.end_lr={self.end_lr:g}")
+        self.skip_start = integer("experiment.skip_start", skip_start)
+        self.skip_end = integer("experiment.skip_end", skip_end)
+        self.num_iter = integer("experiment.num_iter", num_iter,
+                                minimum=self.skip_start + self.skip_end + 2)
+        self.smooth_f = number("experiment.smooth_f", smooth_f, positive=True, maximum=1.0)
+        self.diverge_th = number("experiment.diverge_th", diverge_th, minimum=1.0)
+        self.batch_size = integer("experiment.batch_size", batch_size, minimum=1)
+        self.validation_steps = integer("experiment.validation_steps", validation_steps,
+                                        minimum=1)
+        self.test_fraction = number("experiment.test_fraction", test_fraction, minimum=0.05,
+                                    maximum=0.5)
+
+    @single_threaded()
+    def run(self, ctx: RunContext) -> Result:
+        data = digits(ctx.generator.initial_seed(), self.test_fraction, ctx.dtype,
+                      ctx.cache_dir).to(ctx.device)
+        model = image_classifier(self.model, DIGIT_CLASSES, ctx.generator).to(ctx.device,
+                                                                               ctx.dtype)
+        optimizer = make_optimizer(self.optimizer, model.parameters(), self.start_lr)
+        before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+        schedule = exponential_schedule(self.start_lr, self.end_lr, self.num_iter)
+        loader = batches(data.train_x, data.train_y, self.batch_size, ctx.generator)
+        trace = range_test(model, optimizer, loader, schedule, self.smooth_f, self.diverge_th)
+        restored = state_mismatches(before, (model.state_dict(), optimizer.state_dict()))
+
+        best = int(np.nanargmin(trace.smoothed))
+        metrics = {"min_loss_lr": trace.lrs[best], "min_smoothed_loss": trace.smoothed[best],
+                   "iterations_run": len(trace.lrs), "diverged": float(trace.diverged)}
+        if trace.diverged:
+            metrics["diverged_at_lr"] = trace.lrs[-1]
+        index = steepest_descent(trace.smoothed, self.skip_start, self.skip_end)
+        validation: dict[str, tuple[float, float, float]] = {}
+        if index is not None:
+            metrics["suggested_lr"] = trace.lrs[index]
+            seed = int(torch.randint(2**31 - 1, (), generator=ctx.generator))
+            validation = self.validate(model, data, trace.lrs[index], seed)
+            for which, (_, loss, accuracy) in validation.items():
+                metrics[f"validation.loss.{which}"] = loss
+                metrics[f"validation.accuracy.{which}"] = accuracy
+        status = "no_suggestion" if index is None else (
+            "diverged" if trace.diverged else "completed")
+        return Result(
+            metrics=metrics,
+            series={"lr": trace.lrs, "loss": trace.losses, "smoothed_loss": trace.smoothed,
+                    "grad_norm": trace.grad_norms},
+            checks={"state_restored": Check(float(restored), 0.0)},
+            figures={"lr_finder": self.plot(trace, index, validation)},
+            summary={"model": self.model, "optimizer": self.optimizer,
+                     "suggested_step": index, "train_size": len(data.train_x),
+                     "test_size": len(data.test_x)},
+            tags={"status": status},
+            objective=validation["suggested"][1] if validation else math.nan,
+        )
+
+    def validate(self, initial: nn.Module, data: Digits, lr: float,
+                 seed: int) -> dict[str, tuple[float, float, float]]:
+        """(lr, test loss, test accuracy) after `validation_steps` steps from the same initial
+        weights and batch order at lr / 10, lr and lr x 10."""
+        results = {}
+        for which, factor in VALIDATION_FACTORS.items():
+            model = copy.deepcopy(initial)
+            optimizer = make_optimizer(self.optimizer, model.parameters(), lr * factor)
+            loader = batches(data.train_x, data.train_y, self.batch_size,
+                             torch.Generator().manual_seed(seed))
+            train_steps(model, optimizer, loader, self.validation_steps)
+            results[which] = (lr * factor, *evaluate(model, data.test_x, data.test_y))
+        return results
+
+    def plot(self, trace: RangeTest, index: int | None,
+             validation: dict[str, tuple[float, float, float]]) -> Figure:
+        """Smoothed loss and gradient norm against lr, and the validation runs' accuracy."""
+        verdict = f"suggested lr = {trace.lrs[index]:.3g}" if index is not None else (
+            "no suggestion (too few points)")
+        title = (f"LR range test: {self.model.upper()} + {self.optimizer.upper()}, batch "
+                 f"{self.batch_size}, {len(trace.lrs)} of {self.num_iter} steps → {verdict}")
+        fig, (loss_ax, grad_ax, bar_ax) = figure(title, 1, 3, size=(17, 5.2), layout=None)
+        fig.subplots_adjust(left=0.04, right=0.98, bottom=0.16, top=0.87, wspace=0.2)
+        kept = slice(self.skip_start, len(trace.lrs) - self.skip_end)
+        loss_ax.semilogx(trace.lrs, trace.losses, color="tab:blue", alpha=0.3,
+                         label="batch loss")
+        loss_ax.semilogx(trace.lrs, trace.smoothed, color="tab:blue", linewidth=2,
+                         label=f"smoothed loss (smooth_f = {self.smooth_f:g})")
+        if trace.lrs[kept]:
+            loss_ax.axvspan(trace.lrs[kept][0], trace.lrs[kept][-1], color="tab:green",
+                            alpha=0.08, label="points the suggestion considers")
+        best = int(np.nanargmin(trace.smoothed))
+        loss_ax.plot(trace.lrs[best], trace.smoothed[best], "v", color="tab:purple",
+                     markersize=10, label=f"minimum smoothed loss at lr = {trace.lrs[best]:.3g}")
+        if trace.diverged:
+            loss_ax.axvline(trace.lrs[-1], color="tab:red", linestyle=":", linewidth=2,
+                            label=f"stopped (> {self.diverge_th:g} x best) at lr = "
+                                  f"{trace.lrs[-1]:.3g}")
+        for ax in (loss_ax, grad_ax):
+            if index is not None:
+                ax.axvline(trace.lrs[index], color="tab:orange", linestyle="--",
+                           label=f"suggestion (steepest descent) = {trace.lrs[index]:.3g}")
+        finite = [v for v in trace.smoothed if math.isfinite(v)]
+        lowest = min(v for v in trace.losses + finite if math.isfinite(v))
+        loss_ax.set_ylim(lowest * 0.95, min(max(finite), 3 * trace.smoothed[0]) * 1.05)
+        loss_ax.set(title="Loss against learning rate", xlabel="learning rate (log scale)",
+                    ylabel="cross-entropy")
+        loss_ax.legend(fontsize=8, loc="best")
+        grad_ax.loglog(trace.lrs, trace.grad_norms, color="tab:green")
+        for axis in (loss_ax.xaxis, grad_ax.xaxis, grad_ax.yaxis):
+            lean_log_ticks(axis)
+        grad_ax.set(title="Gradient norm against learning rate",
+                    xlabel="learning rate (log scale)", ylabel="‖∇loss‖ (log scale)")
+        if index is not None:
+            grad_ax.legend(fontsize=8, loc="upper left")
+        self.plot_validation(bar_ax, validation)
+        return fig
+
+    def plot_validation(self, ax, validation: dict[str, tuple[float, float, float]]) -> None:
+        ax.set(title=f"Test accuracy after {self.validation_steps} steps from the same start",
+               xlabel="learning rate", ylabel="test accuracy", ylim=(0, 1.12))
+        if not validation:
+            ax.text(0.5, 0.5, "no suggestion to validate", ha="center", transform=ax.transAxes)
+            return
+        labels = [f"{lr:.3g}\n({which.replace('_', ' ')})"
+                  for which, (lr, _, _) in validation.items()]
+        accuracies = [accuracy for _, _, accuracy in validation.values()]
+        colors = ["tab:gray", "tab:orange", "tab:gray"]
+        bars = ax.bar(labels, accuracies, color=colors)
+        ax.bar_label(bars, [f"acc {a:.3f}\nloss {loss:.3g}" for _, loss, a in validation.values()],
+                     padding=3, fontsize=9)
+
+    @classmethod
+    def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
+        """Each job's smoothed loss curve (from its series.csv, where the job folder is at
+        hand) overlaid, and its suggestion with the validation accuracy there."""
+        done = [j for j in jobs if j["status"] == "COMPLETED" and j["params"]]
+        if not done:
+            return None
+        fig, (curve_ax, bar_ax) = figure("LR range test sweep: smoothed loss and suggestions", 1,
+                                         2, size=(16, 6))
+        labels = [_job_label(job) for job in done]
+        starts = []
+        for job, label in zip(done, labels, strict=True):
+            curve = _smoothed_curve(job.get("output_dir"))
+            if curve and curve[0]:
+                (line,) = curve_ax.semilogx(*curve, label=label)
+                starts.append(curve[1][0])
+                if "suggested_lr" in job["metrics"]:
+                    curve_ax.axvline(job["metrics"]["suggested_lr"], color=line.get_color(),
+                                     linestyle="--", alpha=0.7)
+        curve_ax.set(title="Smoothed loss (dashed: each suggestion)",
+                     xlabel="learning rate (log scale)", ylabel="smoothed cross-entropy")
+        if starts:
+            curve_ax.set_ylim(top=1.5 * max(starts))  # divergence spikes would flatten the rest
+            curve_ax.legend(fontsize=8)
+        else:
+            curve_ax.text(0.5, 0.5, "job folders not at hand: no curves", ha="center",
+                          transform=curve_ax.transAxes)
+        rows = range(len(done))
+        for row, job in zip(rows, done, strict=True):
+            lr = job["metrics"].get("suggested_lr")
+            accuracy = job["metrics"].get("validation.accuracy.suggested")
+            if lr is None or accuracy is None:
+                bar_ax.text(0.5, row, "no suggestion", ha="center", va="center",
+                            transform=bar_ax.get_yaxis_transform())
+                continue
+            bar_ax.plot(lr, row, "o", color="tab:orange", markersize=9)
+            bar_ax.annotate(f"{lr:.3g}  (test acc {accuracy:.3f})", (lr, row),
+                            xytext=(8, 0), textcoords="offset points", va="center", fontsize=9)
+        bar_ax.set_xscale("log")
+        bar_ax.set_yticks(list(rows), labels)
+        bar_ax.set_ylim(len(done) - 0.5, -0.5)
+        bar_ax.margins(x=0.5)
+        failed = len(jobs) - len(done)
+        bar_ax.set(title="Suggested lr, and test accuracy after training at it"
+                   + (f" ({failed} jobs failed)" if failed else ""),
+                   xlabel="suggested learning rate (log scale)")
+        return fig
+
+
+def _job_label(job: dict[str, Any]) -> str:
+    model, optimizer, batch = (job["params"].get(f"experiment.{key}", "?")
+                               for key in ("model", "optimizer", "batch_size"))
+    return f"#{job['job']} {model} {optimizer} batch {batch}"
+
+
+def _smoothed_curve(output_dir: str | None) -> tuple[list[float], list[float]] | None:
+    """(lr, smoothed loss) from a job folder's series.csv, or None if it is not there."""
+    path = Path(output_dir) / "series.csv" if output_dir else None
+    if path is None or not path.is_file():
+        return None
+    columns: dict[str, list[float]] = {"lr": [], "smoothed_loss": []}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["series"] in columns:
+                columns[row["series"]].append(float(row["value"]))
+    return columns["lr"], columns["smoothed_loss"]

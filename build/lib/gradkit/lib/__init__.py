@@ -1,0 +1,1 @@
+"""The math and the nets the demonstrations use: functions, derivatives, curvature, models, data, training, diagnostics."""

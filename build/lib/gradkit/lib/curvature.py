@@ -1,0 +1,90 @@
+"""What a Hessian says: definiteness, the kind of a stationary point, and its spectrum and
+trace from Hessian-vector products alone (Lanczos, Hutchinson)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+EIGENVALUE_TOLERANCE = 1e-10  # |lambda| below this times the largest |lambda| counts as zero
+STATIONARY_TOLERANCE = 1e-10  # |grad f| below this counts as zero
+
+KINDS = ("minimum", "maximum", "saddle", "degenerate")
+
+
+def definiteness(eigenvalues: Sequence[float],
+                 tolerance: float = EIGENVALUE_TOLERANCE) -> str:
+    """positive_definite | negative_definite | positive_semidefinite | negative_semidefinite |
+    indefinite, with eigenvalues within `tolerance` x the largest |lambda| taken as zero."""
+    zero = tolerance * max((abs(v) for v in eigenvalues), default=0.0)
+    positive = sum(v > zero for v in eigenvalues)
+    negative = sum(v < -zero for v in eigenvalues)
+    if positive and negative:
+        return "indefinite"
+    if positive == len(eigenvalues):
+        return "positive_definite"
+    if negative == len(eigenvalues):
+        return "negative_definite"
+    return "negative_semidefinite" if negative else "positive_semidefinite"
+
+
+def point_kind(eigenvalues: Sequence[float], grad_norm: float,
+               tolerance: float = STATIONARY_TOLERANCE) -> str:
+    """minimum | maximum | saddle | degenerate where the gradient vanishes, else not_critical.
+
+    A positive-definite Hessian says nothing about a point whose gradient is not zero.
+    """
+    if not grad_norm <= tolerance:
+        return "not_critical"
+    return {"positive_definite": "minimum", "negative_definite": "maximum",
+            "indefinite": "saddle"}.get(definiteness(eigenvalues), "degenerate")
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+            iterations: int) -> list[torch.Tensor]:
+    """Ritz values (ascending) of a symmetric operator after each Lanczos step.
+
+    Only products with the operator are needed (a Hessian-vector product for a Hessian).
+    Full reorthogonalisation keeps the basis orthogonal in floating point; the run stops early
+    when the Krylov space is invariant (then its Ritz values are exact eigenvalues).
+    """
+    basis = [start / start.norm()]
+    alphas: list[torch.Tensor] = []
+    betas: list[torch.Tensor] = []
+    history = []
+    for _ in range(min(iterations, start.numel())):
+        w = matvec(basis[-1])
+        alphas.append(torch.dot(w, basis[-1]))
+        q = torch.stack(basis)
+        for _ in range(2):  # twice is enough (Kahan-Parlett)
+            w = w - q.T @ (q @ w)
+        tridiagonal = (torch.diag(torch.stack(alphas))
+                       + torch.diag(torch.stack(betas), 1) + torch.diag(torch.stack(betas), -1)
+                       if betas else torch.stack(alphas).reshape(1, 1))
+        history.append(torch.linalg.eigvalsh(tridiagonal))
+        beta = w.norm()
+        if beta <= 1e-12 * history[-1].abs().max():
+            break
+        betas.append(beta)
+        basis.append(w / beta)
+    return history
+
+
+def hutchinson(matvecs: Callable[[torch.Tensor], torch.Tensor], size: int, samples: int,
+               generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Hutchinson's samples vᵀAv (v with random ±1 entries), whose mean estimates tr A.
+
+    `matvecs` maps a batch of vectors (samples, size) to their products with A; the signs are
+    drawn on the CPU from `generator`, then moved to `like`'s device and dtype.
+    """
+    signs = torch.randint(0, 2, (samples, size), generator=generator) * 2 - 1
+    v = signs.to(dtype=like.dtype, device=like.device)
+    return (v * matvecs(v)).sum(-1)
+
+
+def hutchinson_std(matrix: torch.Tensor, samples: int) -> float:
+    """The standard deviation of Hutchinson's mean of `samples` draws for a symmetric matrix:
+    Var(vᵀAv) = 2 Σ_{i≠j} A_ij² for Rademacher v."""
+    off_diagonal = (matrix**2).sum() - (torch.diagonal(matrix) ** 2).sum()
+    return (2 * off_diagonal / samples).sqrt().item()

@@ -1,0 +1,79 @@
+"""Seeded synthetic batches: every dataset a demonstration trains or probes on lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+
+from gradkit.lib.cache import cached
+
+
+def regression_batch(size: int, input_dim: int, output_dim: int, generator: torch.Generator,
+                     *, dtype: torch.dtype = torch.float32, noise: float = 0.1
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x ~ N(0, 1) and targets from a random linear teacher plus Gaussian noise."""
+    x = torch.randn(size, input_dim, generator=generator, dtype=dtype)
+    teacher = torch.randn(input_dim, output_dim, generator=generator, dtype=dtype)
+    y = x @ teacher / input_dim**0.5
+    return x, y + noise * torch.randn(y.shape, generator=generator, dtype=dtype)
+
+
+def classification_batch(size: int, input_dim: int, classes: int, generator: torch.Generator,
+                         *, dtype: torch.dtype = torch.float32
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x ~ N(0, 1) labelled by the argmax of a random linear teacher."""
+    x = torch.randn(size, input_dim, generator=generator, dtype=dtype)
+    teacher = torch.randn(input_dim, classes, generator=generator, dtype=dtype)
+    return x, (x @ teacher).argmax(dim=1)
+
+
+@dataclass(frozen=True)
+class Digits:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) images in [0, 1], split into train and test."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    def to(self, device: torch.device) -> Digits:
+        return Digits(*(getattr(self, f.name).to(device) for f in fields(self)))
+
+
+DIGIT_CLASSES = 10
+DIGIT_MAX = 16.0  # the bundled images hold integers 0..16
+
+
+def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.float32,
+           cache_dir: Path | None = None) -> Digits:
+    """The bundled digits (1797 images, no download), stratified split fixed by `seed`.
+
+    The split is kept in `cache_dir` beside the trained weights: making it imports
+    scikit-learn, about 1 s of every process that needs the digits.
+    """
+    spec = {"data": "digits", "seed": seed, "test_fraction": test_fraction,
+            "scikit-learn": version("scikit-learn")}
+    split = cached(cache_dir, spec, lambda: _split_digits(seed, test_fraction)).payload
+
+    def pixels(images: torch.Tensor) -> torch.Tensor:
+        return (images.to(dtype) / DIGIT_MAX).reshape(-1, 1, 8, 8)  # exact: 16 is 2^4
+
+    return Digits(pixels(split["train_x"]), split["train_y"], pixels(split["test_x"]),
+                  split["test_y"])
+
+
+def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
+    """scikit-learn's digits, split: pixel values 0..16 as uint8, labels as long."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
+    return {"train_x": torch.as_tensor(train_x, dtype=torch.uint8),
+            "train_y": torch.as_tensor(train_y, dtype=torch.long),
+            "test_x": torch.as_tensor(test_x, dtype=torch.uint8),
+            "test_y": torch.as_tensor(test_y, dtype=torch.long)}

@@ -1,0 +1,58 @@
+"""How much memory autograd keeps for the backward pass, measured on any device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+
+class SavedTensorMeter:
+    """Counts the bytes of the tensors autograd saves for backward while it is active.
+
+    Built on `torch.autograd.graph.saved_tensors_hooks`: every tensor an operation saves
+    passes through `pack`. Parameters are excluded (they live anyway), and a storage saved by
+    several operations (or as several views) is counted once. Inside a checkpointed region
+    torch's own hooks take over, so what checkpointing does not keep is not counted either.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()):
+        self._excluded = {_storage_key(t) for t in exclude}
+        self._seen: set[tuple] = set()
+        self.bytes = 0
+        self.tensors = 0
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(tensor)
+        if not isinstance(tensor, torch.nn.Parameter) and key not in self._excluded | self._seen:
+            self._seen.add(key)
+            self.bytes += tensor.untyped_storage().nbytes()
+            self.tensors += 1
+        return tensor
+
+    @contextmanager
+    def measure(self) -> Iterator[SavedTensorMeter]:
+        """Count what is saved inside the block (counts add up over several blocks)."""
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+            yield self
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple:
+    storage = tensor.untyped_storage()
+    return tensor.device.type, tensor.device.index, storage.data_ptr(), storage.nbytes()
+
+
+@contextmanager
+def cuda_peak(device: torch.device) -> Iterator[dict[str, float]]:
+    """On CUDA, `{"bytes": torch.cuda.max_memory_allocated}` over the block once it ends
+    (measured from a reset peak); empty elsewhere."""
+    found: dict[str, float] = {}
+    if device.type != "cuda":
+        yield found
+        return
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    yield found
+    torch.cuda.synchronize(device)
+    found["bytes"] = float(torch.cuda.max_memory_allocated(device))

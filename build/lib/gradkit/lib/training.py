@@ -1,0 +1,120 @@
+"""Training a classifier on the digits: optimizers, cycled mini-batches, evaluation, and the
+trained model a run reuses from the weight cache."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradkit.core.experiment import RunContext
+from gradkit.lib.cache import Entry, cached
+from gradkit.lib.data import DIGIT_CLASSES, Digits
+from gradkit.lib.models import image_classifier
+
+OPTIMIZERS = ("sgd", "adam")
+SGD_MOMENTUM = 0.9
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    """One intra-op torch thread for the block (usable as a decorator), then the previous count.
+
+    The digits networks are tiny (about 6k parameters, 8x8 inputs): a second thread only adds
+    synchronisation, and on a busy machine its spin-waits made a run up to 15x slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """`sgd` (momentum 0.9) or `adam` at learning rate `lr`."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=SGD_MOMENTUM)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled mini-batches without end: a fresh permutation (drawn on the CPU) each pass."""
+    while True:
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+        for start in range(0, len(x), batch_size):
+            chosen = order[start:start + batch_size]
+            yield x[chosen], y[chosen]
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
+                loader: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> list[float]:
+    """`steps` optimizer steps on cross-entropy; the loss of each step's batch."""
+    model.train()
+    losses = []
+    for x, y in itertools.islice(loader, steps):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of `model` on (x, y)."""
+    model.eval()
+    logits = model(x)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything that determines a trained classifier's weights (with the code's torch)."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    test_fraction: float
+    seed: int
+    dtype: str
+    device: str
+
+
+def trained_classifier(spec: TrainSpec, data: Digits, ctx: RunContext,
+                       use_cache: bool = True) -> tuple[nn.Module, Entry]:
+    """The classifier `spec` describes, trained on `data` or read from the run's cache.
+
+    Initial weights and batch order come from a generator seeded with `spec.seed`, so a
+    cache entry never depends on what the run drew before.
+    """
+    def build() -> nn.Module:
+        generator = torch.Generator().manual_seed(spec.seed)
+        model = image_classifier(spec.model, DIGIT_CLASSES, generator)
+        return model.to(device=ctx.device, dtype=ctx.dtype)
+
+    def train() -> dict:
+        model = build()
+        optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.learning_rate)
+        loader = batches(data.train_x, data.train_y, spec.batch_size,
+                         torch.Generator().manual_seed(spec.seed))
+        per_epoch = -(-len(data.train_x) // spec.batch_size)
+        losses = train_steps(model, optimizer, loader, spec.epochs * per_epoch)
+        epoch_loss = [sum(losses[i:i + per_epoch]) / per_epoch
+                      for i in range(0, len(losses), per_epoch)]
+        return {"state": model.state_dict(), "epoch_loss": epoch_loss}
+
+    model = build()
+    key_spec = {**asdict(spec), "architecture": repr(model)}
+    entry = cached(ctx.cache_dir if use_cache else None, key_spec, train)
+    model.load_state_dict(entry.payload["state"])
+    return model.eval(), entry

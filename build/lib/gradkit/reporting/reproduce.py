@@ -1,0 +1,221 @@
+"""`gradkit reproduce RUN_ID [--config-dir DIR] [tracking overrides]`: replay a run, diff the two.
+
+The replay is built from what the run logged: its command-line overrides (`.hydra/overrides.yaml`)
+and its resolved `config.yaml`. Every key whose value today's defaults would change is pinned
+back to the logged value, so the replay runs exactly the logged config, as a single run in the
+same MLflow experiment, tagged `reproduces=RUN_ID`. Exit 0 when every metric and check is
+identical, 1 when any differs (named), 2 when the run cannot be reproduced.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from gradkit.cli import run as entry_point
+from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core.experiment import is_timing
+from gradkit.core.validation import ConfigError
+from gradkit.tracking.store import Tracker, flatten
+
+IDENTICAL, DIFFERS, UNREPRODUCIBLE = 0, 1, 2
+ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "python", "platform", "device")
+USAGE = "usage: gradkit reproduce RUN_ID [--config-dir DIR] [tracking=server tracking.uri=URL | " \
+        "tracking.root=DIR]"
+
+
+class Unreproducible(Exception):
+    """The run cannot be replayed; the message says why."""
+
+
+def literal(value: Any) -> str:
+    """`value` in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{literal(v)}" for k, v in value.items()) + "}"
+    # Hydra reads backslashes literally, except those before a quote: double them, escape it
+    escaped = re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), str(value))
+    return f"'{escaped}'"
+
+
+def is_store_key(key: str) -> bool:
+    return key.split("=")[0].lstrip("+~").startswith("tracking")
+
+
+def logged_config_dirs(tracker: Tracker, run_id: str) -> list[str]:
+    """The user's config folders the run was composed with (`--config-dir`,
+    `hydra.searchpath`), as its Hydra record names them."""
+    with tempfile.TemporaryDirectory() as tmp:
+        record = tracker.download(run_id, ".hydra/hydra.yaml", Path(tmp))
+        sources = OmegaConf.select(OmegaConf.load(record), "hydra.runtime.config_sources",
+                                   default=[]) if record else []
+    return [source.path for source in sources
+            if source.schema == "file" and source.provider not in ("hydra", "main", "schema")]
+
+
+def replay_overrides(tracker: Tracker, run: Any, store: list[str],
+                     config_dirs: list[str] = ()) -> tuple[list[str], list[str]]:
+    """The overrides that rerun `run` into the store `store` names, and warnings about keys.
+
+    Starts from the run's own overrides (without its store), then pins every key whose
+    composed value differs from the logged resolved config.
+    """
+    run_id = run.info.run_id
+    target = run.data.params.get("experiment._target_")
+    if not target:
+        raise Unreproducible(f"run {run_id} was not made by gradkit (it has no "
+                             "experiment._target_ parameter)")
+    with tempfile.TemporaryDirectory() as tmp:
+        logged_path = tracker.download(run_id, "config.yaml", Path(tmp))
+        if logged_path is None:
+            raise Unreproducible(f"run {run_id} has no config.yaml artifact: its config is "
+                                 "missing")
+        logged = OmegaConf.load(logged_path)
+        overrides_path = tracker.download(run_id, ".hydra/overrides.yaml", Path(tmp))
+        overrides = (list(OmegaConf.load(overrides_path)) if overrides_path
+                     else [f"experiment={target.split('.')[-2]}"])
+    overrides = [o for o in overrides if not is_store_key(o)]
+    try:
+        composed = flatten(OmegaConf.to_container(
+            compose_config("config", [*overrides, *store], config_dirs), resolve=True))
+    except ConfigError as error:
+        raise Unreproducible(f"its overrides no longer compose: {error}") from None
+    wanted = {k: v for k, v in flatten(OmegaConf.to_container(logged)).items()
+              if not k.startswith("tracking.")}
+    pins, warnings = [], []
+    for key, value in wanted.items():
+        if composed.get(key) != value:
+            prefix = "" if key in composed else "+"
+            pins.append(f"{prefix}{key}={literal(plain(OmegaConf.select(logged, key)))}")
+    for key in sorted(set(composed) - set(wanted)):
+        if not key.startswith("tracking."):
+            warnings.append(f"{key} did not exist when the run was made; it takes its default "
+                            f"{composed[key]}")
+    return [*overrides, *pins, *store], warnings
+
+
+def replay(tracker: Tracker, run: Any, overrides: list[str], config_dirs: list[str] = ()) -> Any:
+    """Run `gradkit run OVERRIDES` in this process; the run it made."""
+    started = int(time.time() * 1000)
+    argv = sys.argv
+    sys.argv = ["gradkit run", *[f"--config-dir={d}" for d in config_dirs], *overrides,
+                "hydra.mode=RUN"]
+    try:
+        entry_point.main()
+    except SystemExit:  # a failing replay still made a run to compare, or says why not
+        pass
+    finally:
+        sys.argv = argv
+    task = " ".join(o for o in overrides if not o.startswith("hydra."))
+    made = [r for r in tracker.search_runs([run.info.experiment_id],
+                                           f"attributes.start_time >= {started}",
+                                           ["attributes.start_time DESC"])
+            if r.data.tags.get("overrides") == task]
+    if not made:
+        raise Unreproducible("the replay stopped before it made a run (see above)")
+    return made[0]
+
+
+@dataclass(frozen=True)
+class Difference:
+    name: str
+    original: str
+    replay: str
+    same: bool
+    timing: bool = False  # a wall-clock measurement: shown, never counted as a difference
+
+
+def compare(original: Any, replayed: Any) -> list[Difference]:
+    """Every metric of either run, then the run status and the checks verdict."""
+    a, b = original.data.metrics, replayed.data.metrics
+    rows = []
+    for name in sorted(set(a) | set(b)):
+        x, y = a.get(name), b.get(name)
+        same = x is not None and y is not None and (x == y or (math.isnan(x) and math.isnan(y)))
+        rows.append(Difference(name, shown(x), shown(y), same, is_timing(name)))
+    for name, x, y in (("run status", original.info.status, replayed.info.status),
+                       ("checks", original.data.tags.get("checks", "-"),
+                        replayed.data.tags.get("checks", "-"))):
+        rows.append(Difference(name, x, y, x == y))
+    return rows
+
+
+def shown(value: float | None) -> str:
+    return "missing" if value is None else repr(value)
+
+
+def environment_warnings(original: Any, replayed: Any) -> list[str]:
+    """Git commit, package versions, python, platform and device that changed since."""
+    a, b = original.data.tags, replayed.data.tags
+    keys = [*ENVIRONMENT_TAGS, *sorted(k for k in set(a) | set(b) if k.startswith("version."))]
+    return [f"{key} differs: {a.get(key, 'missing')} then, {b.get(key, 'missing')} now"
+            for key in keys if a.get(key) != b.get(key)]
+
+
+def table(rows: list[Difference]) -> str:
+    headers = ("", "metric", "original", "replay")
+    marks = {(False, False): "!=", (False, True): "~"}
+    cells = [headers, *[(marks.get((r.same, r.timing), ""), r.name, r.original, r.replay)
+                        for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in cells)
+
+
+def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int:
+    """Replay run `run_id` of the store `store` names, print the comparison; the exit code."""
+    try:
+        tracker = Tracker.from_config(compose_config("reproduce", store, config_dirs).tracking,
+                                      base=Path.cwd())
+    except ConfigError as error:
+        fail(str(error), UNREPRODUCIBLE)
+    original = tracker.find_run(run_id)
+    if original is None:
+        fail(f"no run {run_id!r} in the MLflow store at {tracker.uri}; pass the store that "
+             "holds it (tracking.root=DIR or tracking=server tracking.uri=URL)", UNREPRODUCIBLE)
+    config_dirs = config_dirs or logged_config_dirs(tracker, run_id)
+    try:
+        overrides, warnings = replay_overrides(tracker, original, store, config_dirs)
+        replayed = replay(tracker, original, overrides, config_dirs)
+    except Unreproducible as error:
+        fail(f"run {run_id} cannot be reproduced: {error}", UNREPRODUCIBLE)
+    tracker.set_tags(replayed.info.run_id, {"reproduces": run_id})
+    for warning in [*warnings, *environment_warnings(original, replayed)]:
+        print(f"gradkit: warning: {warning}", file=sys.stderr)
+    rows = compare(original, replayed)
+    print(f"run {run_id} ({original.info.run_name}) replayed as run {replayed.info.run_id}")
+    print(table(rows))
+    differing = [row.name for row in rows if not row.same and not row.timing]
+    timings = sum(row.timing for row in rows)
+    if differing:
+        print(f"gradkit: {len(differing)} of {len(rows) - timings} values differ: "
+              f"{', '.join(differing)}", file=sys.stderr)
+        return DIFFERS
+    aside = f" ({timings} wall-clock timings, marked ~ where they differ, not compared)" \
+        if timings else ""
+    print(f"gradkit: identical: all {len(rows) - 2 - timings} metrics, the run status and the "
+          f"checks{aside}")
+    return IDENTICAL
+
+
+def main(argv: list[str] | None = None) -> None:
+    config_dirs, args = split_config_dirs(sys.argv[1:] if argv is None else argv)
+    run_ids = [arg for arg in args if "=" not in arg]
+    if len(run_ids) != 1:
+        fail(USAGE, UNREPRODUCIBLE)
+    raise SystemExit(reproduce(run_ids[0], [arg for arg in args if "=" in arg], config_dirs))

@@ -1,0 +1,1 @@
+"""Multirun sweeps: the job plan, parent runs, the sweep report and deferred closing."""

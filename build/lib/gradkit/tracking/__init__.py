@@ -1,0 +1,1 @@
+"""MLflow, and only here: the store, runs, params, metrics and artifacts."""

@@ -1,0 +1,1 @@
+"""A research project of one's own that runs its experiments with gradkit."""

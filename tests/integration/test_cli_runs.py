@@ -1,0 +1,184 @@
+"""End to end: `gradkit run ...` into a temporary MLflow store."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+from conftest import EXPERIMENTS, client_for, runs_of
+
+from gradkit.core.experiment import is_timing
+
+# Metrics each experiment documents (experiments not listed are held to the common ones only).
+METRICS = {
+    "basic_gradients": {"value", "grad", "analytic_grad", "check.grad.error"},
+    "computational_graph": {"grad", "manual_grad", "check.chain_rule.error"},
+    "jacobian": {"jacobian_norm", "determinant", "check.backward_rows.error",
+                 "check.jacrev.error", "check.jacfwd.error"},
+}
+
+
+COMMON_METRICS = {"objective"}
+
+
+TAGS = {"checks", "git_commit", "version.torch", "seed", "device", "dtype", "overrides"}
+
+
+def untimed(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics without wall-clock timings (`gradient_seconds`, `seconds.<method>`, ...)."""
+    return {key: value for key, value in metrics.items() if not is_timing(key)}
+
+
+def artifact_paths(store, run_id: str, path: str | None = None) -> set[str]:
+    return {a.path for a in client_for(store).list_artifacts(run_id, path)}
+
+
+def all_runs(store) -> list:
+    client = client_for(store)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_run_lands_in_its_experiment(name, cli, store):
+    code, err = cli(f"experiment={name}")
+
+    assert code == 0, err
+    [run] = runs_of(store, name)
+    assert run.info.status == "FINISHED"
+    params, tags = run.data.params, run.data.tags
+    assert params["seed"] == "42"
+    assert params["experiment._target_"].rsplit(".", 2)[-2] == name
+    assert METRICS.get(name, set()) | COMMON_METRICS <= set(run.data.metrics)
+    assert set(tags) >= TAGS
+    assert (tags["checks"], tags["seed"], tags["device"]) == ("passed", "42", "cpu")
+    assert tags["version.torch"] != "not installed"
+    assert "mlflow.parentRunId" not in tags
+    artifacts = artifact_paths(store, run.info.run_id)
+    assert {"config.yaml", "summary.json", "figures", ".hydra"} <= artifacts
+    assert any(p.endswith(".png") for p in artifact_paths(store, run.info.run_id, "figures"))
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml"} <= artifact_paths(
+        store, run.info.run_id, ".hydra")
+
+
+@pytest.mark.parametrize(("args", "metric", "expected"), [
+    (["experiment=basic_gradients", "experiment.x=-1", "experiment.a=2"], "grad", -1.0),
+    (["experiment=jacobian", "experiment.point=[2,-3,0.5]"], "determinant", -24.0),
+])
+def test_overrides_change_the_result(args, metric, expected, cli, store):
+    code, err = cli(*args)
+
+    assert code == 0, err
+    [run] = runs_of(store, args[0].split("=")[1])
+    assert run.data.metrics[metric] == pytest.approx(expected, abs=1e-12)
+    assert run.data.tags["overrides"].startswith(" ".join(args))
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_same_command_gives_same_metrics(name, cli, store):
+    for _ in range(2):
+        code, err = cli(f"experiment={name}", "seed=3")
+        assert code == 0, err
+
+    first, second = runs_of(store, name)
+    assert first.info.run_id != second.info.run_id
+    assert untimed(first.data.metrics) == untimed(second.data.metrics)
+    assert first.data.params == second.data.params
+
+
+@pytest.mark.parametrize(("args", "names", "experiment"), [
+    (["experiment=nonexistent"], "jacobian", None),
+    (["experiment=jacobian", "experiment.point=[1,2]"], "experiment.point", "jacobian"),
+    (["experiment=basic_gradients", "experiment.x=abc"], "experiment.x", "basic_gradients"),
+    (["experiment=basic_gradients", "experiment.xx=1"], "experiment.xx", "basic_gradients"),
+    (["experiment=basic_gradients", "seed=abc"], "seed", "basic_gradients"),
+    (["experiment=basic_gradients", "device=banana"], "device", "basic_gradients"),
+    (["experiment=computational_graph", "dtype=float16"], "dtype", "computational_graph"),
+    (["experiment=computational_graph", "threads=0"], "threads", "computational_graph"),
+    (["experiment=jacobian", "tracking.kind=bogus"], "tracking.kind", "jacobian"),
+    (["experiment=jacobian", "plotting.dpi=abc"], "plotting.dpi", "jacobian"),
+    (["experiment=jacobian", "plotting.dpi=0"], "plotting.dpi", "jacobian"),
+    (["experiment=jacobian", "plotting.figures=maybe"], "plotting.figures", "jacobian"),
+    (["experiment=jacobian", "tracking.max_series_points=abc"], "tracking.max_series_points",
+     "jacobian"),
+    (["experiment=jacobian", "tracking.max_series_points=-5"], "tracking.max_series_points",
+     "jacobian"),
+    (["experiment=jacobian", "deterministic=no"], "deterministic", "jacobian"),
+    (["experiment=jacobian", "deterministic='false'"], "deterministic", "jacobian"),
+    (["experiment=jacobian", "seed=4294967296"], "seed", "jacobian"),
+    (["experiment=basic_gradients", "experiment.x=1e155"], "experiment.x", "basic_gradients"),
+    (["experiment=computational_graph", "experiment.x=1e160"], "experiment.x",
+     "computational_graph"),
+    (["experiment=jacobian", "experiment.point=[1e200,1e200,1e200]"], "experiment.point",
+     "jacobian"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_input_fails_before_any_run(args, names, experiment, cli, store):
+    code, err = cli(*args)
+
+    assert code != 0
+    assert any(names in line for line in err.splitlines()), err
+    assert "Traceback" not in err
+    if experiment:
+        assert runs_of(store, experiment) == []
+    assert all_runs(store) == []
+
+
+def test_unknown_experiment_lists_every_option(cli):
+    code, err = cli("experiment=nonexistent")
+
+    assert code != 0
+    [line] = err.strip().splitlines()
+    assert line.startswith("gradkit: In 'config': Could not find 'experiment/nonexistent'")
+    assert all(name in err for name in EXPERIMENTS)
+
+
+def test_multirun_children_under_one_parent(cli, store, tmp_path):
+    code, err = cli("experiment=basic_gradients", "experiment.x=1,2", multirun=True)
+
+    assert code == 0, err
+    runs = runs_of(store, "basic_gradients")
+    assert len(runs) == 3
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    parent_id = parent.info.run_id
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["sweep_id"] == parent.data.tags["sweep_id"]
+    # grad = 2 a x + b with a = 1, b = 3
+    by_x = {float(c.data.params["experiment.x"]): c.data.metrics["grad"] for c in children}
+    assert by_x == {1.0: 5.0, 2.0: 7.0}
+    assert {c.data.tags["job_num"] for c in children} == {"0", "1"}
+
+    assert "report/jobs.csv" in artifact_paths(store, parent_id, "report")
+    table = client_for(store).download_artifacts(parent_id, "report/jobs.csv",
+                                                 str(tmp_path / "download"))
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    assert {row["run_id"] for row in rows} == {c.info.run_id for c in children}
+
+
+@pytest.mark.parametrize("args", [
+    ["experiment=jacobian", "experiment.pont=1"],
+    ["experiment=jacobian", "+experiment.pont=1"],
+    ["experiment=basic_gradients,jacobian", "experiment.pont=1"],
+])
+def test_a_misspelt_key_names_the_parameters_of_its_experiment(args, cli, store):
+    code, err = cli(*args, multirun="," in args[0])
+
+    assert code != 0
+    assert "experiment.pont is not a parameter of " in err
+    assert ("jacobian; its parameters: point" in err
+            or "basic_gradients; its parameters: a, b, c, x" in err)
+    assert "use +experiment" not in err
+    assert all_runs(store) == []
+
+
+def test_a_misspelt_key_in_a_preset_names_the_preset_experiment(cli):
+    code, err = cli("sweep=descent_lr_start", "experiment.learnin_rate=1", multirun=True)
+
+    assert code != 0
+    assert ("experiment.learnin_rate is not a parameter of gradient_descent; its parameters: "
+            "function, start, learning_rate") in err

@@ -1,0 +1,56 @@
+"""Gradient debugging: every planted fault is found, the healthy net has none, CLI, preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CONF_DIR, client_for, runs_of
+from hydra import compose, initialize_config_dir
+
+from gradkit.experiments.gradient_debugging import SCENARIOS
+
+
+def test_default_run_end_to_end_with_findings_in_the_summary(cli, store, tmp_path):
+    code, err = cli("experiment=gradient_debugging", "experiment.scenario=dead_relu")
+
+    assert code == 0, err
+    [run_] = runs_of(store, "gradient_debugging")
+    assert run_.info.status == "FINISHED"
+    assert run_.data.tags["health"] == "warning"
+    assert "dead_units" in run_.data.tags["findings"].split(",")
+    assert run_.data.metrics["check.detects_planted_fault.error"] == 0.0
+    path = client_for(store).download_artifacts(run_.info.run_id, "summary.json",
+                                                str(tmp_path / "download"))
+    summary = json.loads(Path(path).read_text())
+    dead = [f for f in summary["findings"] if f["kind"] == "dead_units"]
+    assert dead and all(f["value"] >= 0.5 and f["layer"].startswith("layer") for f in dead)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("experiment.scenario=broken", "experiment.scenario"),
+    ("experiment.hidden=[]", "experiment.hidden"),
+    ("experiment.dead_units=0", "experiment.dead_units"),
+])
+def test_bad_input_fails_before_any_run(override, key, cli, store):
+    code, err = cli("experiment=gradient_debugging", override)
+
+    assert code != 0
+    assert any(key in line for line in err.splitlines()), err
+    assert runs_of(store, "gradient_debugging") == []
+
+
+def test_preset_runs_every_scenario_and_its_smoke_sweep(cli, store):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["sweep=debug_scenarios"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["experiment.scenario"].split(",") == list(SCENARIOS)
+
+    code, err = cli("sweep=debug_scenarios", "experiment.scenario=healthy,nan", multirun=True)
+
+    assert code == 0, err
+    runs = runs_of(store, "gradient_debugging")
+    children = {r.data.params["experiment.scenario"]: r for r in runs
+                if "mlflow.parentRunId" in r.data.tags}
+    assert children["healthy"].data.tags["findings"] == ""
+    assert children["nan"].data.tags["findings"] == "nan_grad"

@@ -1,0 +1,63 @@
+"""Gradient flow: the per-layer check, health by depth and activation, CLI, preset, bad input."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import CONF_DIR, compose_config, runs_of
+from hydra import compose, initialize_config_dir
+
+
+def test_default_run_end_to_end(cli, store):
+    code, err = cli("experiment=gradient_flow")
+
+    assert code == 0, err
+    [run] = runs_of(store, "gradient_flow")
+    metrics, tags = run.data.metrics, run.data.tags
+    assert run.info.status == "FINISHED"
+    assert tags["checks"] == "passed" and tags["health"] == "healthy"
+    assert tags["findings"] == ""
+    assert {"grad_norm.layer0", "grad_mean.layer3", "grad_std.layer1", "act_mean.layer2",
+            "dead_fraction.layer0", "total_grad_norm", "max_min_ratio",
+            "check.per_layer.error"} <= set(metrics)
+    assert metrics["check.per_layer.error"] <= 1e-6
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("experiment.hidden=[]", "experiment.hidden"),
+    ("experiment.activation=swish", "experiment.activation"),
+    ("experiment.init=uniform", "experiment.init"),
+    ("experiment.vanishing=-1", "experiment.vanishing"),
+])
+def test_bad_input_fails_before_any_run(override, key, cli, store):
+    code, err = cli("experiment=gradient_flow", override)
+
+    assert code != 0
+    assert any(key in line for line in err.splitlines()), err
+    assert "Traceback" not in err
+    assert runs_of(store, "gradient_flow") == []
+
+
+def test_preset_sweeps_four_depths_by_three_activations():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["sweep=flow_depth_activation"],
+                      return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    depths = [len(h.split(",")) for h in params["experiment.hidden"].split("],[")]
+    assert depths == [2, 5, 10, 20]
+    assert params["experiment.activation"] == "relu,tanh,sigmoid"
+    assert compose_config("experiment=gradient_flow").experiment.hidden == [4, 6, 4]
+
+
+def test_preset_smoke_sweep_shows_vanishing_in_the_deep_sigmoid_net_only(cli, store):
+    code, err = cli("sweep=flow_depth_activation", "experiment.activation=sigmoid",
+                    "experiment.hidden=[32,32],[32,32,32,32,32,32,32,32,32,32]", multirun=True)
+
+    assert code == 0, err
+    runs = runs_of(store, "gradient_flow")
+    children = {int(r.data.metrics["depth"]): r for r in runs
+                if "mlflow.parentRunId" in r.data.tags}
+    assert set(children) == {2, 10}
+    assert "vanishing" in children[10].data.tags["findings"].split(",")
+    assert children[2].data.tags["health"] == "healthy"
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED"

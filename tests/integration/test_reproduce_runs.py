@@ -1,0 +1,159 @@
+"""`python -m gradkit.reporting.reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from conftest import client_for, runs_of
+
+from gradkit.reporting import reproduce
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Replays write Hydra output folders under the current directory."""
+    monkeypatch.chdir(tmp_path)
+
+
+def replay(capsys, store, run_id: str) -> tuple[int, str, str]:
+    """`python -m gradkit.reporting.reproduce RUN_ID tracking.root=STORE`: exit code, stdout, stderr."""
+    try:
+        reproduce.main([run_id, f"tracking.root={store}"])
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def only_run(store, experiment: str):
+    [run] = runs_of(store, experiment)
+    return run
+
+
+def replay_of(store, experiment: str, run_id: str):
+    [made] = [r for r in runs_of(store, experiment) if r.data.tags.get("reproduces") == run_id]
+    return made
+
+
+def test_identical_replay_exits_0_in_the_same_experiment(cli, store, capsys):
+    code, err = cli("experiment=jacobian", "experiment.point=[0.5,-1,2]", "seed=7")
+    assert code == 0, err
+    original = only_run(store, "jacobian")
+
+    code, out, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 0, err
+    made = replay_of(store, "jacobian", original.info.run_id)
+    assert made.info.run_id != original.info.run_id
+    assert made.info.experiment_id == original.info.experiment_id
+    assert made.data.metrics == original.data.metrics
+    assert made.data.params == original.data.params
+    assert made.data.tags["overrides"] == original.data.tags["overrides"]
+    assert "identical" in out and "warning" not in err
+
+
+def test_wall_clock_timings_are_shown_but_not_compared(cli, store, capsys):
+    code, err = cli("experiment=hessian", "experiment.dim=40")
+    assert code == 0, err
+    original = only_run(store, "hessian")
+
+    code, out, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 0, err
+    made = replay_of(store, "hessian", original.info.run_id)
+    timings = [name for name in original.data.metrics if name.startswith("seconds.")]
+    assert len(timings) == 3
+    assert all(made.data.metrics[name] > 0 for name in timings)
+    assert "(3 wall-clock timings, marked ~ where they differ, not compared)" in out
+
+
+def test_altered_metric_exits_1_and_is_named(cli, store, capsys):
+    code, err = cli("experiment=basic_gradients", "experiment.x=-1")
+    assert code == 0, err
+    original = only_run(store, "basic_gradients")
+    client_for(store).log_metric(original.info.run_id, "grad", 99.0,
+                                 timestamp=int(time.time() * 1000) + 1000, step=0)
+
+    code, out, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 1
+    assert "1 of" in err and "values differ: grad" in err
+    [row] = [line for line in out.splitlines() if line.split()[1:2] == ["grad"]]
+    assert row.split()[:4] == ["!=", "grad", "99.0", "1.0"]  # 2ax + b at a=1, b=3, x=-1
+    assert replay_of(store, "basic_gradients", original.info.run_id).data.metrics["grad"] == 1.0
+
+
+def test_sweep_child_is_replayed_as_that_one_job(cli, store, capsys):
+    code, err = cli("experiment=basic_gradients", "experiment.x=1,5", multirun=True)
+    assert code == 0, err
+    [child] = [r for r in runs_of(store, "basic_gradients") if r.data.tags.get("job_num") == "1"]
+
+    code, _, err = replay(capsys, store, child.info.run_id)
+
+    assert code == 0, err
+    made = replay_of(store, "basic_gradients", child.info.run_id)
+    assert made.data.params == child.data.params
+    assert made.data.params["experiment.x"] == "5"
+    assert made.data.metrics == child.data.metrics
+    assert PARENT_TAG not in made.data.tags and "sweep_id" not in made.data.tags
+
+
+def test_logged_config_wins_over_todays_defaults(cli, store, capsys):
+    """Without its overrides file, the replay pins every key back to the logged config."""
+    code, err = cli("experiment=gradient_descent", "experiment.learning_rate=2e-3",
+                    "experiment.max_iterations=30", "plotting.figures=false")
+    assert code == 0, err
+    original = only_run(store, "gradient_descent")
+    artifacts = store / "artifacts" / "gradient_descent" / original.info.run_id / "artifacts"
+    shutil.rmtree(artifacts / ".hydra")
+
+    code, _, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 0, err
+    made = replay_of(store, "gradient_descent", original.info.run_id)
+    assert made.data.params == original.data.params
+    assert made.data.metrics == original.data.metrics
+
+
+def test_environment_changes_warn_but_do_not_fail(cli, store, capsys):
+    code, err = cli("experiment=computational_graph")
+    assert code == 0, err
+    original = only_run(store, "computational_graph")
+    client = client_for(store)
+    client.set_tag(original.info.run_id, "git_commit", "0" * 40)
+    client.set_tag(original.info.run_id, "version.torch", "1.0.0")
+
+    code, _, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 0, err
+    assert f"warning: git_commit differs: {'0' * 40} then" in err
+    assert "warning: version.torch differs: 1.0.0 then" in err
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    ("unknown", "no run '0123456789abcdef0123456789abcdef' in the MLflow store at sqlite:///"),
+    ("foreign", "was not made by gradkit"),
+    ("no config", "has no config.yaml artifact: its config is missing"),
+])
+def test_runs_that_cannot_be_replayed_exit_2(make, message, store, capsys):
+    client = client_for(store)
+    run_id = "0123456789abcdef0123456789abcdef"
+    if make != "unknown":
+        run = client.create_run(client.create_experiment("elsewhere"))
+        run_id = run.info.run_id
+        if make == "no config":
+            client.log_param(run_id, "experiment._target_",
+                             "gradkit.experiments.jacobian.Jacobian")
+    count = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+    code, _, err = replay(capsys, store, run_id)
+
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == count

@@ -1,0 +1,73 @@
+"""Tracking helpers (flatten, run names, series downsampling) and a series logged end to end."""
+
+from __future__ import annotations
+
+import csv
+
+from conftest import client_for, runs_of
+
+from gradkit.tracking.store import Tracker, metric_entries
+
+
+def read_series(path) -> dict[str, list[float]]:
+    series: dict[str, list[float]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            values = series.setdefault(row["series"], [])
+            assert int(row["step"]) == len(values)
+            values.append(float(row["value"]))
+    return series
+
+
+def test_series_are_downsampled_in_mlflow_and_complete_in_series_csv(cli, store, tmp_path):
+    code, err = cli("experiment=gradient_descent")
+
+    assert code == 0, err
+    [run] = runs_of(store, "gradient_descent")
+    assert run.data.tags["status"] == "max_iterations"
+    client = client_for(store)
+    csv_path = client.download_artifacts(run.info.run_id, "series.csv", str(tmp_path / "dl"))
+    series = read_series(csv_path)
+    assert len(series["loss"]) == 2001
+    assert len(series["step_size"]) == 2000
+
+    history = sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)
+    steps = [m.step for m in history]
+    assert len(history) <= 200  # tracking.max_series_points
+    assert steps[0] == 0 and steps[-1] == 2000
+    assert len(set(steps)) == len(steps)
+    assert {m.step: m.value for m in history} == {s: series["loss"][s] for s in steps}
+    assert run.data.metrics["loss"] == series["loss"][-1] == run.data.metrics["final_loss"]
+
+
+def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_path):
+    code, err = cli("experiment=basic_gradients")
+
+    assert code == 0, err
+    [run] = runs_of(store, "basic_gradients")
+    experiment = client_for(store).get_experiment_by_name("basic_gradients")
+    tags = run.data.tags
+    assert tags["mlflow.source.name"] == "gradkit run"
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    [job_log] = (tmp_path / "run").glob("*.log")
+    last = job_log.read_text().strip().splitlines()[-1]
+    page = f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"
+    assert last.endswith(f"run {run.info.run_id} in MLflow experiment basic_gradients, store "
+                         f"{store}: `gradkit ui --store {store}`, then http://127.0.0.1:5000/{page}"
+                         "?workflowType=machine_learning")
+
+
+def test_a_batch_beyond_mlflow_limits_is_logged_whole(store):
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    run_id = tracker.start_run("batches", "big", {})
+    params = {f"p{i}": str(i) for i in range(250)}
+    tags = {f"t{i}": str(i) for i in range(150)}
+    metrics = metric_entries({f"m{i}": float(i) for i in range(2500)})
+
+    tracker.log_batch(run_id, params, metrics, tags)
+
+    data = client_for(store).get_run(run_id).data
+    assert data.params == params
+    assert {k: v for k, v in data.tags.items() if k.startswith("t")} == tags
+    assert data.metrics == {f"m{i}": float(i) for i in range(2500)}

@@ -1,0 +1,26 @@
+"""`make list`: every experiment and preset, with sections, purposes, defaults and grids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import EXPERIMENTS
+
+from gradkit.cli.catalog import render
+
+
+def test_the_command_prints_everything():
+    done = subprocess.run([sys.executable, "-m", "gradkit", "list"], capture_output=True,
+                          text=True, timeout=60, check=True)
+
+    assert done.stdout == render() + "\n"
+    assert all(name in done.stdout for name in EXPERIMENTS)
+    assert "learning_rate=0.001" in done.stdout
+
+
+def test_the_catalog_answers_without_importing_torch_or_mlflow():
+    probe = "import sys, gradkit.cli.catalog; print(sorted({'torch', 'mlflow'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]"

@@ -1,0 +1,159 @@
+"""The weight cache: keys, hits and misses, atomic writes, concurrent builders, and the trained
+classifier read back bit for bit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradkit.core.experiment import RunContext
+from gradkit.lib import cache
+from gradkit.lib.cache import cached, entry_key
+from gradkit.lib.data import digits
+from gradkit.lib.training import TrainSpec, trained_classifier
+
+SPEC = {"model": "mlp", "epochs": 2, "seed": 0}
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
+
+
+def payload() -> dict:
+    return {"state": {"w": torch.randn(4, 3, dtype=torch.float64)}, "losses": [1.0, 0.5]}
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".lock")
+
+
+def test_key_follows_every_field_and_the_torch_version(monkeypatch):
+    assert entry_key(SPEC) == entry_key(dict(reversed(SPEC.items())))
+    keys = {entry_key(SPEC), entry_key({**SPEC, "epochs": 3}), entry_key({**SPEC, "seed": 1}),
+            entry_key({**SPEC, "model": "cnn"}), entry_key({**SPEC, "extra": None})}
+    assert len(keys) == 5
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert entry_key(SPEC) not in keys
+
+
+def test_miss_writes_and_hit_reads_the_same_bits(tmp_path):
+    calls = []
+
+    def build():
+        calls.append(1)
+        return payload()
+
+    first = cached(tmp_path, SPEC, build)
+    second = cached(tmp_path, SPEC, build)
+
+    assert (first.status, second.status, len(calls)) == ("miss", "hit", 1)
+    assert first.key == second.key == entry_key(SPEC)
+    assert torch.equal(first.payload["state"]["w"], second.payload["state"]["w"])
+    assert first.payload["state"]["w"].dtype == torch.float64
+    assert second.payload["losses"] == [1.0, 0.5]
+    assert leftovers(tmp_path) == [f"{first.key}.pt"]
+    assert cached(tmp_path, {**SPEC, "seed": 1}, build).status == "miss"
+    assert len(calls) == 2
+
+
+def test_no_folder_always_builds_and_writes_nothing(tmp_path):
+    entries = [cached(None, SPEC, payload) for _ in range(2)]
+
+    assert [e.status for e in entries] == ["off", "off"]
+    assert not torch.equal(entries[0].payload["state"]["w"], entries[1].payload["state"]["w"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_build_or_write_leaves_no_entry(tmp_path, monkeypatch):
+    def broken():
+        raise RuntimeError("training crashed")
+
+    with pytest.raises(RuntimeError, match="training crashed"):
+        cached(tmp_path, SPEC, broken)
+    assert leftovers(tmp_path) == []
+
+    def half_write(content, file):
+        file.write(b"half an entry")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache.torch, "save", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        cached(tmp_path, SPEC, payload)
+    assert leftovers(tmp_path) == []  # the temporary file is gone, no entry appeared
+    monkeypatch.undo()
+    assert cached(tmp_path, SPEC, payload).status == "miss"
+
+
+def test_concurrent_builders_build_once_and_read_the_same_entry(tmp_path):
+    """Threads open the lock file separately, so flock serialises them as it does processes
+    (the joblib smoke sweep in test_adversarial covers real worker processes)."""
+    builds, barrier = [], threading.Barrier(3)
+
+    def build():
+        builds.append(1)
+        time.sleep(0.3)
+        return {"w": torch.arange(6.0) * 7}
+
+    def worker():
+        barrier.wait()
+        return cached(tmp_path, SPEC, build)
+
+    with ThreadPoolExecutor(3) as pool:
+        entries = list(pool.map(lambda _: worker(), range(3)))
+
+    assert len(builds) == 1
+    assert sorted(e.status for e in entries) == ["hit", "hit", "miss"]
+    assert all(torch.equal(e.payload["w"], torch.arange(6.0) * 7) for e in entries)
+    assert leftovers(tmp_path) == [f"{entry_key(SPEC)}.pt"]
+
+
+def context(tmp_path: Path) -> RunContext:
+    return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(5),
+                      tmp_path, logging.getLogger("test"), cache_dir=tmp_path / "cache")
+
+
+def test_cached_classifier_equals_a_fresh_training_bit_for_bit(tmp_path):
+    ctx = context(tmp_path)
+    data = digits(0)
+    spec = TrainSpec("mlp", 1, 128, 1e-2, "adam", 0.2, 0, "torch.float32", "cpu")
+
+    trained, miss = trained_classifier(spec, data, ctx)
+    read, hit = trained_classifier(spec, data, ctx)
+    retrained, off = trained_classifier(spec, data, ctx, use_cache=False)
+    other, _ = trained_classifier(TrainSpec(**{**spec.__dict__, "epochs": 2}), data, ctx)
+
+    assert (miss.status, hit.status, off.status) == ("miss", "hit", "off")
+    assert miss.key == hit.key == off.key
+    for name, tensor in trained.state_dict().items():
+        assert torch.equal(tensor, read.state_dict()[name])
+        assert torch.equal(tensor, retrained.state_dict()[name])
+    assert any(not torch.equal(t, other.state_dict()[n]) for n, t in trained.state_dict().items())
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
+    assert len(miss.payload["epoch_loss"]) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cached_digits_split_equals_scikit_learns_bit_for_bit(tmp_path, dtype):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    images, labels = load_digits(return_X_y=True)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=0.25, stratify=labels, random_state=3)
+    built = digits(3, 0.25, dtype, tmp_path)
+    read = digits(3, 0.25, dtype, tmp_path)
+
+    for data in (built, read):
+        assert torch.equal(data.train_x, torch.as_tensor(train_x / 16, dtype=dtype)
+                           .reshape(-1, 1, 8, 8))
+        assert torch.equal(data.test_x, torch.as_tensor(test_x / 16, dtype=dtype)
+                           .reshape(-1, 1, 8, 8))
+        assert data.train_y.tolist() == train_y.tolist()
+        assert data.test_y.tolist() == test_y.tolist()
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # the second call read the first one's entry
+    assert digits(4, 0.25, dtype, tmp_path).test_y.tolist() != test_y.tolist()

@@ -1,0 +1,33 @@
+"""`make list`: every experiment and preset, with sections, purposes, defaults and grids."""
+
+from __future__ import annotations
+
+from conftest import CONF_DIR, EXPERIMENTS
+from omegaconf import OmegaConf
+
+from gradkit.cli.catalog import experiments, presets
+
+
+def test_every_experiment_is_listed_in_notebook_order_with_its_defaults():
+    entries = experiments()
+
+    assert sorted(e.name for e in entries) == EXPERIMENTS
+    sections = {e.name: e.section for e in entries}
+    assert (sections["basic_gradients"], sections["jacobian"], sections["gradient_descent"]) == (
+        "2.1", "3.1", "4.2")
+    numbered = [tuple(map(int, e.section.split("."))) for e in entries if e.section != "beyond"]
+    assert numbered == sorted(numbered)
+    for entry in entries:
+        path = CONF_DIR / "experiment" / f"{entry.name}.yaml"
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        config.pop("_target_")
+        assert entry.parameters == config
+        assert entry.purpose and not entry.purpose.startswith("Section")
+
+
+def test_every_preset_is_listed_with_its_grid():
+    listed = {name: grid for name, _, grid in presets()}
+
+    assert set(listed) == {p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")}
+    assert listed["descent_lr_start"]["experiment.learning_rate"] == (
+        "1e-4,5e-4,1e-3,1.5e-3,2e-3,1e-2")

@@ -1,0 +1,199 @@
+"""LR range test: schedule, smoothing and stop rule, suggestion rule, state restoration, the
+experiment end to end, bad input and the optimizer x batch-size preset."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gradkit.core.validation import ConfigError
+from gradkit.experiments.lr_finder import (
+    LrFinder,
+    RangeTest,
+    exponential_schedule,
+    range_test,
+    state_mismatches,
+    steepest_descent,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that remembers the learning rate of every step it takes."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.seen: list[float] = []
+
+    def step(self, closure=None):
+        self.seen.append(self.param_groups[0]["lr"])
+        return super().step(closure)
+
+
+def tiny_problem(batches: int = 3, seed: int = 0):
+    """A linear 4 -> 3 classifier and a loader cycling over `batches` fixed batches."""
+    generator = torch.Generator().manual_seed(seed)
+    model = nn.Linear(4, 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator))
+    data = [(torch.randn(8, 4, generator=generator), torch.randint(3, (8,), generator=generator))
+            for _ in range(batches)]
+    return model, itertools.cycle(data)
+
+
+def test_schedule_is_geometric_from_start_to_end():
+    schedule = exponential_schedule(1e-7, 10.0, 100)
+
+    assert len(schedule) == 100
+    np.testing.assert_allclose(schedule, np.geomspace(1e-7, 10.0, 100), rtol=1e-12)
+    assert schedule[0] == 1e-7
+    assert schedule[-1] == pytest.approx(10.0, rel=1e-14)
+
+
+def test_range_test_steps_every_lr_regardless_of_dataset_size():
+    model, loader = tiny_problem(batches=3)
+    optimizer = RecordingSGD(model.parameters(), lr=0.5)
+    schedule = exponential_schedule(1e-6, 1e-3, 30)  # too small to diverge
+
+    trace = range_test(model, optimizer, loader, schedule, smooth_f=0.2, diverge_th=5.0)
+
+    assert not trace.diverged
+    assert optimizer.seen == trace.lrs == schedule  # 30 steps over 3 batches: cycled
+    expected = [trace.losses[0]]
+    for loss in trace.losses[1:]:
+        expected.append(0.2 * loss + 0.8 * expected[-1])
+    assert trace.smoothed == pytest.approx(expected, rel=1e-12)
+    assert len(trace.grad_norms) == 30
+
+
+def test_range_test_stops_at_the_first_smoothed_loss_above_the_threshold():
+    model, loader = tiny_problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trace = range_test(model, optimizer, loader, exponential_schedule(1e-3, 1e3, 200),
+                       smooth_f=0.3, diverge_th=2.0)
+
+    assert trace.diverged
+    assert len(trace.lrs) < 200
+    last = trace.smoothed[-1]
+    assert not math.isfinite(last) or last > 2.0 * min(trace.smoothed[:-1])
+    running = np.minimum.accumulate(trace.smoothed[:-1])
+    assert all(s <= 2.0 * best for s, best in zip(trace.smoothed[:-1], running, strict=True))
+
+
+def test_gradient_norm_is_that_of_the_batch_before_the_step():
+    model, loader = tiny_problem()
+    start = copy.deepcopy(model)
+    x, y = next(loader)
+    F.cross_entropy(start(x), y).backward()
+    expected = torch.cat([p.grad.flatten() for p in start.parameters()]).norm().item()
+    model, loader = tiny_problem()
+
+    trace = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), loader, [0.1])
+
+    assert trace.grad_norms[0] == pytest.approx(expected, rel=1e-6)
+
+
+# A hand-made smoothed loss: steep drops at both ends (to be skipped) and, in between, the
+# steepest central difference at index 5: (0.55 - 1.0) / 2 = -0.225.
+CURVE = [10.0, 1.0, 1.0, 1.0, 1.0, 0.9, 0.55, 0.5, 0.45, 0.4, 5.0, -100.0]
+
+
+def test_suggestion_is_the_steepest_descent_between_the_skipped_ends():
+    assert steepest_descent(CURVE, skip_start=2, skip_end=2) == 5
+    assert steepest_descent(CURVE, skip_start=0, skip_end=0) == 11  # the drop to -100
+    assert steepest_descent(CURVE, skip_start=0, skip_end=2) == 0  # the drop from 10
+
+
+def test_suggestion_needs_two_points_and_ignores_a_non_finite_tail():
+    assert steepest_descent(CURVE, skip_start=6, skip_end=5) is None
+    assert steepest_descent([3.0, 2.0, 1.0, math.inf], 0, 0) in (0, 1)
+    assert steepest_descent([math.nan, math.nan], 0, 0) is None
+
+
+def test_model_and_optimizer_state_are_restored_bit_for_bit():
+    model, loader = tiny_problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = next(loader)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()  # Adam now holds step counts and moment buffers
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+
+    trace = range_test(model, optimizer, loader, exponential_schedule(1e-3, 100.0, 50))
+
+    assert len(trace.lrs) > 5
+    after = (model.state_dict(), optimizer.state_dict())
+    assert state_mismatches(before, after) == 0
+    for key, tensor in before[0].items():
+        assert torch.equal(tensor, after[0][key])
+    for index, buffers in before[1]["state"].items():
+        for name, tensor in buffers.items():
+            assert torch.equal(tensor, after[1]["state"][index][name])
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_state_mismatches_sees_one_changed_buffer_and_a_changed_lr():
+    model, _ = tiny_problem()
+    state = {"model": copy.deepcopy(model.state_dict()), "groups": [{"lr": 0.1}]}
+    changed = copy.deepcopy(state)
+    changed["model"]["bias"][0] = torch.nextafter(changed["model"]["bias"][0],
+                                                  torch.tensor(math.inf))
+    assert state_mismatches(state, changed) == 1
+    changed["groups"][0]["lr"] = 0.2
+    assert state_mismatches(state, changed) == 2
+    assert state_mismatches(state, copy.deepcopy(state)) == 0
+
+
+@pytest.mark.parametrize(("change", "key"), [
+    ({"start_lr": 1.0, "end_lr": 1.0}, "experiment.start_lr"),
+    ({"start_lr": -1e-3}, "experiment.start_lr"),
+    ({"num_iter": 16}, "experiment.num_iter"),  # < skip_start + skip_end + 2 = 17
+    ({"optimizer": "rmsprop"}, "experiment.optimizer"),
+    ({"model": "resnet"}, "experiment.model"),
+    ({"smooth_f": 0.0}, "experiment.smooth_f"),
+    ({"diverge_th": 0.5}, "experiment.diverge_th"),
+    ({"batch_size": 0}, "experiment.batch_size"),
+])
+def test_bad_parameters_name_their_key(change, key):
+    with pytest.raises(ConfigError, match=rf"^{key}=") as raised:
+        LrFinder(**change)
+    assert "\n" not in str(raised.value)
+
+
+def job(num: int, status: str = "COMPLETED", output_dir: str | None = None, **metrics) -> dict:
+    params = {"experiment.optimizer": "sgd", "experiment.batch_size": "64",
+              "experiment.model": "mlp"} if metrics else {}
+    return {"job": num, "experiment": "lr_finder", "overrides": f"job {num}", "status": status,
+            "outcome": "", "params": params, "metrics": metrics, "output_dir": output_dir}
+
+
+def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_path):
+    from gradkit.tracking.store import _write_series
+
+    folder = tmp_path / "0"
+    folder.mkdir()
+    trace = RangeTest(lrs=[1e-3, 1e-2, 1e-1], smoothed=[2.3, 2.0, 1.5])
+    _write_series(folder / "series.csv", {"lr": trace.lrs, "loss": [2.3, 1.9, 1.2],
+                                          "smoothed_loss": trace.smoothed})
+    jobs = [job(0, output_dir=str(folder), suggested_lr=1e-2,
+                **{"validation.accuracy.suggested": 0.9}),
+            job(1, output_dir=str(tmp_path / "gone"), iterations_run=3.0),  # no suggestion
+            job(2, "FAILED"), job(3, "NOT_RUN"), job(4, "KILLED")]
+
+    fig = LrFinder.sweep_figure(jobs)
+
+    curves, points = fig.axes[0], fig.axes[1]
+    [curve] = [line for line in curves.lines if len(line.get_xdata()) == 3]
+    assert list(curve.get_ydata()) == trace.smoothed
+    assert [tick.get_text() for tick in points.get_yticklabels()] == [
+        "#0 mlp sgd batch 64", "#1 mlp sgd batch 64"]
+    assert "3 jobs failed" in points.get_title()
+    assert LrFinder.sweep_figure([job(0, "FAILED"), job(1, "NOT_RUN")]) is None

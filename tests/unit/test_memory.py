@@ -1,0 +1,73 @@
+"""The saved-activation meter against computations whose saved tensors are known."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+
+N = 100
+
+
+FLOAT = 4  # bytes
+
+
+def test_exp_saves_its_output_and_sin_saves_the_same_storage_once():
+    a = torch.randn(N, requires_grad=True)
+    meter = SavedTensorMeter()
+    with meter.measure():
+        b = a.exp()   # saves its result b
+        c = b.sin()   # saves its input b: the same storage, counted once
+        c.sum()       # saves no tensor
+
+    assert (meter.tensors, meter.bytes) == (1, N * FLOAT)
+
+
+def test_mul_saves_both_operands_but_parameters_are_left_out():
+    x = torch.randn(N, requires_grad=True)
+    y = torch.randn(N, requires_grad=True)
+    weight = nn.Parameter(torch.randn(N))
+    meter = SavedTensorMeter()
+    with meter.measure():
+        x * y           # saves x and y
+        weight * x      # saves weight (a parameter: excluded) and x (seen)
+
+    assert meter.bytes == 2 * N * FLOAT
+
+
+def test_excluded_views_of_a_parameter_and_float64_sizes():
+    linear = nn.Linear(10, 20).double()
+    x = torch.randn(5, 10, dtype=torch.float64)
+    meter = SavedTensorMeter(exclude=linear.parameters())
+    with meter.measure():
+        torch.relu(linear(x))  # addmm saves x (and a view of the weight: excluded); relu its output
+
+    assert meter.bytes == (5 * 10 + 5 * 20) * 8
+
+
+def test_nothing_is_saved_without_grad_and_checkpointing_saves_only_the_input():
+    x = torch.randn(N, requires_grad=True)
+    with torch.no_grad(), SavedTensorMeter().measure() as meter:
+        x.exp().sin()
+    assert meter.bytes == 0
+
+    def block(t):
+        return t.exp().sin().exp()
+
+    plain = SavedTensorMeter()
+    with plain.measure():
+        block(x)
+    kept = SavedTensorMeter()
+    with kept.measure():
+        checkpoint(block, x, use_reentrant=False)
+    # exp saves its result, sin its input (the same storage), the last exp its result
+    assert plain.bytes == 2 * N * FLOAT
+    assert kept.bytes == N * FLOAT  # the input, kept to recompute from
+
+
+def test_cuda_peak_is_empty_on_cpu():
+    with cuda_peak(torch.device("cpu")) as peak:
+        torch.ones(3).sum()
+    assert peak == {}
