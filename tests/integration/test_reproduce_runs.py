@@ -98,7 +98,7 @@ def test_sweep_child_is_replayed_as_that_one_job(cli, store, capsys):
     assert code == 0, err
     made = replay_of(store, "basic_gradients", child.info.run_id)
     assert made.data.params == child.data.params
-    assert made.data.params["experiment.x"] == "5"
+    assert made.data.params["experiment.x"] == "5.0"  # a float parameter, as composed
     assert made.data.metrics == child.data.metrics
     assert PARENT_TAG not in made.data.tags and "sweep_id" not in made.data.tags
 

@@ -105,7 +105,7 @@ def test_one_job_reads_back_through_the_server(server, on_server, tmp_path):
     code, err = on_server("experiment=jacobian", "experiment.point=[2,1,4]")
 
     assert code == 0, err
-    [run] = runs_where(server, "jacobian", "params.`experiment.point` = '[2, 1, 4]'")
+    [run] = runs_where(server, "jacobian", "params.`experiment.point` = '[2.0, 1.0, 4.0]'")
     assert run.info.status == "FINISHED"
     assert run.data.tags["checks"] == "passed"
     assert run.data.params["tracking.uri"] == server
@@ -152,7 +152,7 @@ def test_submitit_local_sweep_lands_under_one_parent(server, on_server, tmp_path
 def test_reproduce_and_report_on_the_server(server, on_server, tmp_path, capsys):
     code, err = on_server("experiment=basic_gradients", "experiment.c=-4")
     assert code == 0, err
-    [original] = runs_where(server, "basic_gradients", "params.`experiment.c` = '-4'")
+    [original] = runs_where(server, "basic_gradients", "params.`experiment.c` = '-4.0'")
     store = ["tracking=server", f"tracking.uri={server}"]
 
     with pytest.raises(SystemExit) as exit_:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 from conftest import CONF_DIR, EXPERIMENTS
-from omegaconf import OmegaConf
+from hydra.utils import get_class
 
 from gradkit.cli.catalog import experiments, presets
 
@@ -17,12 +19,17 @@ def test_every_experiment_is_listed_in_notebook_order_with_its_defaults():
         "2.1", "3.1", "4.2")
     numbered = [tuple(map(int, e.section.split("."))) for e in entries if e.section != "beyond"]
     assert numbered == sorted(numbered)
-    for entry in entries:
-        path = CONF_DIR / "experiment" / f"{entry.name}.yaml"
-        config = OmegaConf.to_container(OmegaConf.load(path))
-        config.pop("_target_")
-        assert entry.parameters == config
+    for entry in entries:  # the defaults the class declares, and nothing else
+        cls = get_class(entry.target)
+        declared = {name: list(map(plain, p.default)) if isinstance(p.default, tuple)
+                    else p.default for name, p in inspect.signature(cls).parameters.items()}
+        assert entry.parameters == declared
+        assert entry.target.startswith(f"gradkit.experiments.{entry.name}.")
         assert entry.purpose and not entry.purpose.startswith("Section")
+
+
+def plain(item):
+    return list(item) if isinstance(item, tuple) else item
 
 
 def test_every_preset_is_listed_with_its_grid():

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from gradkit.core import interrupts
 from gradkit.core.configs import SEARCH_PATH, register_sweeper
+from gradkit.core.parameters import register_builtins
 from gradkit.core.errors import explain
 
 
@@ -44,6 +45,7 @@ def main() -> None:
     end every open run."""
     interrupts.install()
     register_sweeper()
+    register_builtins()
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra hands every error back here
     try:

@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from omegaconf import DictConfig
 
+from gradkit.core.parameters import register_builtins
 from gradkit.core.validation import ConfigError
 
 CONFIG_MODULE = "gradkit.conf"
@@ -72,6 +73,7 @@ def group_options(group: str, config_dirs: Sequence[str | Path] = ()) -> list[st
 @contextmanager
 def _initialized() -> Iterator[None]:
     """Hydra initialised on gradkit's configs, unless a running app already is."""
+    register_builtins()
     if GlobalHydra.instance().is_initialized():
         yield
         return

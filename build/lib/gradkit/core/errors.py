@@ -16,6 +16,10 @@ from omegaconf import DictConfig
 from gradkit.core import configs
 
 MISSPELT = re.compile(r"Could not override '(experiment\.[\w.]+)'")
+MERGING = re.compile(r"Error merging override (\S+?)=(.*)")
+NOT_CONVERTED = re.compile(r"could not be converted to (\w+)")
+WANTED = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false",
+          "String": "a string"}
 UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
 
 
@@ -38,6 +42,13 @@ def one_line(message: str) -> str:
 
 def explain(error: Exception, overrides: list[str]) -> str:
     """One line for an error that stopped the command (`overrides`: its command line)."""
+    merging = MERGING.match(str(error))
+    if merging and error.__cause__ is not None:  # a value of the wrong type for its key
+        converted = NOT_CONVERTED.search(str(error.__cause__))
+        wanted = (WANTED.get(converted[1], converted[1]) if converted
+                  else "a list" if "ListConfig" in str(error.__cause__) else None)
+        if wanted:
+            return f"{merging[1]}={merging[2]} must be {wanted}"
     if isinstance(error, CompactHydraException) and not MISSPELT.search(str(error)):
         return one_line(str(error))
     misspelt = MISSPELT.search(str(error))

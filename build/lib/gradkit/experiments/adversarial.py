@@ -154,13 +154,15 @@ class Adversarial(Experiment):
         limit = self.epsilon or 1.0
         for column, i in enumerate(chosen):
             label, before, after = outcome.y[i].item(), outcome.clean[i], outcome.attacked[i]
-            image = axes[0, column].imshow(outcome.x[i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+            clean_image = outcome.x[i, 0].cpu().numpy()  # matplotlib reads arrays, not tensors
+            image = axes[0, column].imshow(clean_image, cmap="gray", vmin=0, vmax=1)
             axes[0, column].set_title(f"true {label}\npred {before.argmax().item()} "
                                       f"({before.max().item():.2f})", fontsize=9)
-            delta = axes[1, column].imshow((outcome.adversarial[i, 0] - outcome.x[i, 0]).cpu(),
+            attacked_image = outcome.adversarial[i, 0].cpu().numpy()
+            delta = axes[1, column].imshow(attacked_image - clean_image,
                                            cmap="RdBu_r", vmin=-limit, vmax=limit)
             predicted = after.argmax().item()
-            axes[2, column].imshow(outcome.adversarial[i, 0].cpu(), cmap="gray", vmin=0, vmax=1)
+            axes[2, column].imshow(attacked_image, cmap="gray", vmin=0, vmax=1)
             fooled = predicted != label
             axes[2, column].set_title(f"pred {predicted} ({after.max().item():.2f})\n"
                                       f"{'fooled' if fooled else 'still right'}", fontsize=9,
