@@ -96,7 +96,8 @@ def main() -> None:
         torch.set_num_threads(1)
 
         python = [sys.executable, "-m", "gradkit", "run"]
-        wall([sys.executable, "-c", "from gradkit.tracking.store import Tracker; Tracker.from_config("
+        wall([sys.executable, "-c", "from gradkit.tracking.store import Tracker; "
+              "Tracker.from_config("
               f"{{'kind': 'local', 'root': '{tmp / 'store'}'}}).client.search_experiments()"])
         cli = [f"tracking.root={tmp / 'store'}", f"hydra.run.dir={tmp / 'run'}"]
         first_s = wall([*python, "experiment=adversarial", *cli])

@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from gradkit.core.configs import CONFIG_MODULE
-from gradkit.core.parameters import register_builtins
 from gradkit.core.experiment import RunContext
+from gradkit.core.parameters import register_builtins
 from gradkit.tracking.store import Tracker
 
 CONF_DIR = Path(str(importlib.resources.files(CONFIG_MODULE)))  # the checkout's conf/

@@ -1,4 +1,4 @@
-"""`python -m gradkit.reporting.reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
+"""`gradkit reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _in_tmp(tmp_path, monkeypatch):
 
 
 def replay(capsys, store, run_id: str) -> tuple[int, str, str]:
-    """`python -m gradkit.reporting.reproduce RUN_ID tracking.root=STORE`: exit code, stdout, stderr."""
+    """`gradkit reproduce RUN_ID tracking.root=STORE`: exit code, stdout, stderr."""
     try:
         reproduce.main([run_id, f"tracking.root={store}"])
         code = 0

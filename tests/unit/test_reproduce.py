@@ -1,4 +1,4 @@
-"""`python -m gradkit.reporting.reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
+"""`gradkit reproduce`: its usage line and how logged values are written back as overrides."""
 
 from __future__ import annotations
 
