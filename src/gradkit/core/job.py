@@ -111,6 +111,7 @@ def _job(cfg: DictConfig) -> closing.Job:
                     raise ChecksFailed(f"{option}: checks failed: "
                                        f"{describe_checks(result)}; run {run_id}")
                 log.info(tracker.describe(run_id, option))
+                tracker.done(run_id)
                 yield result.objective, f"run {run_id} ({option} {name})"
             finally:  # and always its folder, once its PNGs are written: the run is closed
                 tracker.log_files(run_id, output_dir, pngs)

@@ -103,6 +103,7 @@ class Tracker:
         self.base = base or Path.cwd()  # the directory the command runs in
         self.client = MlflowClient(tracking_uri=uri)
         self._experiment_ids: dict[str, str] = {}
+        self._done_at: dict[str, int] = {}  # run id -> when its job's work ended (ms)
 
     @classmethod
     def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None) -> Tracker:
@@ -201,8 +202,13 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
+    def done(self, run_id: str) -> None:
+        """The run's job has done its work: its duration in MLflow ends now, however much
+        later the run is closed (after the next job of a sweep has computed)."""
+        self._done_at[run_id] = int(time.time() * 1000)
+
     def end(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+        self.client.set_terminated(run_id, status, end_time=self._done_at.pop(run_id, None))
 
     @contextmanager
     def run(self, experiment: str, name: str, tags: Mapping[str, str],

@@ -13,11 +13,11 @@ from gradkit.cli.commands import fail, run_command, split_config_dirs
 
 USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
 
-  run        one experiment or a sweep:   gradkit run [--multirun] [--config-dir DIR] [KEY=VALUE ...]
-  list       every experiment and preset: gradkit list [--config-dir DIR]
-  report     summary of the store's runs: gradkit report [--config-dir DIR] [KEY=VALUE ...]
-  reproduce  replay a run, diff it:       gradkit reproduce RUN_ID [--config-dir DIR] [KEY=VALUE ...]
-  ui         MLflow's UI on a store:      gradkit ui [--store DIR] [--host HOST] [--port PORT]
+  run        one experiment or a sweep: gradkit run [-m] [--config-dir DIR] [KEY=VALUE ...]
+  list       experiments and presets:   gradkit list [--config-dir DIR]
+  report     the store's runs summed:   gradkit report [--config-dir DIR] [KEY=VALUE ...]
+  reproduce  a run replayed, diffed:    gradkit reproduce RUN_ID [--config-dir DIR] [KEY=VALUE ...]
+  ui         MLflow's UI on a store:    gradkit ui [--store DIR] [--host HOST] [--port PORT]
 
 `gradkit run --help` lists every key; results go to outputs/ and mlruns/ in this folder."""
 

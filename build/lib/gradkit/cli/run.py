@@ -14,8 +14,8 @@ from omegaconf import DictConfig
 
 from gradkit.core import interrupts
 from gradkit.core.configs import SEARCH_PATH, register_sweeper
-from gradkit.core.parameters import register_builtins
 from gradkit.core.errors import explain
+from gradkit.core.parameters import register_builtins
 
 
 @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="config")

@@ -69,8 +69,10 @@ class Experiment(ABC):
     """A demonstration. Subclasses validate their keyword parameters in `__init__`.
 
     Its MLflow experiment is named after the Hydra option that chose it (a variant YAML of
-    the same class is an experiment of its own). `proves` says in the summary report what its checks prove; its notebook section is the
-    start of its module docstring (`Section 4.2: ...`), read by `make list` and the report.
+    the same class is an experiment of its own). Its parameters, their types and defaults are
+    its constructor's keyword arguments (`gradkit.core.parameters`). `proves` says in the
+    summary report what its checks prove; its notebook section is the start of its module
+    docstring (`Section 4.2: ...`), read by `gradkit list` and the report.
     """
 
     proves: str = ""  # what its checks prove, in one sentence

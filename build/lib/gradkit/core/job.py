@@ -87,9 +87,9 @@ def _job(cfg: DictConfig) -> closing.Job:
                         tracker.cache_dir)
 
     overrides = list(hydra_cfg.overrides.task)
-    tags = {**fingerprint(Path(hydra_cfg.runtime.cwd)), "overrides": " ".join(overrides), "seed": settings.seed,
-            "device": str(ctx.device), "dtype": settings.dtype, "threads": ctx.threads,
-            **(sweep.tags if sweep else {})}
+    tags = {**fingerprint(Path(hydra_cfg.runtime.cwd)), "overrides": " ".join(overrides),
+            "seed": settings.seed, "device": str(ctx.device), "dtype": settings.dtype,
+            "threads": ctx.threads, **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(option) if sweep else None
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
@@ -111,6 +111,7 @@ def _job(cfg: DictConfig) -> closing.Job:
                     raise ChecksFailed(f"{option}: checks failed: "
                                        f"{describe_checks(result)}; run {run_id}")
                 log.info(tracker.describe(run_id, option))
+                tracker.done(run_id)
                 yield result.objective, f"run {run_id} ({option} {name})"
             finally:  # and always its folder, once its PNGs are written: the run is closed
                 tracker.log_files(run_id, output_dir, pngs)

@@ -424,7 +424,8 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`gradkit report [--config-dir DIR] [KEY=VALUE ...]`: one line on success, one on bad input."""
+    """`gradkit report [--config-dir DIR] [KEY=VALUE ...]`: one line on success, one on bad
+    input."""
     try:
         config_dirs, overrides = split_config_dirs(sys.argv[1:] if argv is None else argv)
         cfg = compose_config("report", overrides, config_dirs)

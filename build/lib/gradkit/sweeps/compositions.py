@@ -3,8 +3,8 @@
 Hydra composes every job from its YAML files (~50 ms). Jobs that share their config-group
 choices and override the same keys differ only in those keys' values: such a job gets a copy
 of the config the plan composed for its group, with its own values applied as Hydra applies a
-plain `key=value` override (`OmegaConf.update`, ~13 ms). Any other job (a `+key`, `~key` or `hydra.` override, or keys of its
-own) is left to Hydra's composition.
+plain `key=value` override (`OmegaConf.update`, ~13 ms). Any other job (a `+key`, `~key` or
+`hydra.` override, or keys of its own) is left to Hydra's composition.
 """
 
 from __future__ import annotations
