@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +19,7 @@ from gradkit.core.validation import ConfigError, integer, number
 from gradkit.lib.data import regression_batch
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
 from gradkit.lib.models import check_widths, linear_layers, mlp
+from gradkit.lib.timing import now
 from gradkit.plotting import figure, lean_log_ticks
 
 TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient/parameter gap
@@ -134,7 +134,7 @@ class Accumulation(Experiment):
                    dropouts)
 
     def _full_step(self, way: Way, batch, masks, device) -> None:
-        start = _now(device)
+        start = now(device)
         way.optimizer.zero_grad()
         for dropout, mask in zip(way.dropouts, masks, strict=True):
             dropout.mask = mask
@@ -142,11 +142,11 @@ class Accumulation(Experiment):
         loss.backward()
         _keep_first_grads(way)
         way.optimizer.step()
-        way.seconds.append(_now(device) - start)
+        way.seconds.append(now(device) - start)
         way.losses.append(loss.item())
 
     def _accumulated_step(self, way: Way, batch, masks, device) -> None:
-        start = _now(device)
+        start = now(device)
         way.optimizer.zero_grad()
         total = 0.0
         for i in range(self.accumulation_steps):
@@ -158,7 +158,7 @@ class Accumulation(Experiment):
             total += loss.item()  # the scaled losses add up to the mean micro-batch loss
         _keep_first_grads(way)
         way.optimizer.step()
-        way.seconds.append(_now(device) - start)
+        way.seconds.append(now(device) - start)
         way.losses.append(total)
 
     def _memory(self, model: nn.Sequential, x: torch.Tensor, ctx: RunContext) -> dict[str, float]:
@@ -317,8 +317,3 @@ def _gaps(first: list[torch.Tensor], second: list[torch.Tensor],
                  for name, layer in linear_layers(model)}
     return max(gaps), scale, per_layer
 
-
-def _now(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
 from gradkit.lib.models import ACTIVATIONS, check_activation, mlp
+from gradkit.lib.timing import now
 from gradkit.plotting import figure
 
 BLOCKS = ("chain", "mlp")
@@ -92,15 +92,11 @@ def recompute_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) -> lis
 def seconds(model: nn.Sequential, x: torch.Tensor, segments: int) -> float:
     """Wall-clock seconds of one forward/backward pass (no meter attached)."""
     model.zero_grad(set_to_none=True)
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    start = time.perf_counter()
+    start = now(x.device)
     x = x.detach().requires_grad_(True)
     out = checkpoint_sequential(model, segments, x, use_reentrant=False) if segments else model(x)
     out.sum().backward()
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-    return time.perf_counter() - start
+    return now(x.device) - start
 
 
 class Checkpointing(Experiment):

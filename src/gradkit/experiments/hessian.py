@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from gradkit.core.validation import vector as coordinates
 from gradkit.lib.curvature import EIGENVALUE_TOLERANCE, definiteness, point_kind
 from gradkit.lib.derivatives import HESSIANS, default_hessian_method
 from gradkit.lib.functions import NOTEBOOK_QUADRATIC, OBJECTIVES, Objective, quadratic
+from gradkit.lib.timing import best_of
 from gradkit.plotting import figure, lean_log_ticks
 
 FUNCTIONS = ("quadratic", *OBJECTIVES)
@@ -58,12 +58,7 @@ def random_spd(dim: int, generator: torch.Generator) -> torch.Tensor:
 def timed(method, f, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """The method's Hessian and its best time of REPEATS calls after a warm-up."""
     hessian = method(f, x)
-    best = math.inf
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        method(f, x)
-        best = min(best, time.perf_counter() - start)
-    return hessian, best
+    return hessian, best_of(lambda: method(f, x), REPEATS, x.device)
 
 
 class Hessian(Experiment):

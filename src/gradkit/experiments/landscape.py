@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from gradkit.core.validation import ConfigError, choice, integer, vector
 from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
 from gradkit.lib.derivatives import batched_gradient, batched_hessian, gradient_per_point
 from gradkit.lib.functions import OBJECTIVES, Objective, notebook_quadratic
+from gradkit.lib.timing import now
 from gradkit.plotting import colorbar, figure, lean_log_ticks
 
 FUNCTIONS = (*OBJECTIVES, "quadratic")
@@ -121,9 +121,9 @@ class Landscape(Experiment):
         fn = self.objective
         points = grid(self.x_range, self.y_range, self.resolution, ctx.device)
         batched_gradient(fn.value, points[:2, :2])  # first-call costs are not the method's
-        start = time.perf_counter()
+        start = now(ctx.device)
         values, grads = batched_gradient(fn.value, points)
-        seconds = time.perf_counter() - start
+        seconds = now(ctx.device) - start
         magnitude = grads.norm(dim=-1)
         found = critical_points(fn, points, grads, self.x_range, self.y_range)
         counts = {kind: sum(p["kind"] == kind for p in found) for kind in KINDS}
