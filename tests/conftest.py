@@ -6,6 +6,7 @@ import importlib.resources
 import logging
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -71,6 +72,27 @@ def _close_figures():
     """Figures a test made are closed after it."""
     yield
     plt.close("all")
+
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def family(store: Path, experiment: str) -> tuple:
+    """The one parent run of `experiment` and its children, by job number."""
+    runs = runs_of(store, experiment)
+    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    [parent] = parents
+    children = [r for r in runs if r is not parent]
+    assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
+    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
 
 
 def client_for(root: Path) -> MlflowClient:

@@ -4,15 +4,12 @@ creation, broken stores, unreachable servers, reused sweep folders, sweeps Hydra
 from __future__ import annotations
 
 import csv
-import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import client_for, runs_of
+from conftest import PARENT_TAG, client_for, free_port, runs_of
 from mlflow.entities import ViewType
-
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def all_runs(store: Path) -> list:
@@ -84,11 +81,6 @@ def test_relative_root_is_relative_to_where_the_command_started(gradkit, tmp_pat
     assert len(runs_of(tmp_path / "here", "basic_gradients")) == 3
     assert not list((tmp_path / "sweep").rglob("mlflow.db"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("multirun", [False, True], ids=["run", "sweep"])

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CONF_DIR, runs_of
+from conftest import CONF_DIR, PARENT_TAG, runs_of
 from hydra import compose, initialize_config_dir
-
-PARENT_TAG = "mlflow.parentRunId"
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 

@@ -7,12 +7,10 @@ import shutil
 import sys
 
 import pytest
-from conftest import EXPERIMENTS, client_for, runs_of
+from conftest import EXPERIMENTS, PARENT_TAG, client_for, runs_of
 
 from gradkit.cli.run import main as run_main
 from gradkit.reporting import report
-
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def gradkit_run(monkeypatch, *args: str) -> None:

@@ -6,11 +6,9 @@ import shutil
 import time
 
 import pytest
-from conftest import client_for, runs_of
+from conftest import PARENT_TAG, client_for, runs_of
 
 from gradkit.reporting import reproduce
-
-PARENT_TAG = "mlflow.parentRunId"
 
 
 @pytest.fixture(autouse=True)

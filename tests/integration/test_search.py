@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import CONF_DIR, runs_of
+from conftest import CONF_DIR, PARENT_TAG, runs_of
 from hydra import compose, initialize_config_dir
 
 from gradkit.reporting import report
@@ -12,7 +12,6 @@ pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
                     reason="the search extra (pip install -e '.[search]') is not installed")
 
 
-PARENT_TAG = "mlflow.parentRunId"
 
 
 def test_descent_preset_searches_learning_rate_and_momentum_in_memory():

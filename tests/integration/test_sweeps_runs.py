@@ -7,7 +7,7 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, EXPERIMENTS, client_for, runs_of
+from conftest import CONF_DIR, EXPERIMENTS, PARENT_TAG, client_for, family, runs_of
 from hydra import compose, initialize_config_dir
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
 from hydra.core.global_hydra import GlobalHydra
@@ -16,19 +16,6 @@ from omegaconf import OmegaConf
 from gradkit.experiments.gradient_descent import GradientDescent
 from gradkit.sweeps.compositions import planned_config
 from gradkit.sweeps.plan import plan_jobs
-
-PARENT_TAG = "mlflow.parentRunId"
-
-
-def family(store, experiment: str) -> tuple:
-    """The one parent run of `experiment` and its children, by job number."""
-    runs = runs_of(store, experiment)
-    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
-    [parent] = parents
-    children = [r for r in runs if r is not parent]
-    assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
-    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
 
 
 def read_report(store, parent, tmp_path) -> list[dict[str, str]]:

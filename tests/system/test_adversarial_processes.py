@@ -9,10 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import client_for, runs_of
-
-PARENT_TAG = "mlflow.parentRunId"
-
+from conftest import PARENT_TAG, client_for, runs_of
 
 FAST = ("experiment.model=mlp", "experiment.epochs=2", "experiment.examples=3")
 

@@ -14,13 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import client_for, runs_of
+from conftest import PARENT_TAG, client_for, family, runs_of
 from mlflow.entities import ViewType
 
 from gradkit.tracking.store import Tracker
-
-PARENT_TAG = "mlflow.parentRunId"
-
 
 # A descent that never ends by itself: the work a signal interrupts.
 ENDLESS = ["experiment=gradient_descent", "experiment.max_iterations=100000000",
@@ -91,13 +88,6 @@ def finish(process: subprocess.Popen) -> tuple[int, str]:
 def report_rows(sweep_dir: Path, experiment: str) -> list[dict[str, str]]:
     with (sweep_dir / "report" / experiment / "jobs.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
-
-
-def family(store: Path, experiment: str) -> tuple:
-    runs = runs_of(store, experiment)
-    [parent] = [r for r in runs if PARENT_TAG not in r.data.tags]
-    children = [r for r in runs if r is not parent]
-    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
 
 
 def test_sigterm_ends_a_single_run_killed(store, tmp_path):

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import PARENT_TAG, free_port
 from mlflow.tracking import MlflowClient
 
 from gradkit.reporting import report, reproduce
@@ -25,13 +25,7 @@ from gradkit.reporting import report, reproduce
 READY_TIMEOUT = 90.0  # seconds for the server to answer /health
 
 
-PARENT_TAG = "mlflow.parentRunId"
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -6,20 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import runs_of
-
-PARENT_TAG = "mlflow.parentRunId"
-
-
-def family(store, experiment: str) -> tuple:
-    """The one parent run of `experiment` and its children, by job number."""
-    runs = runs_of(store, experiment)
-    parents = [r for r in runs if PARENT_TAG not in r.data.tags]
-    assert len(parents) == 1, [r.info.run_name for r in parents]
-    [parent] = parents
-    children = [r for r in runs if r is not parent]
-    assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
-    return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
+from conftest import family, runs_of
 
 
 def run_module(*args: str, cwd) -> subprocess.CompletedProcess:

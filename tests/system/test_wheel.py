@@ -34,10 +34,13 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel of this checkout."""
+    """The wheel of this checkout (built from a copy: a build leaves build/ behind)."""
     folder = tmp_path_factory.mktemp("wheel")
+    source = folder / "source"
+    shutil.copytree(CHECKOUT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "mlruns", "outputs", "build", "*.egg-info", "__pycache__"))
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-        "-w", folder, CHECKOUT, cwd=folder)
+        "-w", folder, source, cwd=folder)
     (built,) = folder.glob("gradkit-*.whl")
     return built
 

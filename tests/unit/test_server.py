@@ -6,18 +6,12 @@ One server per session (SQLite backend, artifacts proxied by the server), starte
 
 from __future__ import annotations
 
-import socket
 import time
 
 import pytest
+from conftest import free_port
 
 from gradkit.reporting import report, reproduce
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("command", ["report", "reproduce"])

@@ -14,6 +14,9 @@ from matplotlib.figure import Figure
 
 from gradkit.plotting import objective_by_job
 
+# How closely two computations of one network quantity must agree, relative to its size, in
+# each precision (accumulated vs full-batch, checkpointed vs plain, per layer vs whole)
+DTYPE_TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}
 TIMING_MARKS = ("seconds", "time_overhead")  # metric names that hold wall-clock measurements
 
 

@@ -14,15 +14,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
 
-from gradkit.core.experiment import Check, Experiment, Result, RunContext
-from gradkit.core.validation import ConfigError, integer, number
+from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
+from gradkit.core.validation import ConfigError, boolean, integer, number
 from gradkit.lib.data import regression_batch
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
 from gradkit.lib.models import check_widths, linear_layers, mlp
 from gradkit.lib.timing import now
 from gradkit.plotting import figure, lean_log_ticks
-
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient/parameter gap
 
 
 class SharedDropout(nn.Module):
@@ -81,9 +79,7 @@ class Accumulation(Experiment):
         self.dropout = number("experiment.dropout", dropout, minimum=0.0)
         if self.dropout >= 1:
             raise ConfigError(f"experiment.dropout={dropout} must be in [0, 1)")
-        if not isinstance(batch_norm, bool):
-            raise ConfigError(f"experiment.batch_norm={batch_norm!r} must be true or false")
-        self.batch_norm = batch_norm
+        self.batch_norm = boolean("experiment.batch_norm", batch_norm)
         if batch_norm and self.micro_batch < 2:
             raise ConfigError(f"experiment.micro_batch={self.micro_batch} must be >= 2 with "
                               "batch_norm (batch statistics need two samples)")
@@ -210,7 +206,7 @@ class Accumulation(Experiment):
             metrics["batchnorm_gap"] = relative
             checks, equivalence = {}, "broken_by_batch_norm"
         else:
-            checks = {"equivalence": Check(relative, TOLERANCE[ctx.dtype])}
+            checks = {"equivalence": Check(relative, DTYPE_TOLERANCE[ctx.dtype])}
             equivalence = "holds" if checks["equivalence"].passed else "broken"
         return Result(
             metrics=metrics,
@@ -284,7 +280,7 @@ class Accumulation(Experiment):
             for x in np.array(steps)[values == 0]:
                 axes[1].annotate("= 0", (x, 0.03), xycoords=("data", "axes fraction"),
                                  ha="center", color="tab:green", fontweight="bold")
-        axes[1].axhline(TOLERANCE[torch.float32], color="tab:red", linestyle="--",
+        axes[1].axhline(DTYPE_TOLERANCE[torch.float32], color="tab:red", linestyle="--",
                         label="float32 tolerance")
         axes[1].set_yscale("log")
         axes[1].set(title="Full batch vs accumulated: relative gap (= 0: identical)",

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
-from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.core.validation import boolean, choice, integer, number
 from gradkit.lib.data import DIGIT_CLASSES, digits
 from gradkit.lib.models import CLASSIFIERS
 from gradkit.lib.training import TrainSpec, single_threaded, trained_classifier
@@ -73,7 +73,7 @@ class Adversarial(Experiment):
         self.steps = integer("experiment.steps", steps, minimum=1)
         self.alpha = (ALPHA_FACTOR * self.epsilon / self.steps if alpha is None
                       else number("experiment.alpha", alpha, positive=True))
-        self.random_start = flag("experiment.random_start", random_start)
+        self.random_start = boolean("experiment.random_start", random_start)
         self.model = choice("experiment.model", model, CLASSIFIERS)
         self.examples = integer("experiment.examples", examples, minimum=1)
         self.epochs = integer("experiment.epochs", epochs, minimum=1)
@@ -81,7 +81,7 @@ class Adversarial(Experiment):
         self.learning_rate = number("experiment.learning_rate", learning_rate, positive=True)
         self.test_fraction = number("experiment.test_fraction", test_fraction, minimum=0.05,
                                     maximum=0.5)
-        self.cache = flag("experiment.cache", cache)
+        self.cache = boolean("experiment.cache", cache)
 
     @single_threaded()
     def run(self, ctx: RunContext) -> Result:
@@ -267,9 +267,3 @@ def confusion(true: torch.Tensor, predicted: torch.Tensor) -> np.ndarray:
     return torch.bincount(flat, minlength=DIGIT_CLASSES**2).reshape(
         DIGIT_CLASSES, DIGIT_CLASSES).numpy()
 
-
-def flag(key: str, value: Any) -> bool:
-    """`value` if it is a boolean."""
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} must be true or false")
-    return value

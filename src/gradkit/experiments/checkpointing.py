@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
 from gradkit.lib.models import ACTIVATIONS, check_activation, mlp
@@ -19,7 +19,6 @@ from gradkit.lib.timing import now
 from gradkit.plotting import figure
 
 BLOCKS = ("chain", "mlp")
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative gradient gap
 MIB = 2**20
 
 
@@ -154,7 +153,7 @@ class Checkpointing(Experiment):
             metrics["cuda_peak_bytes.checkpointed"] = kept.cuda_peak_bytes
         return Result(
             metrics=metrics,
-            checks={"gradients_equal": Check(grad_gap / scale, TOLERANCE[ctx.dtype])},
+            checks={"gradients_equal": Check(grad_gap / scale, DTYPE_TOLERANCE[ctx.dtype])},
             figures={"checkpointing": self.plot(metrics)},
             summary={"segment_blocks": segment_bounds(self.depth, self.segments or 1),
                      "segment_saved_bytes": pieces, "seconds": times},

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from gradkit.core.experiment import Check, Experiment, Result, RunContext
+from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import integer
 from gradkit.lib.data import regression_batch
 from gradkit.lib.diagnostics import (
@@ -30,7 +30,6 @@ from gradkit.lib.diagnostics import (
 from gradkit.lib.models import check_activation, check_init, check_widths, linear_layers, mlp
 from gradkit.plotting import figure, lean_log_ticks
 
-TOLERANCE = {torch.float32: 1e-6, torch.float64: 1e-12}  # relative, per parameter
 MAX_LABELLED = 25  # layers named on an x axis before only every k-th is
 
 
@@ -72,7 +71,7 @@ class GradientFlow(Experiment):
                   for name, layer in linear_layers(model)}
         return Result(
             metrics=metrics,
-            checks={"per_layer": per_parameter_check(model, x, y, TOLERANCE[ctx.dtype])},
+            checks={"per_layer": per_parameter_check(model, x, y, DTYPE_TOLERANCE[ctx.dtype])},
             figures={"gradient_flow": self.plot(values, activations, found)},
             summary={"layers": {layer: vars(stats) for layer, stats in grads.items()},
                      "activations": {layer: vars(s) for layer, s in activations.items()},

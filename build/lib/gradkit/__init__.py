@@ -1,5 +1,0 @@
-"""gradkit: gradient computation experiments, configured by Hydra and tracked by MLflow."""
-
-from importlib.metadata import version
-
-__version__ = version("gradkit")

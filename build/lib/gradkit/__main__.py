@@ -1,5 +1,0 @@
-"""`python -m gradkit ...`: the `gradkit` command."""
-
-from gradkit.cli import main
-
-main()

@@ -1,1 +1,0 @@
-"""The experiment contract, global settings, validation and one job from config to run."""

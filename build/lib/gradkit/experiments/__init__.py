@@ -1,1 +1,0 @@
-"""One module per demonstration; the module name is the experiment's name."""

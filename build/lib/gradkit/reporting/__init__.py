@@ -1,1 +1,0 @@
-"""Reports read from the store: the summary of every run, and a run replayed and diffed."""

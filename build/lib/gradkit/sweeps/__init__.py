@@ -1,1 +1,0 @@
-"""Multirun sweeps: the job plan, parent runs, the sweep report and deferred closing."""

@@ -1,1 +1,0 @@
-"""MLflow, and only here: the store, runs, params, metrics and artifacts."""
