@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.resources
+import re
 import importlib.util
 import textwrap
 from collections.abc import Sequence
@@ -29,6 +30,16 @@ class Entry:
     section: str
     purpose: str
     parameters: dict[str, object]
+    notes: dict[str, str]  # what a parameter means, from its config file's comments
+
+
+NOTE = re.compile(r"^#\s{3}(\w+)\s{2,}(\S.*)$")  # `#   point     null: the notebook's [2, 1]`
+
+
+def parameter_notes(path: Path | None) -> dict[str, str]:
+    """The `#   name  meaning` comment lines of a config file."""
+    lines = path.read_text().splitlines() if path else []
+    return {m[1]: m[2] for m in map(NOTE.match, lines) if m}
 
 
 def config_file(group: str, name: str, config_dirs: Sequence[str | Path] = ()) -> Path | None:
@@ -57,7 +68,8 @@ def experiments(config_dirs: Sequence[str | Path] = ()) -> list[Entry]:
         parameters = OmegaConf.to_container(config)
         target = str(parameters.pop("_target_", ""))
         entries.append(Entry(name, target, *describe_module(target.rpartition(".")[0]),
-                             parameters))
+                             parameters,
+                             parameter_notes(config_file("experiment", name, config_dirs))))
     return sorted(entries, key=lambda e: [int(n) for n in e.section.split(".")]
                   if e.section[0].isdigit() else [99])
 
@@ -81,10 +93,15 @@ def render(config_dirs: Sequence[str | Path] = (), width: int = 100) -> str:
         return textwrap.wrap(body, width, initial_indent=f"  {head:<30}",
                              subsequent_indent=" " * 32, break_on_hyphens=False)
 
-    lines = ["Experiments: gradkit run experiment=NAME [experiment.PARAM=VALUE ...]", ""]
+    lines = ["Experiments: gradkit run experiment=NAME [experiment.PARAM=VALUE ...]",
+             "(null: derived from the other parameters, as noted)", ""]
     for entry in experiments(config_dirs):
         lines += block(f"{entry.name} ({entry.section})", entry.purpose)
-        lines += block("", "  ".join(f"{key}={value}" for key, value in entry.parameters.items()))
+        lines += block("", "  ".join(f"{key}={'null' if value is None else value}"
+                                     for key, value in entry.parameters.items()))
+        lines += [line for key, value in entry.parameters.items()
+                  if value is None and key in entry.notes
+                  for line in block("", f"{key}: {entry.notes[key]}")]
     lines += ["", "Sweep presets: gradkit run sweep=NAME [hydra/launcher=joblib]", ""]
     for name, description, grid in presets(config_dirs):
         lines += block(name, description)

@@ -1,7 +1,8 @@
 """`gradkit run`: compose the config, then run each job (`gradkit.core.job`) and report.
 
-This module imports only Hydra and light helpers: torch, mlflow and matplotlib load with the
-first job, so a misspelt key or `--help` answers in well under a second.
+The experiments' configs are built from their classes before Hydra composes (torch and
+matplotlib load then); MLflow and the store load only with the first job, so a misspelt key
+or `--help` is answered without them.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import hydra
 from omegaconf import DictConfig
 
 from gradkit.core import interrupts
-from gradkit.core.configs import SEARCH_PATH, register_sweeper
+from gradkit.core.configs import SEARCH_PATH
 from gradkit.core.errors import explain
 from gradkit.core.parameters import register_builtins
+from gradkit.sweeps.hydra_compat import register_sweeper
 
 
 @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="config")

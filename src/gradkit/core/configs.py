@@ -15,7 +15,6 @@ from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.plugins import Plugins
 from omegaconf import DictConfig
 
 from gradkit.core.parameters import register_builtins
@@ -29,16 +28,6 @@ PLANNED_SWEEPER = "hydra_plugins.gradkit_sweeper.PlannedSweeper"
 ConfigStore.instance().store(group="hydra/sweeper", name="planned", provider="gradkit",
                              node={"_target_": PLANNED_SWEEPER, "max_batch_size": None,
                                    "params": None})
-
-
-def register_sweeper() -> None:
-    """Make the planned sweeper known to Hydra, also where Hydra's plugin scan cannot list
-    it (an editable install's import hook). Imported after the scan: the scan executes
-    Hydra's basic sweeper module again, which the planned sweeper subclasses."""
-    plugins = Plugins.instance()
-    from hydra_plugins.gradkit_sweeper import PlannedSweeper
-
-    plugins.register(PlannedSweeper)
 
 
 def searchpath_override(config_dirs: Sequence[str | Path]) -> list[str]:

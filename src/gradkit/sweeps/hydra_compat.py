@@ -15,6 +15,8 @@ import importlib
 from importlib.metadata import version
 from typing import Any
 
+from hydra.core.plugins import Plugins
+
 TESTED_HYDRA = "1.3."  # hydra-core releases whose private classes below are known
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
@@ -42,3 +44,15 @@ def basic_launcher() -> type:
 def split_arguments(overrides: list[Any], max_batch_size: int | None) -> list[list[list[str]]]:
     """A sweep's parsed overrides as batches of jobs, as the basic sweeper splits them."""
     return basic_sweeper().split_arguments(overrides, max_batch_size)
+
+
+def register_sweeper() -> None:
+    """Make the planned sweeper known to Hydra, also where Hydra's plugin scan cannot list
+    it (an editable install's import hook). Hydra's scan executes its basic sweeper's module
+    again, making a new class, so the planned sweeper is (re)made on top of that one."""
+    plugins = Plugins.instance()  # scans the installed plugins, once a process
+    import hydra_plugins.gradkit_sweeper as planned
+
+    if not issubclass(planned.PlannedSweeper, basic_sweeper()):
+        importlib.reload(planned)
+    plugins.register(planned.PlannedSweeper)
