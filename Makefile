@@ -68,10 +68,11 @@ lint: $(STAMP) ## ruff
 	$(VENV)/bin/ruff check src tests bench
 
 bench: $(STAMP) ## every benchmark in bench/, results in bench/results/ (NOTEBOOK=<file>: its ratios)
-	@for script in $(filter-out bench/first_hour.py,$(wildcard bench/*.py)); do \
+	@for script in $(filter-out bench/first_hour.py bench/suite.py,$(wildcard bench/*.py)); do \
 		echo "== $$script"; MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script || exit 1; done
-	@echo "== bench/first_hour.py"
-	MLFLOW_DISABLE_TELEMETRY=true $(PY) bench/first_hour.py $(if $(NOTEBOOK),--notebook '$(NOTEBOOK)')
+	@for script in bench/first_hour.py bench/suite.py; do echo "== $$script"; \
+		MLFLOW_DISABLE_TELEMETRY=true $(PY) $$script $(if $(NOTEBOOK),--notebook '$(NOTEBOOK)') \
+		|| exit 1; done
 
 ui: $(STAMP) ## MLflow UI on a store (STORE=mlruns; http://127.0.0.1:5000, HOST=, PORT=)
 	$(GRADKIT) ui --store $(STORE) --host $(HOST) --port $(PORT)

@@ -49,8 +49,6 @@ matplotlib.use("Agg")
 import sys, types
 sys.modules.setdefault("seaborn", types.SimpleNamespace(set_palette=lambda *a, **k: None))
 import pandas as pd
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
 """
 
 
