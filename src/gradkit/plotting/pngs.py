@@ -43,7 +43,7 @@ class PNGs:
     """`figures` being written to `folder/<name>.png`; `wait()` until they are."""
 
     def __init__(self, figures: dict[str, Figure], folder: Path, dpi: int):
-        self._request: int | None = None
+        self._request: tuple[_Renderer, int] | None = None  # who draws them, which request
         self._error: FigureError | None = None
         if not figures:
             return
@@ -58,7 +58,8 @@ class PNGs:
             return
         for fig in figures.values():
             discard(fig)
-        self._request = _renderer().submit(payload, folder, dpi)
+        renderer = _renderer()
+        self._request = renderer, renderer.submit(payload, folder, dpi)
 
     def wait(self) -> None:
         """Until every PNG is written; a FigureError names the one that could not be.
@@ -70,8 +71,8 @@ class PNGs:
         if error is not None:
             raise error
         if self._request is not None:
-            request, self._request = self._request, None
-            message = _renderer().answer(request)
+            (renderer, request), self._request = self._request, None
+            message = renderer.answer(request)
             if message:
                 raise FigureError(message)
 
@@ -110,7 +111,8 @@ class _Renderer:
     def stop(self) -> None:
         """Close its input (it ends when done) and wait for it."""
         global _running
-        _running = None
+        if _running is self:
+            _running = None
         try:
             self.process.stdin.close()
             self.process.wait(timeout=ANSWER_TIMEOUT)
