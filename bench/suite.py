@@ -37,7 +37,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "suite.json").write_text(json.dumps(results, indent=2))
     for name, value in results.items():
-        print(f"  {name:<18} {value:8.2f}{'x' if name.endswith('notebook') else ' s'}")
+        print(f"  {name:<18} {value:8.2f}{'x' if '_vs_' in name else ' s'}")
 
 
 if __name__ == "__main__":

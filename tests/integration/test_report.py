@@ -202,6 +202,6 @@ def test_searches_read_every_page(filled, monkeypatch):
     paged = tracker.search_runs([experiment_id], order_by=["attributes.start_time DESC"])
 
     assert len(everything) > 2 * tracking.SEARCH_PAGE
-    assert sorted(r.info.run_id for r in paged) == sorted(r.info.run_id for r in everything)
-    starts = [r.info.start_time for r in paged]
+    assert sorted(r.id for r in paged) == sorted(r.info.run_id for r in everything)
+    starts = [r.start_time for r in paged]
     assert starts == sorted(starts, reverse=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib.resources
-import re
 import importlib.util
+import re
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -19,7 +19,6 @@ import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from hydra.utils import get_class
 from matplotlib.figure import Figure
@@ -31,7 +30,7 @@ from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import figure, save
-from gradkit.tracking.store import PARENT_TAG, Tracker
+from gradkit.tracking.store import PARENT_TAG, RunRecord, Tracker
 
 REPORT_EXPERIMENT = "summary"
 NOT_DEMONSTRATIONS = (REPORT_EXPERIMENT, "Default")
@@ -81,15 +80,15 @@ def read_options(cfg: DictConfig, base: Path) -> Options:
 class Sweep:
     """A multirun's parent run and its jobs' runs."""
 
-    parent: Any
-    children: list[Any]
+    parent: RunRecord
+    children: list[RunRecord]
 
     @property
-    def best(self) -> Any | None:
+    def best(self) -> RunRecord | None:
         """The finished job with the lowest objective (what sweepers minimise)."""
-        done = [run for run in self.children if run.info.status == "FINISHED"
-                and math.isfinite(run.data.metrics.get("objective", math.nan))]
-        return min(done, key=lambda run: run.data.metrics["objective"], default=None)
+        done = [run for run in self.children if run.status == "FINISHED"
+                and math.isfinite(run.metrics.get("objective", math.nan))]
+        return min(done, key=lambda run: run.metrics["objective"], default=None)
 
 
 @dataclass
@@ -99,22 +98,22 @@ class Demonstration:
     name: str
     section: str = ""
     proves: str = ""
-    runs: list[Any] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
 
     def count(self, status: str) -> int:
-        return sum(run.info.status == status for run in self.runs)
+        return sum(run.status == status for run in self.runs)
 
-    def checks(self, verdict: str) -> list[Any]:
+    def checks(self, verdict: str) -> list[RunRecord]:
         """Runs whose `checks` tag is `verdict` (passed or failed)."""
-        return [run for run in self.runs if run.data.tags.get("checks") == verdict]
+        return [run for run in self.runs if run.tags.get("checks") == verdict]
 
     @property
-    def failed_checks(self) -> list[Any]:
+    def failed_checks(self) -> list[RunRecord]:
         return self.checks("failed")
 
     @property
-    def latest(self) -> Any | None:
+    def latest(self) -> RunRecord | None:
         return self.runs[0] if self.runs else None
 
 
@@ -148,17 +147,17 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
         if not runs and name not in known:
             continue  # an empty experiment of the store (MLflow's Default) is no demonstration
         demo = Demonstration(name, runs=[run for run in runs if not is_parent(run)])
-        describe(demo, known.get(name) or (demo.latest.data.params.get("experiment._target_", "")
+        describe(demo, known.get(name) or (demo.latest.params.get("experiment._target_", "")
                                            if demo.latest else ""),
                  entries[name].section if name in entries else "")
         demo.sweeps = [Sweep(parent, [run for run in runs
-                                      if run.data.tags.get(PARENT_TAG) == parent.info.run_id])
+                                      if run.tags.get(PARENT_TAG) == parent.id])
                        for parent in select_sweeps([r for r in runs if is_parent(r)],
                                                    options.sweeps)]
         demos.append(demo)
     if isinstance(options.sweeps, list):
         found = {key for demo in demos for sweep in demo.sweeps
-                 for key in (sweep.parent.info.run_id, sweep.parent.data.tags.get("sweep_id"))}
+                 for key in (sweep.parent.id, sweep.parent.tags.get("sweep_id"))}
         for wanted in options.sweeps:
             if wanted not in found:
                 raise ConfigError(f"sweeps: {wanted!r} matches no sweep of the selected "
@@ -166,11 +165,11 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
     return sorted(demos, key=lambda d: (not d.failed_checks, section_key(d.section), d.name))
 
 
-def is_parent(run: Any) -> bool:
-    return "sweep_dir" in run.data.tags and PARENT_TAG not in run.data.tags
+def is_parent(run: RunRecord) -> bool:
+    return "sweep_dir" in run.tags and PARENT_TAG not in run.tags
 
 
-def select_sweeps(parents: list[Any], sweeps: str | list[str]) -> list[Any]:
+def select_sweeps(parents: list[RunRecord], sweeps: str | list[str]) -> list[RunRecord]:
     """Parents (newest first) chosen by `latest`, `all`, `none` or a list of ids."""
     if sweeps == "latest":
         return parents[:1]
@@ -178,7 +177,7 @@ def select_sweeps(parents: list[Any], sweeps: str | list[str]) -> list[Any]:
         return parents
     if sweeps == "none":
         return []
-    return [p for p in parents if {p.info.run_id, p.data.tags.get("sweep_id")} & set(sweeps)]
+    return [p for p in parents if {p.id, p.tags.get("sweep_id")} & set(sweeps)]
 
 
 def section_key(section: str) -> tuple[int, ...]:
@@ -255,8 +254,8 @@ CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1
        "figcaption{color:#555;font-size:90%}h2{border-bottom:1px solid #ccc;margin-top:2em}")
 
 
-def when(run: Any) -> str:
-    return datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+def when(run: RunRecord) -> str:
+    return datetime.fromtimestamp(run.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def plural(count: int, noun: str) -> str:
@@ -267,11 +266,11 @@ def number(value: float) -> str:
     return f"{value:.6g}"
 
 
-def outcome(run: Any) -> str:
+def outcome(run: RunRecord) -> str:
     """e.g. `FINISHED (diverged), checks passed`."""
-    status = run.data.tags.get("status")
-    checks = run.data.tags.get("checks", "not run")
-    return f"{run.info.status}{f' ({status})' if status else ''}, checks {checks}"
+    status = run.tags.get("status")
+    checks = run.tags.get("checks", "not run")
+    return f"{run.status}{f' ({status})' if status else ''}, checks {checks}"
 
 
 def build(tracker: Tracker, demos: list[Demonstration], options: Options,
@@ -298,8 +297,8 @@ def build(tracker: Tracker, demos: list[Demonstration], options: Options,
     if failing:
         page.heading(2, f"Failed checks ({plural(len(failing), 'run')})")
         page.table(["demonstration", "run", "run id", "started", "error"],
-                   [[demo.name, run.info.run_name, run.info.run_id, when(run),
-                     run.data.tags.get("error", "")] for demo, run in failing])
+                   [[demo.name, run.name, run.id, when(run),
+                     run.tags.get("error", "")] for demo, run in failing])
     if total:
         page.figure(save(overview_figure(demos), figures / "overview.png"),
                     "Runs per demonstration by status")
@@ -319,9 +318,9 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
                    ", not run in the others.")
     latest = demo.latest
     if latest is not None:
-        page.heading(3, f"Latest run: {latest.info.run_name}")
-        page.paragraph(f"Run {latest.info.run_id}, started {when(latest)}: {outcome(latest)}.")
-        metrics = latest.data.metrics
+        page.heading(3, f"Latest run: {latest.name}")
+        page.paragraph(f"Run {latest.id}, started {when(latest)}: {outcome(latest)}.")
+        metrics = latest.metrics
         key = sorted(name for name in metrics if not name.startswith("check."))
         checks = sorted(name for name in metrics if name.startswith("check."))
         rows = [[name, number(metrics[name])] for name in key[:MAX_METRICS] + checks]
@@ -329,11 +328,11 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
             rows.append([f"... {len(key) - MAX_METRICS} more in MLflow", ""])
         page.table(["metric", "value"], rows)
         with_figures = next((run for run in demo.runs[:FIGURE_SEARCH]
-                             if tracker.artifact_files(run.info.run_id, "figures")), latest)
+                             if tracker.artifact_files(run.id, "figures")), latest)
         caption = (f"{demo.name}: main figure of the latest run" if with_figures is latest else
-                   f"{demo.name}: main figure of {with_figures.info.run_name} "
-                   f"({with_figures.info.run_id}), the latest run that made figures")
-        copy_figure(page, tracker, with_figures.info.run_id, "figures",
+                   f"{demo.name}: main figure of {with_figures.name} "
+                   f"({with_figures.id}), the latest run that made figures")
+        copy_figure(page, tracker, with_figures.id, "figures",
                     folder / f"{demo.name}.png", caption)
     for sweep in demo.sweeps:
         add_sweep(page, tracker, demo, sweep, folder)
@@ -342,18 +341,18 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
 def add_sweep(page: Page, tracker: Tracker, demo: Demonstration, sweep: Sweep,
               folder: Path) -> None:
     parent = sweep.parent
-    failed = sum(run.info.status != "FINISHED" for run in sweep.children)
-    page.heading(3, f"Sweep: {parent.info.run_name}")
-    page.paragraph(f"Sweep {parent.data.tags.get('sweep_id', '?')}, parent run "
-                   f"{parent.info.run_id}: {parent.info.status}, {len(sweep.children)} job runs, "
+    failed = sum(run.status != "FINISHED" for run in sweep.children)
+    page.heading(3, f"Sweep: {parent.name}")
+    page.paragraph(f"Sweep {parent.tags.get('sweep_id', '?')}, parent run "
+                   f"{parent.id}: {parent.status}, {len(sweep.children)} job runs, "
                    f"{failed} not finished.")
     best = sweep.best
     if best is not None:
-        page.paragraph(f"Best job by objective (lowest): {best.info.run_name}, objective "
-                       f"{number(best.data.metrics['objective'])}, run {best.info.run_id}.")
-    copy_figure(page, tracker, parent.info.run_id, "report",
-                folder / f"{demo.name}-sweep-{parent.info.run_id}.png",
-                f"{demo.name}: comparison of the jobs of sweep {parent.info.run_name}")
+        page.paragraph(f"Best job by objective (lowest): {best.name}, objective "
+                       f"{number(best.metrics['objective'])}, run {best.id}.")
+    copy_figure(page, tracker, parent.id, "report",
+                folder / f"{demo.name}-sweep-{parent.id}.png",
+                f"{demo.name}: comparison of the jobs of sweep {parent.name}")
 
 
 def copy_figure(page: Page, tracker: Tracker, run_id: str, artifacts: str, target: Path,
@@ -379,7 +378,7 @@ def overview_figure(demos: list[Demonstration]) -> Figure:
     names = [demo.name for demo in shown]
     left = [0] * len(shown)
     order = list(STATUS_COLOURS)
-    statuses = sorted({run.info.status for demo in shown for run in demo.runs},
+    statuses = sorted({run.status for demo in shown for run in demo.runs},
                       key=lambda s: (order.index(s) if s in order else len(order), s))
     for status in statuses:
         counts = [demo.count(status) for demo in shown]
@@ -414,7 +413,7 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
                      tags) as run_id:
         tracker.log_metrics(run_id, {
             "demonstrations": len(demos), "runs": len(runs),
-            "runs_failed": sum(run.info.status == "FAILED" for run in runs),
+            "runs_failed": sum(run.status == "FAILED" for run in runs),
             "checks_failed": sum(len(demo.failed_checks) for demo in demos)})
         tracker.log_artifact(run_id, output / "report.html")
         tracker.log_artifact(run_id, output / "report.md")

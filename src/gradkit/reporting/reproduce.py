@@ -24,7 +24,7 @@ from gradkit.cli import run as entry_point
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
 from gradkit.core.experiment import is_timing
 from gradkit.core.validation import ConfigError
-from gradkit.tracking.store import Tracker, flatten
+from gradkit.tracking.store import RunRecord, Tracker, flatten
 
 IDENTICAL, DIFFERS, UNREPRODUCIBLE = 0, 1, 2
 ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "python", "platform", "device")
@@ -68,15 +68,15 @@ def logged_config_dirs(tracker: Tracker, run_id: str) -> list[str]:
             if source.schema == "file" and source.provider not in ("hydra", "main", "schema")]
 
 
-def replay_overrides(tracker: Tracker, run: Any, store: list[str],
+def replay_overrides(tracker: Tracker, run: RunRecord, store: list[str],
                      config_dirs: list[str] = ()) -> tuple[list[str], list[str]]:
     """The overrides that rerun `run` into the store `store` names, and warnings about keys.
 
     Starts from the run's own overrides (without its store), then pins every key whose
     composed value differs from the logged resolved config.
     """
-    run_id = run.info.run_id
-    target = run.data.params.get("experiment._target_")
+    run_id = run.id
+    target = run.params.get("experiment._target_")
     if not target:
         raise Unreproducible(f"run {run_id} was not made by gradkit (it has no "
                              "experiment._target_ parameter)")
@@ -109,7 +109,8 @@ def replay_overrides(tracker: Tracker, run: Any, store: list[str],
     return [*overrides, *pins, *store], warnings
 
 
-def replay(tracker: Tracker, run: Any, overrides: list[str], config_dirs: list[str] = ()) -> Any:
+def replay(tracker: Tracker, run: RunRecord, overrides: list[str],
+           config_dirs: list[str] = ()) -> RunRecord:
     """Run `gradkit run OVERRIDES` in this process; the run it made."""
     started = int(time.time() * 1000)
     argv = sys.argv
@@ -122,10 +123,10 @@ def replay(tracker: Tracker, run: Any, overrides: list[str], config_dirs: list[s
     finally:
         sys.argv = argv
     task = " ".join(o for o in overrides if not o.startswith("hydra."))
-    made = [r for r in tracker.search_runs([run.info.experiment_id],
+    made = [r for r in tracker.search_runs([run.experiment_id],
                                            f"attributes.start_time >= {started}",
                                            ["attributes.start_time DESC"])
-            if r.data.tags.get("overrides") == task]
+            if r.tags.get("overrides") == task]
     if not made:
         raise Unreproducible("the replay stopped before it made a run (see above)")
     return made[0]
@@ -140,17 +141,17 @@ class Difference:
     timing: bool = False  # a wall-clock measurement: shown, never counted as a difference
 
 
-def compare(original: Any, replayed: Any) -> list[Difference]:
+def compare(original: RunRecord, replayed: RunRecord) -> list[Difference]:
     """Every metric of either run, then the run status and the checks verdict."""
-    a, b = original.data.metrics, replayed.data.metrics
+    a, b = original.metrics, replayed.metrics
     rows = []
     for name in sorted(set(a) | set(b)):
         x, y = a.get(name), b.get(name)
         same = x is not None and y is not None and (x == y or (math.isnan(x) and math.isnan(y)))
         rows.append(Difference(name, shown(x), shown(y), same, is_timing(name)))
-    for name, x, y in (("run status", original.info.status, replayed.info.status),
-                       ("checks", original.data.tags.get("checks", "-"),
-                        replayed.data.tags.get("checks", "-"))):
+    for name, x, y in (("run status", original.status, replayed.status),
+                       ("checks", original.tags.get("checks", "-"),
+                        replayed.tags.get("checks", "-"))):
         rows.append(Difference(name, x, y, x == y))
     return rows
 
@@ -159,9 +160,9 @@ def shown(value: float | None) -> str:
     return "missing" if value is None else repr(value)
 
 
-def environment_warnings(original: Any, replayed: Any) -> list[str]:
+def environment_warnings(original: RunRecord, replayed: RunRecord) -> list[str]:
     """Git commit, package versions, python, platform and device that changed since."""
-    a, b = original.data.tags, replayed.data.tags
+    a, b = original.tags, replayed.tags
     keys = [*ENVIRONMENT_TAGS, *sorted(k for k in set(a) | set(b) if k.startswith("version."))]
     return [f"{key} differs: {a.get(key, 'missing')} then, {b.get(key, 'missing')} now"
             for key in keys if a.get(key) != b.get(key)]
@@ -194,11 +195,11 @@ def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int
         replayed = replay(tracker, original, overrides, config_dirs)
     except Unreproducible as error:
         fail(f"run {run_id} cannot be reproduced: {error}", UNREPRODUCIBLE)
-    tracker.set_tags(replayed.info.run_id, {"reproduces": run_id})
+    tracker.set_tags(replayed.id, {"reproduces": run_id})
     for warning in [*warnings, *environment_warnings(original, replayed)]:
         print(f"gradkit: warning: {warning}", file=sys.stderr)
     rows = compare(original, replayed)
-    print(f"run {run_id} ({original.info.run_name}) replayed as run {replayed.info.run_id}")
+    print(f"run {run_id} ({original.name}) replayed as run {replayed.id}")
     print(table(rows))
     differing = [row.name for row in rows if not row.same and not row.timing]
     timings = sum(row.timing for row in rows)

@@ -72,12 +72,12 @@ def _job_rows(tracker: Tracker, experiment: str, parent: str,
 
     A child run still RUNNING belongs to a job that was stopped: it is ended KILLED here.
     """
-    runs = {run.data.tags.get("job_num"): run for run in tracker.child_runs(experiment, parent)}
+    runs = {run.tags.get("job_num"): run for run in tracker.child_runs(experiment, parent)}
     recorded = {record["job"]: record for record in records}
     jobs = {job["job"]: job for job in plan or []} | recorded
     if plan is None:  # no plan: the jobs are those that left a record or a run
         jobs |= {int(num): {"job": int(num), "experiment": experiment, "target": "",
-                            "overrides": run.info.run_name, "command": []}
+                            "overrides": run.name, "command": []}
                  for num, run in runs.items() if num is not None and int(num) not in jobs}
     rows = []
     for num in sorted(jobs):
@@ -87,20 +87,20 @@ def _job_rows(tracker: Tracker, experiment: str, parent: str,
         run = runs.get(str(num))
         status = job.get("status") or ("KILLED" if run else "NOT_RUN")
         error = job.get("error", "")
-        if run and run.info.status == "RUNNING":
-            tracker.set_tags(run.info.run_id, {"error": "stopped with the sweep"})
-            tracker.end(run.info.run_id, "KILLED")
+        if run and run.status == "RUNNING":
+            tracker.set_tags(run.id, {"error": "stopped with the sweep"})
+            tracker.end(run.id, "KILLED")
             status = "KILLED"
-        elif run and run.info.status == "FAILED" and status == COMPLETED:  # failed closing
-            status, error = "FAILED", run.data.tags.get("error", "")
+        elif run and run.status == "FAILED" and status == COMPLETED:  # failed closing
+            status, error = "FAILED", run.tags.get("error", "")
         rows.append({
             **job,
             "status": status,
             "error": error,
-            "run_id": run.info.run_id if run else "",
-            "outcome": run.data.tags.get("status", "") if run else "",
-            "params": dict(run.data.params) if run else {},
-            "metrics": dict(run.data.metrics) if run else {},
+            "run_id": run.id if run else "",
+            "outcome": run.tags.get("status", "") if run else "",
+            "params": dict(run.params) if run else {},
+            "metrics": dict(run.metrics) if run else {},
         })
     return rows
 

@@ -15,10 +15,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -47,6 +48,28 @@ for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():  # no bars in logs
     os.environ.setdefault(_key, _value)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as gradkit reads it back from a store: what the report, reproduce and the sweep
+    report use, whatever the store's own entities are."""
+
+    id: str
+    name: str
+    experiment_id: str
+    status: str  # RUNNING | FINISHED | FAILED | KILLED
+    start_time: int  # milliseconds since the epoch
+    end_time: int | None
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, run: Run) -> RunRecord:
+        return cls(run.info.run_id, run.info.run_name, run.info.experiment_id, run.info.status,
+                   run.info.start_time, run.info.end_time, dict(run.data.params),
+                   dict(run.data.metrics), dict(run.data.tags))
 
 
 class StoreError(ConfigError):
@@ -266,21 +289,21 @@ class Tracker:
                 return found
 
     def search_runs(self, experiment_ids: list[str], filter_string: str = "",
-                    order_by: list[str] | None = None) -> list:
+                    order_by: list[str] | None = None) -> list[RunRecord]:
         """Every matching run, a page at a time."""
         runs, token = [], None
         while True:
             page = self.client.search_runs(experiment_ids, filter_string,
                                            max_results=SEARCH_PAGE, order_by=order_by,
                                            page_token=token)
-            runs.extend(page)
+            runs.extend(map(RunRecord.of, page))
             if not (token := page.token):
                 return runs
 
-    def find_run(self, run_id: str):
+    def find_run(self, run_id: str) -> RunRecord | None:
         """The run `run_id`, or None when this store has no such run."""
         try:
-            return self.client.get_run(run_id)
+            return RunRecord.of(self.client.get_run(run_id))
         except MlflowException:
             return None
 
@@ -296,13 +319,10 @@ class Tracker:
         """Paths of the files directly in artifact `folder` of a run."""
         return sorted(a.path for a in self.client.list_artifacts(run_id, folder) if not a.is_dir)
 
-    def child_runs(self, experiment: str, parent_run_id: str) -> list:
+    def child_runs(self, experiment: str, parent_run_id: str) -> list[RunRecord]:
         """Every run whose parent is `parent_run_id`."""
-        return self.client.search_runs(
-            [self.experiment_id(experiment)],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
-            max_results=50000,
-        )
+        return self.search_runs([self.experiment_id(experiment)],
+                                f"tags.`{PARENT_TAG}` = '{parent_run_id}'")
 
 
 def metric_entries(values: Mapping[str, float], step: int = 0) -> list[Metric]:
