@@ -2,7 +2,7 @@
 
 The configs ship inside the package as `gradkit.conf` (the checkout's top-level `conf/`),
 found through Hydra's `pkg://` search path whether gradkit is installed from a wheel or
-edited in place. A user's own config folders (`--config-dir DIR`) are searched first.
+edited in place. A user's own config folders (`--config-dir DIR`) are searched as well.
 """
 
 from __future__ import annotations

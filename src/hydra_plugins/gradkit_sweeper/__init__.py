@@ -45,9 +45,8 @@ class PlannedConfigs:
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]
                           ) -> DictConfig:
-        from gradkit.sweeps.compositions import (
-            planned_config,  # not at import: Hydra imports every plugin
-        )
+        # imported here, not with the module: Hydra imports every plugin it finds
+        from gradkit.sweeps.compositions import planned_config
 
         planned = planned_config(sweep_overrides)
         if planned is not None:
