@@ -65,7 +65,7 @@ test-fast: $(STAMP) ## the unit tests alone, for the edit loop
 	$(PYTEST) -n auto tests/unit
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench examples
 
 bench: $(STAMP) ## every benchmark in bench/, results in bench/results/ (NOTEBOOK=<file>: its ratios)
 	@for script in $(filter-out bench/first_hour.py bench/suite.py,$(wildcard bench/*.py)); do \
