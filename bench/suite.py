@@ -19,6 +19,7 @@ from pathlib import Path
 from first_hour import PROJECT_ROOT, RESULTS, notebook_script, wall
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto"]
+SUITE = [*PYTEST, "--dist", "loadgroup"]  # as `make test` runs it
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     if args.notebook:
         script = notebook_script(args.notebook, work)
         results["notebook"] = wall([sys.executable, str(script)], script.parent)
-    results["suite"] = wall(PYTEST, PROJECT_ROOT)
+    results["suite"] = wall(SUITE, PROJECT_ROOT)
     results["unit"] = wall([*PYTEST, "tests/unit"], PROJECT_ROOT)
     if "notebook" in results:
         results["suite_vs_notebook"] = results["suite"] / results["notebook"]
