@@ -136,16 +136,18 @@ def test_ctrl_c_stops_a_sweep_and_accounts_for_every_job(store, tmp_path):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_a_stopped_sweep_still_closes_the_finished_job_with_its_figure(signum, store,
                                                                        tmp_path):
-    """Stopped while a finished job's run is open (its figure drawn by a child as the next
-    job computes): that run still ends FINISHED with its PNG, the running one KILLED; nothing
-    stays RUNNING and no process is left behind."""
+    """Stopped while a finished job's run is open (its figure drawn by the renderer as the
+    next job computes): that run still ends FINISHED with its PNG, the running one KILLED;
+    nothing stays RUNNING and no process is left behind, the renderer included."""
     sweep_dir = tmp_path / "sweep"
     process = start("--multirun", "experiment=gradient_descent", "experiment.tolerance=1e-300",
                     "experiment.max_iterations=20,100000000", f"tracking.root={store}",
                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, new_session=True)
     wait_for_running(store, children=2)  # job 0's run, still open, and job 1's
+    helpers = descendants(process.pid)
+    assert any(b"gradkit.plotting.pngs" in _read(Path(f"/proc/{pid}/cmdline")) for pid in helpers)
     if signum == signal.SIGINT:
-        os.killpg(process.pid, signum)  # Ctrl-C: the figure's child gets it too
+        os.killpg(process.pid, signum)  # Ctrl-C: to the terminal's process group
     else:
         process.send_signal(signum)
     code, err = finish(process)
@@ -164,6 +166,7 @@ def test_a_stopped_sweep_still_closes_the_finished_job_with_its_figure(signum, s
     assert not [r for r in all_runs(store) if r.info.status == "RUNNING"]
     assert not [p for p in Path("/proc").glob("[0-9]*/cmdline")
                 if str(sweep_dir).encode() in _read(p) and alive(int(p.parent.name))]
+    assert not [pid for pid in helpers if alive(pid)]
 
 
 def _read(path: Path) -> bytes:
