@@ -90,19 +90,22 @@ def report_rows(sweep_dir: Path, experiment: str) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def test_sigterm_ends_a_single_run_killed(store, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_or_a_hangup_ends_a_single_run_killed(signum, store, tmp_path):
+    """SIGHUP (a closed terminal or ssh session) is handled as SIGTERM is."""
     process = start(*ENDLESS, f"tracking.root={store}", f"hydra.run.dir={tmp_path / 'run'}",
                     cwd=tmp_path)
     wait_for_running(store)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     code, err = finish(process)
 
-    assert code == 128 + signal.SIGTERM
+    name = signal.Signals(signum).name
+    assert code == 128 + signum
     assert "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("gradkit: stopped by SIGTERM; run ")
+    assert err.strip().splitlines()[-1].startswith(f"gradkit: stopped by {name}; run ")
     [run] = all_runs(store)
     assert run.info.status == "KILLED"
-    assert run.data.tags["error"] == "Interrupted: SIGTERM"
+    assert run.data.tags["error"] == f"Interrupted: {name}"
     assert run.data.params["experiment.function"] == "rosenbrock"  # what ran is kept
     artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
     assert {"config.yaml", ".hydra", "run.log"} <= artifacts

@@ -1,6 +1,7 @@
-"""Ctrl-C and SIGTERM (timeout, kill, SLURM) become one exception that every run handles.
+"""Ctrl-C, SIGTERM (timeout, kill, SLURM) and SIGHUP (a closed terminal or ssh session)
+become one exception that every run handles.
 
-`install()` turns the first SIGINT or SIGTERM into `Interrupted` (a KeyboardInterrupt, so
+`install()` turns the first SIGINT, SIGTERM or SIGHUP into `Interrupted` (a KeyboardInterrupt, so
 libraries that clean up on Ctrl-C do so for SIGTERM too); repeats are ignored while the
 runs end. `exit_terminated()` then leaves with the status a shell gives for that signal.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 import signal
 import threading
 
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
