@@ -4,12 +4,17 @@ creation, broken stores, unreachable servers, reused sweep folders, sweeps Hydra
 from __future__ import annotations
 
 import csv
+import os
+import signal
 import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import PARENT_TAG, client_for, free_port, runs_of
 from mlflow.entities import ViewType
+
+from gradkit.core import interrupts
+from gradkit.tracking.store import Tracker
 
 
 def all_runs(store: Path) -> list:
@@ -140,3 +145,26 @@ def test_a_sweep_hydra_or_we_refuse_writes_nothing(args, named, cli, store, tmp_
     assert [e.name for e in client.search_experiments(view_type=ViewType.ALL)] == ["Default"]
     assert all_runs(store) == []
     assert not (tmp_path / "sweep" / "0").exists()
+
+
+def test_a_signal_as_a_run_ends_is_taken_once_the_run_has_ended(store, monkeypatch):
+    """SIGTERM arriving while a run is being ended FINISHED (as it hit `gradkit report`'s
+    summary run) interrupts the command only once the run is closed: it never stays RUNNING."""
+    monkeypatch.setattr(interrupts, "_received", [])
+    previous = {signum: signal.getsignal(signum) for signum in interrupts.HANDLED}
+    interrupts.install()
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    end = tracker.client.set_terminated
+
+    def signalled_while_ending(run_id, status, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        end(run_id, status, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "set_terminated", signalled_while_ending)
+    try:
+        with pytest.raises(interrupts.Interrupted), tracker.run("summary", "a run", {}) as run_id:
+            pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    assert client_for(store).get_run(run_id).info.status == "FINISHED"

@@ -291,3 +291,30 @@ def test_a_failing_server_is_retried_a_bounded_number_of_times(gradkit, tmp_path
     assert code != 0
     assert "Traceback" not in err
     assert 1 <= FailingServer.api_calls <= 3  # one call and MLFLOW_HTTP_REQUEST_MAX_RETRIES=2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_replay_stopped_by_a_signal_gives_no_verdict(signum, store, tmp_path):
+    """`gradkit reproduce` stopped during its replay exits as the signal says, with no
+    comparison: the replay's run ends KILLED, the original is untouched."""
+    slow = ["experiment=gradient_descent", "experiment.max_iterations=60000",
+            "experiment.tolerance=1e-300", "plotting.figures=false", f"tracking.root={store}"]
+    assert finish(start(*slow, f"hydra.run.dir={tmp_path / 'original'}", cwd=tmp_path))[0] == 0
+    [original] = all_runs(store)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradkit", "reproduce", original.info.run_id,
+         f"tracking.root={store}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_running(store)
+    os.killpg(process.pid, signum)
+    out, err = process.communicate(timeout=WAIT)
+
+    assert process.returncode == 128 + signum
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1].startswith(f"gradkit: stopped by {name}")
+    assert "differ" not in err + out and "identical" not in err + out
+    statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
+    assert statuses.pop(original.info.run_id) == "FINISHED"
+    assert list(statuses.values()) == ["KILLED"]

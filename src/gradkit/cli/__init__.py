@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from gradkit import __version__
 from gradkit.cli.commands import fail, run_command, split_config_dirs
+from gradkit.core import interrupts
 
 USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
 
@@ -44,13 +45,24 @@ def _list(args: list[str]) -> None:
 def _report(args: list[str]) -> None:
     from gradkit.reporting import report
 
-    report.main(args)
+    _stoppable(report.main, args)
 
 
 def _reproduce(args: list[str]) -> None:
     from gradkit.reporting import reproduce
 
-    reproduce.main(args)
+    _stoppable(reproduce.main, args)
+
+
+def _stoppable(command: Callable[[list[str]], None], args: list[str]) -> None:
+    """`command(args)` ended by Ctrl-C, SIGTERM or SIGHUP in one line, with the status a shell
+    gives for the signal (a run it had open ends KILLED on the way)."""
+    interrupts.install()
+    try:
+        command(args)
+    except interrupts.Interrupted as stop:
+        print("; ".join([f"gradkit: stopped by {stop}", *stop.ended]), file=sys.stderr)
+        interrupts.exit_terminated(stop.signum)
 
 
 def _ui(args: list[str]) -> None:

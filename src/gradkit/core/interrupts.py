@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -24,17 +26,22 @@ class Interrupted(KeyboardInterrupt):
 
 
 _received: list[int] = []
+_holding = 0  # how many `held()` blocks are running
+_pending: list[int] = []  # a signal received in one, raised when the outermost ends
 
 
 def _raise_once(signum: int, frame) -> None:
     if _received:  # already stopping: let the runs end
         return
     _received.append(signum)
+    if _holding:
+        _pending.append(signum)
+        return
     raise Interrupted(signum)
 
 
 def install() -> None:
-    """Handle SIGINT and SIGTERM in this process (only the main thread can)."""
+    """Handle SIGINT, SIGTERM and SIGHUP in this process (only the main thread can)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in HANDLED:
@@ -48,3 +55,24 @@ def exit_terminated(signum: int) -> None:
     Exiting (rather than dying by the signal) lets parallel launchers clean up their workers.
     """
     raise SystemExit(128 + signum)
+
+
+def is_termination(code: object) -> bool:
+    """Whether exit status `code` is one `exit_terminated` gives: the command was stopped."""
+    return code in {128 + signum for signum in HANDLED}
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A signal that arrives while the block runs is raised when it ends, not in its middle:
+    for work that must not be cut in half, such as ending a run or a frame on a pipe. The
+    handler runs in the main thread whichever thread the signal reached, so this holds in a
+    process with threads too."""
+    global _holding
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+        if not _holding and _pending:
+            raise Interrupted(_pending.pop())

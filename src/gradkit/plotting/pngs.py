@@ -21,14 +21,12 @@ import signal
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 from matplotlib.figure import Figure
 
-from gradkit.core.interrupts import HANDLED
+from gradkit.core import interrupts
 from gradkit.plotting import discard, save
 
 ANSWER_TIMEOUT = 300.0  # seconds a batch of figures may take before the renderer is given up
@@ -91,13 +89,13 @@ class _Renderer:
 
     def submit(self, payload: bytes, folder: Path, dpi: int) -> int:
         self.sent += 1
-        with _signals_held():
+        with interrupts.held():
             _write_frame(self.process.stdin, pickle.dumps((self.sent, payload, str(folder), dpi)))
         return self.sent
 
     def answer(self, request: int) -> str:
         """The renderer's error message for `request` ('' when its PNGs were written)."""
-        with _signals_held():
+        with interrupts.held():
             while request not in self.answers:
                 ready, _, _ = select.select([self.process.stdout], [], [], ANSWER_TIMEOUT)
                 frame = _read_frame(self.process.stdout) if ready else None
@@ -137,17 +135,6 @@ def _renderer() -> _Renderer:
 def _stop_renderer() -> None:
     if _running is not None and _running.pid == os.getpid():
         _running.stop()
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Ctrl-C and SIGTERM held back (in the main thread) while a frame crosses the pipe, so a
-    request and its answer are never cut in half; delivered afterwards."""
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _write_frame(stream: IO[bytes], data: bytes) -> None:
@@ -190,7 +177,7 @@ def _write(figures: dict[str, Figure], folder: Path, dpi: int) -> None:
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """The renderer: draw each request's figures, answer '' or the error, until the input
     ends. Signals are the requesting process's to handle."""
-    for signum in HANDLED:
+    for signum in interrupts.HANDLED:
         signal.signal(signum, signal.SIG_IGN)
     while (frame := _read_frame(requests)) is not None:
         request, payload, folder, dpi = pickle.loads(frame)

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from gradkit.cli import run as entry_point
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
 from gradkit.core.experiment import is_timing
+from gradkit.core.interrupts import is_termination
 from gradkit.core.validation import ConfigError
 from gradkit.tracking.store import RunRecord, Tracker, flatten
 
@@ -118,8 +119,9 @@ def replay(tracker: Tracker, run: RunRecord, overrides: list[str],
                 "hydra.mode=RUN"]
     try:
         entry_point.main()
-    except SystemExit:  # a failing replay still made a run to compare, or says why not
-        pass
+    except SystemExit as exit_:  # a failing replay still made a run to compare, or says why not
+        if is_termination(exit_.code):  # stopped by a signal: no verdict
+            raise
     finally:
         sys.argv = argv
     task = " ".join(o for o in overrides if not o.startswith("hydra."))

@@ -23,8 +23,8 @@ from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from gradkit.core import interrupts
 from gradkit.core.experiment import Result
-from gradkit.core.interrupts import Interrupted
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import discard
 from gradkit.plotting.pngs import PNGs
@@ -246,13 +246,14 @@ class Tracker:
             with suppress(MlflowException):  # the store itself may be what failed
                 self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
                 self.end(run_id, status)
-            if isinstance(error, Interrupted):
+            if isinstance(error, interrupts.Interrupted):
                 error.ended.append(f"run {run_id} ({name}) ended KILLED")
             if isinstance(error, MlflowException):
                 raise self.failed(error) from None
             raise
         try:
-            self.end(run_id, "FINISHED")
+            with interrupts.held():  # a signal now is taken once the run has ended
+                self.end(run_id, "FINISHED")
         except MlflowException as error:
             raise self.failed(error) from None
 
