@@ -1,4 +1,4 @@
-"""Gradient accumulation: equivalence with full batches, batch norm breaking it, memory, CLI."""
+"""Gradient accumulation, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

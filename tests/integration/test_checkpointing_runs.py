@@ -1,4 +1,4 @@
-"""Gradient checkpointing: equal gradients, saved bytes by hand, segments, CLI, preset."""
+"""Gradient checkpointing, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

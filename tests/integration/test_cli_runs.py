@@ -1,4 +1,4 @@
-"""End to end: `gradkit run ...` into a temporary MLflow store."""
+"""The gradkit command, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

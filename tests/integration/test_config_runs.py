@@ -1,4 +1,5 @@
-"""Every config group composes, every experiment option instantiates, struct mode holds."""
+"""Every config group composes and every experiment option runs: in this process, against a
+real MLflow store."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Faults, with real processes and signals: Ctrl-C and SIGTERM, interrupted or concurrent store
-creation, broken stores, unreachable servers, reused sweep folders, sweeps Hydra refuses."""
+"""Faults in this process: interrupted or concurrent stores, broken stores, a signal as a run
+ends."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient debugging: every planted fault is found, the healthy net has none, CLI, preset."""
+"""Gradient debugging, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

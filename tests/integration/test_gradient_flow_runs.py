@@ -1,4 +1,4 @@
-"""Gradient flow: the per-layer check, health by depth and activation, CLI, preset, bad input."""
+"""Gradient flow, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hessian: three methods against the analytic Hessian, eigen-analysis, point kinds, end to end."""
+"""Hessian, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

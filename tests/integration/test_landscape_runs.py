@@ -1,4 +1,4 @@
-"""Landscape: batched gradients on a grid, critical points found and classified, end to end."""
+"""Landscape, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

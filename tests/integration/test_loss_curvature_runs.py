@@ -1,4 +1,4 @@
-"""Loss curvature: Lanczos and Hutchinson against exact answers, the experiment end to end."""
+"""Loss curvature, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""LR range test: schedule, smoothing and stop rule, suggestion rule, state restoration, the
-experiment end to end, bad input and the optimizer x batch-size preset."""
+"""LR range test, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`gradkit reproduce RUN_ID`: identical replays, altered metrics, unreplayable runs."""
+"""`gradkit reproduce RUN_ID`, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Multiruns: parent runs per MLflow experiment, child runs, the sweep report, failures."""
+"""Multiruns, end to end: runs in this process against a real MLflow store."""
 
 from __future__ import annotations
 

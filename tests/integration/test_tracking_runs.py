@@ -1,4 +1,5 @@
-"""Tracking helpers (flatten, run names, series downsampling) and a series logged end to end."""
+"""Tracking end to end: a series logged into a real MLflow store, downsampled there and whole
+in series.csv."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Adversarial attacks: FGSM against the analytic input gradient, PGD bounds and the FGSM =
-one-step PGD identity, the trained classifier, the experiment end to end, bad input and an
-epsilon smoke sweep with parallel joblib workers."""
+"""Adversarial attacks, in real processes: subprocesses, signals and workers."""
 
 from __future__ import annotations
 

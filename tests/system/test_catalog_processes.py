@@ -1,4 +1,4 @@
-"""`make list`: every experiment and preset, with sections, purposes, defaults and grids."""
+"""`gradkit list` as a process: everything printed, no store opened."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""End to end: `gradkit run ...` into a temporary MLflow store."""
+"""The gradkit command, in real processes: subprocesses, signals and workers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Faults, with real processes and signals: Ctrl-C and SIGTERM, interrupted or concurrent store
-creation, broken stores, unreachable servers, reused sweep folders, sweeps Hydra refuses."""
+"""Faults with real processes and signals: Ctrl-C, SIGTERM and SIGHUP on runs, sweeps,
+workers and replays."""
 
 from __future__ import annotations
 

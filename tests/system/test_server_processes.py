@@ -1,7 +1,7 @@
 """A real `mlflow server`: a job, a joblib sweep and a submitit sweep land in it and read back.
 
-One server per session (SQLite backend, artifacts proxied by the server), started on a free
-127.0.0.1 port with a bounded wait for readiness and killed at the end.
+One server per test worker (SQLite backend, artifacts proxied by the server), started on a
+free 127.0.0.1 port with a bounded wait for readiness and killed at the end.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multiruns: parent runs per MLflow experiment, child runs, the sweep report, failures."""
+"""Multiruns, in real processes: subprocesses, signals and workers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient accumulation: equivalence with full batches, batch norm breaking it, memory, CLI."""
+"""Gradient accumulation: equivalence with full batches, batch norm breaking it, memory."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Adversarial attacks: FGSM against the analytic input gradient, PGD bounds and the FGSM =
-one-step PGD identity, the trained classifier, the experiment end to end, bad input and an
+one-step PGD identity, the trained classifier and an
 epsilon smoke sweep with parallel joblib workers."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Gradient checkpointing: equal gradients, saved bytes by hand, segments, CLI, preset."""
+"""Gradient checkpointing: equal gradients, saved bytes by hand, segments."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gradient debugging: every planted fault is found, the healthy net has none, CLI, preset."""
+"""Gradient debugging: every planted fault is found, the healthy net has none."""
 
 from __future__ import annotations
 

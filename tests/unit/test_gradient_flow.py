@@ -1,4 +1,4 @@
-"""Gradient flow: the per-layer check, health by depth and activation, CLI, preset, bad input."""
+"""Gradient flow: the per-layer check, health by depth and activation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hessian: three methods against the analytic Hessian, eigen-analysis, point kinds, end to end."""
+"""Hessian: three methods against the analytic Hessian, eigen-analysis, point kinds."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Landscape: batched gradients on a grid, critical points found and classified, end to end."""
+"""Landscape: batched gradients on a grid, critical points found and classified."""
 
 from __future__ import annotations
 

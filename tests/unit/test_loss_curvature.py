@@ -1,4 +1,4 @@
-"""Loss curvature: Lanczos and Hutchinson against exact answers, the experiment end to end."""
+"""Loss curvature: Lanczos and Hutchinson against exact answers."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """LR range test: schedule, smoothing and stop rule, suggestion rule, state restoration, the
-experiment end to end, bad input and the optimizer x batch-size preset."""
+experiment end to end and the optimizer x batch-size preset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The shared MLP builder and synthetic data: shapes, seeding, init scales, bad input."""
+"""The shared MLP builder and synthetic data: shapes, seeding, init scales."""
 
 from __future__ import annotations
 
