@@ -12,6 +12,9 @@ from conftest import EXPERIMENTS, PARENT_TAG, client_for, runs_of
 from gradkit.cli.run import main as run_main
 from gradkit.reporting import report
 
+# one worker makes the filled store and runs every test that reads it
+pytestmark = pytest.mark.xdist_group("report")
+
 
 def gradkit_run(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["gradkit run", *args])

@@ -97,7 +97,6 @@ def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, projec
     assert "cubic (9.1)" in listed and "fast_descent (4.2)" in listed
     assert "cubic_points" in listed and "descent_lr_start" in listed
 
-    run(gradkit, "run", "experiment=jacobian", cwd=project, env=env)
     run(gradkit, "run", "--config-dir", "conf", "experiment=cubic", "experiment.x=3",
         cwd=project, env=env)
     run(gradkit, "run", "--config-dir", "conf", "-m", "experiment=gradient_descent,fast_descent",
@@ -108,8 +107,7 @@ def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, projec
     client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     commit = run("git", "rev-parse", "HEAD", cwd=project).stdout.strip()
     runs = {}
-    for name, jobs in [("jacobian", 1), ("cubic", 1 + 3), ("gradient_descent", 2),
-                       ("fast_descent", 2)]:
+    for name, jobs in [("cubic", 1 + 3), ("gradient_descent", 2), ("fast_descent", 2)]:
         found = client.search_runs([client.get_experiment_by_name(name).experiment_id])
         children = [r for r in found if "mlflow.parentRunId" in r.data.tags]
         parents = {r.info.run_id for r in found if r.data.tags.get("sweep_dir")}
