@@ -11,6 +11,7 @@ from conftest import EXPERIMENTS, PARENT_TAG, client_for, runs_of
 
 from gradkit.cli.run import main as run_main
 from gradkit.reporting import report
+from gradkit.tracking.store import Tracker
 
 # one worker makes the filled store and runs every test that reads it
 pytestmark = pytest.mark.xdist_group("report")
@@ -22,6 +23,11 @@ def gradkit_run(monkeypatch, *args: str) -> None:
         run_main()
     except SystemExit as exit_:
         assert not exit_.code, exit_.code
+
+
+PNG_BYTES = bytes.fromhex(  # a 1x1 PNG
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +214,30 @@ def test_searches_read_every_page(filled, monkeypatch):
     assert sorted(r.id for r in paged) == sorted(r.info.run_id for r in everything)
     starts = [r.start_time for r in paged]
     assert starts == sorted(starts, reverse=True)
+
+
+def test_names_and_values_from_the_store_cannot_write_outside_or_inject(store, tmp_path,
+                                                                          capsys):
+    """An experiment named like a path writes its figure inside the output folder; HTML in a
+    run's values is shown, not run, in report.md as in report.html."""
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    script = "<script>alert(1)</script>"
+    run_id = tracker.start_run("../../escaped", "<img src=x onerror=alert(1)>", {
+        "checks": "failed", "error": script})
+    figure = tmp_path / "figures" / "f.png"
+    figure.parent.mkdir()
+    figure.write_bytes(PNG_BYTES)
+    tracker.log_artifact(run_id, figure, "figures")
+    tracker.end(run_id, "FAILED")
+    output = tmp_path / "deep" / "out"
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={output}")
+
+    assert code == 0, err
+    written = [p for p in tmp_path.rglob("*.png") if p != figure]
+    assert any(output in p.parents for p in written)
+    assert all(output in p.parents or store in p.parents for p in written), written
+    markdown = (output / "report.md").read_text()
+    assert "<script>" not in markdown and "<img src=x" not in markdown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
+    assert "<script>" not in (output / "report.html").read_text()

@@ -137,6 +137,7 @@ def test_environment_changes_warn_but_do_not_fail(cli, store, capsys):
     ("unknown", "no run '0123456789abcdef0123456789abcdef' in the MLflow store at sqlite:///"),
     ("foreign", "was not made by gradkit"),
     ("no config", "has no config.yaml artifact: its config is missing"),
+    ("killed", "ended KILLED: it has no result to compare"),
 ])
 def test_runs_that_cannot_be_replayed_exit_2(make, message, store, capsys):
     client = client_for(store)
@@ -144,9 +145,11 @@ def test_runs_that_cannot_be_replayed_exit_2(make, message, store, capsys):
     if make != "unknown":
         run = client.create_run(client.create_experiment("elsewhere"))
         run_id = run.info.run_id
-        if make == "no config":
+        if make in ("no config", "killed"):
             client.log_param(run_id, "experiment._target_",
                              "gradkit.experiments.jacobian.Jacobian")
+        if make == "killed":
+            client.set_terminated(run_id, "KILLED")
     count = len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
     code, _, err = replay(capsys, store, run_id)

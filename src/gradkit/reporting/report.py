@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 
 from gradkit.cli.catalog import experiments as catalogue
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core.names import file_name
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import figure, save
@@ -234,17 +235,17 @@ class Page:
         parts = []
         for kind, *rest in self.blocks:
             if kind == "heading":
-                parts.append(f"{'#' * rest[0]} {rest[1]}")
+                parts.append(f"{'#' * rest[0]} {md(rest[1])}")
             elif kind == "paragraph":
-                parts.append(rest[0])
+                parts.append(md(rest[0]))
             elif kind == "table":
-                cells = [[c.replace("|", "\\|").replace("\n", " ") for c in row]
+                cells = [[md(c).replace("|", "\\|").replace("\n", " ") for c in row]
                          for row in [rest[0], *rest[1]]]
                 lines = ["| " + " | ".join(row) + " |" for row in cells]
                 lines.insert(1, "|" + "---|" * len(rest[0]))
                 parts.append("\n".join(lines))
             else:
-                parts.append(f"![{rest[1]}]({rest[0].relative_to(folder).as_posix()})")
+                parts.append(f"![{md(rest[1])}]({rest[0].relative_to(folder).as_posix()})")
         return "\n\n".join(parts) + "\n"
 
 
@@ -333,7 +334,7 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
                    f"{demo.name}: main figure of {with_figures.name} "
                    f"({with_figures.id}), the latest run that made figures")
         copy_figure(page, tracker, with_figures.id, "figures",
-                    folder / f"{demo.name}.png", caption)
+                    folder / f"{file_name(demo.name)}.png", caption)
     for sweep in demo.sweeps:
         add_sweep(page, tracker, demo, sweep, folder)
 
@@ -351,8 +352,13 @@ def add_sweep(page: Page, tracker: Tracker, demo: Demonstration, sweep: Sweep,
         page.paragraph(f"Best job by objective (lowest): {best.name}, objective "
                        f"{number(best.metrics['objective'])}, run {best.id}.")
     copy_figure(page, tracker, parent.id, "report",
-                folder / f"{demo.name}-sweep-{parent.id}.png",
+                folder / f"{file_name(demo.name)}-sweep-{file_name(parent.id)}.png",
                 f"{demo.name}: comparison of the jobs of sweep {parent.name}")
+
+
+def md(text: str) -> str:
+    """Text from the store, inert in Markdown: its HTML is shown, not run."""
+    return html.escape(text, quote=False)
 
 
 def copy_figure(page: Page, tracker: Tracker, run_id: str, artifacts: str, target: Path,

@@ -191,6 +191,9 @@ def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int
     if original is None:
         fail(f"no run {run_id!r} in the MLflow store at {tracker.uri}; pass the store that "
              "holds it (tracking.root=DIR or tracking=server tracking.uri=URL)", UNREPRODUCIBLE)
+    if original.status == "KILLED":
+        fail(f"run {run_id} ended KILLED: it has no result to compare; rerun its command with "
+             "gradkit run instead", UNREPRODUCIBLE)
     config_dirs = config_dirs or logged_config_dirs(tracker, run_id)
     try:
         overrides, warnings = replay_overrides(tracker, original, store, config_dirs)

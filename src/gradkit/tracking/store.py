@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from gradkit.core import interrupts
 from gradkit.core.experiment import Result
+from gradkit.core.names import file_name
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import discard
 from gradkit.plotting.pngs import PNGs
@@ -151,7 +152,7 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = (self.artifact_root / name).as_uri() if self.artifact_root else None
+        location = (self.artifact_root / file_name(name)).as_uri() if self.artifact_root else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # another process created it meanwhile
