@@ -211,3 +211,11 @@ def test_the_planned_sweeper_composes_each_group_of_jobs_once(cli, store, monkey
         runs = [r for r in runs_of(store, experiment) if "mlflow.parentRunId" in r.data.tags]
         assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
         assert all(metric in r.data.metrics for r in runs)
+
+
+def test_a_sweep_without_jobs_is_refused_before_any_work(cli, store):
+    code, err = cli("experiment=basic_gradients", "experiment.x=range(0)", multirun=True)
+
+    assert code == 1
+    assert err.strip() == "gradkit: the sweep has no jobs: experiment.x=range(0) sweeps no values"
+    assert runs_of(store, "basic_gradients") == []

@@ -86,5 +86,10 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
         jobs.append({"job": num, "experiment": job.hydra.runtime.choices.experiment,
                      "target": job.experiment.get("_target_", ""),
                      "overrides": run_name(list(overrides)), "command": list(overrides)})
+    if not jobs:
+        empty = [o.input_line for o in parsed
+                 if o.is_sweep_override() and not list(o.sweep_string_iterator())]
+        raise ConfigError(f"the sweep has no jobs: {' '.join(empty) or 'its overrides'} "
+                          f"{'sweeps' if len(empty) == 1 else 'sweep'} no values")
     compositions.plan(groups, configs)
     return jobs
