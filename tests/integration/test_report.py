@@ -241,3 +241,14 @@ def test_names_and_values_from_the_store_cannot_write_outside_or_inject(store, t
     assert "<script>" not in markdown and "<img src=x" not in markdown
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in markdown
     assert "<script>" not in (output / "report.html").read_text()
+
+
+def test_an_output_that_cannot_be_a_folder_is_one_line(store, tmp_path, capsys):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={blocker / 'report'}")
+
+    assert code == 1
+    assert err.strip() == (f"gradkit: output={blocker / 'report'}: the report cannot be written "
+                           "there (Not a directory); choose a writable folder")

@@ -408,7 +408,11 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
     """Write report.html, report.md and figures/ and log them to a `summary` run; its id."""
     output = options.output
     figures = output / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    try:
+        figures.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output={output}: the report cannot be written there "
+                          f"({error.strerror}); choose a writable folder") from None
     page = build(tracker, demos, options, figures)
     (output / "report.html").write_text(page.html())
     (output / "report.md").write_text(page.markdown(output))
