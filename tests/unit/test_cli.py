@@ -1,4 +1,4 @@
-"""End to end: `gradkit run ...` into a temporary MLflow store."""
+"""The `gradkit` command's own parts: its subcommands, their arguments, how a command ends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from gradkit.cli.commands import run_command
+from gradkit.cli import main
+from gradkit.cli.commands import run_command, split_config_dirs
 
 
 def test_a_command_freezes_what_is_left_when_it_ends_however_it_ends(monkeypatch):
@@ -17,3 +18,29 @@ def test_a_command_freezes_what_is_left_when_it_ends_however_it_ends(monkeypatch
     with pytest.raises(SystemExit):
         run_command(lambda: sys.exit(2))
     assert frozen == [True, True]
+
+
+def test_no_command_prints_the_usage(capsys):
+    main([])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: gradkit COMMAND")
+    assert all(f"  {name} " in out for name in ("run", "list", "report", "reproduce", "ui"))
+
+
+@pytest.mark.parametrize(("args", "code", "said"), [
+    (["runn"], 2, "'runn' is not a gradkit command; choose one of: run, list, report, reproduce"),
+    (["list", "extra"], 2, "gradkit list takes only --config-dir DIR, not extra"),
+    (["list", "--config-dir"], 2, "--config-dir needs a folder: --config-dir DIR"),
+    (["ui", "--store", "/nonexistent"], 1, "--store /nonexistent holds no mlflow.db"),
+    (["ui", "--port", "abc"], 2, "argument --port: invalid int value: 'abc'"),
+])
+def test_bad_arguments_are_one_line_with_a_usage_status(args, code, said, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == code
+    assert said in capsys.readouterr().err
+
+
+def test_config_dirs_are_taken_out_of_the_arguments():
+    assert split_config_dirs(["-cd", "a", "x=1", "--config-dir=b", "--config-dir", "c"]) == (
+        ["a", "b", "c"], ["x=1"])

@@ -69,7 +69,7 @@ def _ui(args: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="gradkit ui", description="MLflow's UI on a store")
     parser.add_argument("--store", default="mlruns", help="the store folder (default: mlruns)")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", default="5000")
+    parser.add_argument("--port", type=int, default=5000)
     options = parser.parse_args(args)
     store = os.path.abspath(options.store)
     if not os.path.isfile(os.path.join(store, "mlflow.db")):
@@ -78,7 +78,7 @@ def _ui(args: list[str]) -> None:
           "(the Model training view)", flush=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", options.host,
-                              "--port", options.port, "--backend-store-uri",
+                              "--port", str(options.port), "--backend-store-uri",
                               f"sqlite:///{store}/mlflow.db", "--default-artifact-root",
                               f"{store}/artifacts"])
 
