@@ -61,8 +61,7 @@ def _stoppable(command: Callable[[list[str]], None], args: list[str]) -> None:
     try:
         command(args)
     except interrupts.Interrupted as stop:
-        print("; ".join([f"gradkit: stopped by {stop}", *stop.ended]), file=sys.stderr)
-        interrupts.exit_terminated(stop.signum)
+        interrupts.exit_stopped(stop)
 
 
 def _ui(args: list[str]) -> None:

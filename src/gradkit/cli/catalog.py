@@ -1,8 +1,9 @@
 """`gradkit list`: every experiment and sweep preset at a glance, the user's own included.
 
-The options come from Hydra's config search path (gradkit's configs and every `--config-dir`);
-sections and purposes from the experiment modules' docstrings (`Section 4.2: purpose`), read
-without importing them, so the list answers without loading torch.
+The options come from Hydra's config search path (gradkit's configs and every `--config-dir`),
+their parameters from composing each (gradkit's experiments' configs are built from their
+classes); sections and purposes from the experiment modules' docstrings (`Section 4.2:
+purpose`), read from the source. The store and MLflow are never opened.
 """
 
 from __future__ import annotations

@@ -63,9 +63,7 @@ def main() -> None:
         print(f"gradkit: {explain(error, sys.argv[1:])}", file=sys.stderr)
         raise SystemExit(1) from None
     except interrupts.Interrupted as stop:
-        ended = [*stop.ended, *ended_sweeps(interrupted=True)]
-        print("; ".join([f"gradkit: stopped by {stop}", *ended]), file=sys.stderr)
-        interrupts.exit_terminated(stop.signum)
+        interrupts.exit_stopped(stop, ended_sweeps(interrupted=True))
     finally:  # Hydra skips on_multirun_end when a job raises
         for line in ended_sweeps(interrupted=False):
             print(f"gradkit: {line}", file=sys.stderr)

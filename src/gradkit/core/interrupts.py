@@ -3,15 +3,17 @@ become one exception that every run handles.
 
 `install()` turns the first SIGINT, SIGTERM or SIGHUP into `Interrupted` (a KeyboardInterrupt, so
 libraries that clean up on Ctrl-C do so for SIGTERM too); repeats are ignored while the
-runs end. `exit_terminated()` then leaves with the status a shell gives for that signal.
+runs end. `exit_stopped()` then leaves with the status a shell gives for that signal.
 """
 
 from __future__ import annotations
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -49,16 +51,18 @@ def install() -> None:
             signal.signal(signum, _raise_once)
 
 
-def exit_terminated(signum: int) -> None:
-    """Exit with status 128 + signum, as a shell reports a process killed by `signum`.
-
-    Exiting (rather than dying by the signal) lets parallel launchers clean up their workers.
-    """
-    raise SystemExit(128 + signum)
+def exit_stopped(stop: Interrupted, ended: Sequence[str] = ()) -> NoReturn:
+    """Say in one line what stopped the command and what it closed on the way (`stop.ended`,
+    then `ended`), and exit with status 128 + signum, as a shell reports a process killed by
+    that signal. Exiting (rather than dying by the signal) lets parallel launchers clean up
+    their workers."""
+    lines = [f"gradkit: stopped by {stop}", *stop.ended, *ended]
+    print("; ".join(lines), file=sys.stderr)
+    raise SystemExit(128 + stop.signum)
 
 
 def is_termination(code: object) -> bool:
-    """Whether exit status `code` is one `exit_terminated` gives: the command was stopped."""
+    """Whether exit status `code` is one `exit_stopped` gives: the command was stopped."""
     return code in {128 + signum for signum in HANDLED}
 
 
