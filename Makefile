@@ -59,7 +59,7 @@ reproduce: $(STAMP) ## replay a run and diff its metrics: make reproduce RUN=<ru
 	$(GRADKIT) reproduce $(RUN) $(ARGS)
 
 test: $(STAMP) ## the whole test suite (unit, integration, system), in parallel
-	$(PYTEST) -n auto --dist loadgroup
+	$(PYTEST) -n auto --dist loadscope
 
 test-fast: $(STAMP) ## the unit tests alone, for the edit loop
 	$(PYTEST) -n auto tests/unit

@@ -19,7 +19,7 @@ from pathlib import Path
 from first_hour import PROJECT_ROOT, RESULTS, notebook_script, wall
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto"]
-SUITE = [*PYTEST, "--dist", "loadgroup"]  # as `make test` runs it
+SUITE = [*PYTEST, "--dist", "loadscope"]  # as `make test` runs it
 
 
 def main() -> None:

@@ -13,9 +13,6 @@ from conftest import client_for, runs_of
 from gradkit.core.experiment import RunContext
 from gradkit.experiments.landscape import Landscape
 
-# one worker makes the module's runs and runs every test that reads it
-pytestmark = pytest.mark.xdist_group("landscape")
-
 
 @pytest.fixture(scope="module")
 def himmelblau(tmp_path_factory):

@@ -13,9 +13,6 @@ from gradkit.cli.run import main as run_main
 from gradkit.reporting import report
 from gradkit.tracking.store import Tracker
 
-# one worker makes the filled store and runs every test that reads it
-pytestmark = pytest.mark.xdist_group("report")
-
 
 def gradkit_run(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["gradkit run", *args])

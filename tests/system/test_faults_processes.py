@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,19 +294,38 @@ def test_a_failing_server_is_retried_a_bounded_number_of_times(gradkit, tmp_path
     assert 1 <= FailingServer.api_calls <= 3  # one call and MLFLOW_HTTP_REQUEST_MAX_RETRIES=2
 
 
+@pytest.fixture(scope="module")
+def slow_original(tmp_path_factory, empty_store) -> tuple[Path, str]:
+    """A store with one finished descent long enough that its replay can be stopped midway
+    (made once, in this process: only the replay needs a process of its own)."""
+    from gradkit.cli.run import main
+
+    root = tmp_path_factory.mktemp("original") / "mlruns"
+    root.mkdir()
+    shutil.copy(empty_store, root / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [
+            "gradkit run", "experiment=gradient_descent", "experiment.max_iterations=60000",
+            "experiment.tolerance=1e-300", "plotting.figures=false", f"tracking.root={root}",
+            f"hydra.run.dir={root.parent / 'run'}"])
+        main()
+    [original] = all_runs(root)
+    return root, original.info.run_id
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_replay_stopped_by_a_signal_gives_no_verdict(signum, store, tmp_path):
+def test_a_replay_stopped_by_a_signal_gives_no_verdict(signum, slow_original, tmp_path):
     """`gradkit reproduce` stopped during its replay exits as the signal says, with no
     comparison: the replay's run ends KILLED, the original is untouched."""
-    slow = ["experiment=gradient_descent", "experiment.max_iterations=60000",
-            "experiment.tolerance=1e-300", "plotting.figures=false", f"tracking.root={store}"]
-    assert finish(start(*slow, f"hydra.run.dir={tmp_path / 'original'}", cwd=tmp_path))[0] == 0
-    [original] = all_runs(store)
+    original_store, original = slow_original
+    store = tmp_path / "mlruns"  # a copy of the store; the artifacts stay where they were
+    store.mkdir()
+    shutil.copy(original_store / "mlflow.db", store / "mlflow.db")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gradkit", "reproduce", original.info.run_id,
-         f"tracking.root={store}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+        [sys.executable, "-m", "gradkit", "reproduce", original, f"tracking.root={store}"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
     wait_for_running(store)
     os.killpg(process.pid, signum)
     out, err = process.communicate(timeout=WAIT)
@@ -316,5 +336,5 @@ def test_a_replay_stopped_by_a_signal_gives_no_verdict(signum, store, tmp_path):
     assert err.strip().splitlines()[-1].startswith(f"gradkit: stopped by {name}")
     assert "differ" not in err + out and "identical" not in err + out
     statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
-    assert statuses.pop(original.info.run_id) == "FINISHED"
+    assert statuses.pop(original) == "FINISHED"
     assert list(statuses.values()) == ["KILLED"]

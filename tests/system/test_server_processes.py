@@ -22,9 +22,6 @@ from mlflow.tracking import MlflowClient
 
 from gradkit.reporting import report, reproduce
 
-# one worker builds the server and runs every test that uses it
-pytestmark = pytest.mark.xdist_group("server")
-
 READY_TIMEOUT = 90.0  # seconds for the server to answer /health
 
 

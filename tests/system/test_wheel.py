@@ -20,9 +20,6 @@ import pytest
 from conftest import CONF_DIR
 from mlflow.tracking import MlflowClient
 
-# one worker builds the wheel and venv and runs every test that uses it
-pytestmark = pytest.mark.xdist_group("wheel")
-
 CHECKOUT = CONF_DIR.parent
 EXAMPLE = CHECKOUT / "examples" / "user_project"
 
