@@ -158,3 +158,44 @@ def test_runs_that_cannot_be_replayed_exit_2(make, message, store, capsys):
     assert message in err
     assert len(err.strip().splitlines()) == 1, err
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == count
+
+
+EVIL = '''from pathlib import Path
+def run(**_):
+    Path({mark!r}).touch()
+class Callback:
+    def __init__(self, **_):
+        Path({mark!r}).touch()
+'''
+
+
+@pytest.mark.parametrize(("edit", "named"), [
+    ("config", "experiment._target_=evil.run, which is not an experiment of gradkit"),
+    ("overrides", "sets Hydra's own keys (+hydra.callbacks.evil._target_=evil.Callback)"),
+])
+def test_edited_artifacts_cannot_make_the_replay_run_code(edit, named, cli, store, tmp_path,
+                                                          monkeypatch, capsys):
+    """A run's artifacts on a shared store can be edited: a replay instantiates only the
+    experiments of gradkit and of the user's config folders."""
+    mark = tmp_path / "code-ran"
+    (tmp_path / "evil.py").write_text(EVIL.format(mark=str(mark)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, err = cli("experiment=basic_gradients")
+    assert code == 0, err
+    original = only_run(store, "basic_gradients")
+    artifacts = store / "artifacts" / "basic_gradients" / original.info.run_id / "artifacts"
+    if edit == "config":
+        config = artifacts / "config.yaml"
+        config.write_text(config.read_text().replace(
+            "_target_: gradkit.experiments.basic_gradients.BasicGradients", "_target_: evil.run"))
+    else:
+        overrides = artifacts / ".hydra" / "overrides.yaml"
+        overrides.write_text(overrides.read_text()
+                             + "- +hydra.callbacks.evil._target_=evil.Callback\n")
+
+    code, _, err = replay(capsys, store, original.info.run_id)
+
+    assert code == 2
+    assert named in err and len(err.strip().splitlines()) == 1, err
+    assert not mark.exists()
+    assert len(runs_of(store, "basic_gradients")) == 1

@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from omegaconf import OmegaConf
 
 from gradkit.cli import run as entry_point
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core import configs
 from gradkit.core.experiment import is_timing
 from gradkit.core.interrupts import is_termination
 from gradkit.core.validation import ConfigError
@@ -54,8 +56,51 @@ def literal(value: Any) -> str:
     return f"'{escaped}'"
 
 
+def override_key(override: str) -> str:
+    """The key an override sets (`+experiment.x=1` -> `experiment.x`)."""
+    return override.split("=")[0].lstrip("+~")
+
+
 def is_store_key(key: str) -> bool:
-    return key.split("=")[0].lstrip("+~").startswith("tracking")
+    return override_key(key).startswith("tracking")
+
+
+def trusted_targets(config_dirs: Sequence[str] = ()) -> set[str]:
+    """The classes a replay may instantiate: those of gradkit's and the user's experiment
+    options, never one that only a run's (editable) artifacts name."""
+    return {str(configs.compose("config", [f"experiment={name}"], config_dirs).experiment
+                .get("_target_", ""))
+            for name in configs.group_options("experiment", config_dirs)}
+
+
+def untrusted(replay_config: Any, trusted: set[str], where: str = "") -> list[str]:
+    """`key=target` for every `_target_` in `replay_config` that is not trusted."""
+    if isinstance(replay_config, dict):
+        return [found for key, value in replay_config.items()
+                for found in ([f"{where}{key}={value}"] if key == "_target_" and value not in
+                              trusted else untrusted(value, trusted, f"{where}{key}."))]
+    if isinstance(replay_config, list):
+        return [found for i, item in enumerate(replay_config)
+                for found in untrusted(item, trusted, f"{where}{i}.")]
+    return []
+
+
+def refuse_edited(overrides: list[str], config_dirs: Sequence[str]) -> None:
+    """Raise Unreproducible if the replay would set Hydra's own keys or instantiate a class
+    that is not an experiment of gradkit or of the user's config folders."""
+    hydra_keys = [o for o in overrides if override_key(o).split(".")[0].split("/")[0] == "hydra"]
+    if hydra_keys:
+        raise Unreproducible(f"its logged config sets Hydra's own keys ({hydra_keys[0]}), "
+                             "which gradkit never logs there; its artifacts were edited")
+    try:
+        composed = OmegaConf.to_container(compose_config("config", overrides, config_dirs))
+    except ConfigError as error:
+        raise Unreproducible(f"its logged config no longer composes: {error}") from None
+    foreign = untrusted(composed, trusted_targets(config_dirs))
+    if foreign:
+        raise Unreproducible(f"its logged config names {foreign[0]}, which is not an "
+                             "experiment of gradkit or of your --config-dir; only those are "
+                             "replayed")
 
 
 def logged_config_dirs(tracker: Tracker, run_id: str) -> list[str]:
@@ -74,7 +119,8 @@ def replay_overrides(tracker: Tracker, run: RunRecord, store: list[str],
     """The overrides that rerun `run` into the store `store` names, and warnings about keys.
 
     Starts from the run's own overrides (without its store), then pins every key whose
-    composed value differs from the logged resolved config.
+    composed value differs from the logged resolved config. Refuses (Unreproducible) a
+    replay that would instantiate anything but an experiment of gradkit or of `config_dirs`.
     """
     run_id = run.id
     target = run.params.get("experiment._target_")
@@ -107,7 +153,9 @@ def replay_overrides(tracker: Tracker, run: RunRecord, store: list[str],
         if not key.startswith("tracking."):
             warnings.append(f"{key} did not exist when the run was made; it takes its default "
                             f"{composed[key]}")
-    return [*overrides, *pins, *store], warnings
+    replay_with = [*overrides, *pins, *store]
+    refuse_edited(replay_with, config_dirs)
+    return replay_with, warnings
 
 
 def replay(tracker: Tracker, run: RunRecord, overrides: list[str],
