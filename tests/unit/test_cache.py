@@ -89,6 +89,33 @@ def test_a_failed_build_or_write_leaves_no_entry(tmp_path, monkeypatch):
     assert cached(tmp_path, SPEC, payload).status == "miss"
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "another spec",
+                                    "no payload"])
+def test_a_damaged_entry_is_named_rebuilt_and_replaced(damage, tmp_path, caplog):
+    first = cached(tmp_path, SPEC, payload)
+    path = tmp_path / f"{first.key}.pt"
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00not a torch file" * 50)
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "another spec":
+        torch.save({"spec": {**SPEC, "seed": 9}, "payload": payload()}, path)
+    else:
+        torch.save({"spec": SPEC, "weights": [1.0]}, path)
+
+    with caplog.at_level(logging.WARNING, logger="gradkit.lib.cache"):
+        rebuilt = cached(tmp_path, SPEC, payload)
+    again = cached(tmp_path, SPEC, payload)
+
+    assert rebuilt.status == "replaced" and again.status == "hit"
+    assert torch.equal(again.payload["state"]["w"], rebuilt.payload["state"]["w"])
+    [warning] = caplog.records
+    assert str(path) in warning.getMessage() and "building it again" in warning.getMessage()
+    assert leftovers(tmp_path) == [path.name]
+
+
 def test_concurrent_builders_build_once_and_read_the_same_entry(tmp_path):
     """Threads open the lock file separately, so flock serialises them as it does processes
     (the joblib smoke sweep in test_adversarial covers real worker processes)."""

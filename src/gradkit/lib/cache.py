@@ -3,7 +3,8 @@
 An entry is `<folder>/<key>.pt`: the spec it was built from and its payload (tensors, lists).
 Writes go to a temporary file renamed into place, so a reader never sees half an entry, and a
 per-key lock file makes concurrent jobs (joblib workers, processes on one machine) build an
-entry once: the others wait and then read it.
+entry once: the others wait and then read it. An entry that cannot be read (truncated,
+garbage, another spec's) is said so in the log, rebuilt and replaced (status `replaced`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 KEY_LENGTH = 16
+log = logging.getLogger(__name__)
 
 
 def entry_key(spec: Mapping[str, Any]) -> str:
@@ -32,7 +35,8 @@ def entry_key(spec: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Entry:
-    """A payload and where it came from: `hit` (read), `miss` (built, then written), `off`."""
+    """A payload and where it came from: `hit` (read), `miss` (built, then written),
+    `replaced` (built, over an entry that could not be read), `off` (no cache)."""
 
     key: str
     payload: dict[str, Any]
@@ -50,16 +54,21 @@ def cached(folder: Path | None, spec: Mapping[str, Any],
     if folder is None:
         return Entry(key, _on_cpu(build()), "off")
     path = folder / f"{key}.pt"
-    if path.exists():
-        return Entry(key, _read(path), "hit")
+    seen = _identity(path)
+    payload = _read(path, spec)
+    if payload is not None:
+        return Entry(key, payload, "hit")
     folder.mkdir(parents=True, exist_ok=True)
     with _locked(folder / f"{key}.lock"):
-        if path.exists():  # built by another process while this one waited
-            return Entry(key, _read(path), "hit")
+        if _identity(path) != seen:  # built or replaced by another process while this waited
+            payload = _read(path, spec)
+            if payload is not None:
+                return Entry(key, payload, "hit")
+        status = "replaced" if path.exists() else "miss"
         payload = _on_cpu(build())
         _write_atomically(path, {"spec": dict(spec), "torch": str(torch.__version__),
                                  "payload": payload})
-    return Entry(key, payload, "miss")
+    return Entry(key, payload, status)
 
 
 def _on_cpu(payload: dict[str, Any]) -> dict[str, Any]:
@@ -73,8 +82,32 @@ def _on_cpu(payload: dict[str, Any]) -> dict[str, Any]:
     return move(payload)
 
 
-def _read(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)["payload"]
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at `path` (inode, modification time, size); None if none is."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _read(path: Path, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The payload of the entry at `path`; None when there is none, or when it cannot be read
+    or was built from another spec (said in the log: it is then rebuilt and replaced)."""
+    if not path.exists():
+        return None
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+        problem = ("it holds no payload" if not isinstance(content, dict)
+                   or not isinstance(content.get("payload"), dict) else
+                   "it was built from another spec" if content.get("spec") != dict(spec) else "")
+    except Exception as error:  # truncated, garbage, or not torch's format: whatever torch raises
+        problem = f"{type(error).__name__}: {' '.join(str(error).split()).split('. ')[0]}"
+    if problem:
+        log.warning("cache entry %s cannot be used (%s); building it again to replace it",
+                    path, problem)
+        return None
+    return content["payload"]
 
 
 def _write_atomically(path: Path, content: dict[str, Any]) -> None:
