@@ -265,7 +265,8 @@ class Tracker:
         metrics: list[Metric] = []
         tags: dict[str, str] = {}
         if result is not None:
-            checks = {f"check.{name}.error": c.error for name, c in result.checks.items()}
+            checks = {f"check.{name}.{part}": getattr(c, part)
+                      for name, c in result.checks.items() for part in ("error", "tolerance")}
             metrics = [*metric_entries({**result.metrics, **checks,
                                         "objective": result.objective}),
                        *series_entries(result.series, max_series_points)]
