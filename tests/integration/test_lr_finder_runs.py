@@ -70,7 +70,10 @@ def assert_logged_run(run) -> None:
     metrics, tags = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED"
     assert tags["checks"] == "passed"
-    assert metrics["check.state_restored.error"] == 0.0
+    for check in ("state_restored", "smoothing", "stop_rule", "suggestion"):
+        assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
+    assert (metrics["data.train_size"] + metrics["data.validation_size"],
+            metrics["data.test_size"]) == (1437, 360)
     assert tags["status"] in ("completed", "diverged")
     assert metrics["diverged"] == float(tags["status"] == "diverged")
     assert ("diverged_at_lr" in metrics) == (tags["status"] == "diverged")
@@ -82,5 +85,6 @@ def assert_logged_run(run) -> None:
     for which in ("lr_over_10", "suggested", "lr_times_10"):
         assert 0.0 <= metrics[f"validation.accuracy.{which}"] <= 1.0
         assert metrics[f"validation.loss.{which}"] > 0
+    assert 0.0 <= metrics["test.accuracy"] <= 1.0 and metrics["test.loss"] > 0
     assert metrics["objective"] == metrics["validation.loss.suggested"]
     assert metrics["lr"] == pytest.approx(schedule[steps - 1], rel=1e-9)  # the last step's lr

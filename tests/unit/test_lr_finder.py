@@ -14,14 +14,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import lr_finder
 from gradkit.experiments.lr_finder import (
     LrFinder,
     RangeTest,
     exponential_schedule,
     range_test,
+    smoothing_error,
     state_mismatches,
     steepest_descent,
+    stop_rule_error,
+    suggestion_error,
 )
+from gradkit.lib.data import hold_out
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 
@@ -102,6 +107,37 @@ def test_gradient_norm_is_that_of_the_batch_before_the_step():
     assert trace.grad_norms[0] == pytest.approx(expected, rel=1e-6)
 
 
+def test_with_a_score_the_test_smooths_the_score_after_each_step_not_the_batch_loss():
+    model, loader = tiny_problem()
+    x, y = torch.randn(5, 4), torch.randint(3, (5,))
+    scored = []
+
+    def score(m: nn.Module) -> float:
+        scored.append(F.cross_entropy(m(x), y).item())
+        return scored[-1]
+
+    trace = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                       exponential_schedule(1e-3, 1e-1, 5), smooth_f=0.5, diverge_th=100.0,
+                       score=score)
+
+    assert trace.losses == scored and len(scored) == 5
+    assert trace.batch_losses != trace.losses
+    assert trace.smoothed[0] == scored[0]
+    assert trace.smoothed[1] == pytest.approx(0.5 * scored[1] + 0.5 * scored[0], rel=1e-12)
+
+
+def test_validation_split_is_carved_from_training_data_by_the_seed():
+    x, y = torch.arange(100.0).reshape(100, 1), torch.arange(100)
+    (kept_x, kept_y), (held_x, held_y) = hold_out(x, y, 0.2, seed=3)
+
+    assert (len(kept_x), len(held_x)) == (80, 20)
+    assert sorted(torch.cat([kept_y, held_y]).tolist()) == list(range(100))  # a partition
+    assert torch.equal(kept_x.flatten().long(), kept_y)  # rows stay with their labels
+    again = hold_out(x, y, 0.2, seed=3)[1][1]
+    other = hold_out(x, y, 0.2, seed=4)[1][1]
+    assert torch.equal(again, held_y) and not torch.equal(other, held_y)
+
+
 # A hand-made smoothed loss: steep drops at both ends (to be skipped) and, in between, the
 # steepest central difference at index 5: (0.55 - 1.0) / 2 = -0.225.
 CURVE = [10.0, 1.0, 1.0, 1.0, 1.0, 0.9, 0.55, 0.5, 0.45, 0.4, 5.0, -100.0]
@@ -117,6 +153,76 @@ def test_suggestion_needs_two_points_and_ignores_a_non_finite_tail():
     assert steepest_descent(CURVE, skip_start=6, skip_end=5) is None
     assert steepest_descent([3.0, 2.0, 1.0, math.inf], 0, 0) in (0, 1)
     assert steepest_descent([math.nan, math.nan], 0, 0) is None
+
+
+LOSSES = [2.0, 1.0, 3.0, 0.5, 0.25]
+
+
+def smoothed_by_the_rule(losses: list[float], smooth_f: float) -> list[float]:
+    out = [losses[0]]
+    for loss in losses[1:]:
+        out.append(smooth_f * loss + (1 - smooth_f) * out[-1])
+    return out
+
+
+def test_smoothing_check_passes_the_rule_and_sees_a_wrong_start_or_factor():
+    good = smoothed_by_the_rule(LOSSES, 0.3)
+
+    assert smoothing_error(LOSSES, good, 0.3) <= lr_finder.RULE_TOLERANCE
+    from_zero = [0.3 * LOSSES[0], *good[1:]]  # smoothing started at 0, not at the first loss
+    assert smoothing_error(LOSSES, from_zero, 0.3) > 0.1
+    assert smoothing_error(LOSSES, smoothed_by_the_rule(LOSSES, 0.7), 0.3) > 0.1
+    assert smoothing_error(LOSSES, good[:-1], 0.3) == math.inf
+    assert smoothing_error([*LOSSES, math.inf], [*good, 7.0], 0.3) == math.inf
+
+
+def test_stop_rule_check_compares_with_the_best_loss_so_far_not_the_first():
+    curve = [3.0, 1.0, 1.5, 4.0, 6.0]  # 4.0 > 2 x best (1.0): the rule stops there
+    assert stop_rule_error(curve[:4], True, 10, 2.0) == 0.0
+    assert stop_rule_error(curve, True, 10, 2.0) == 1.0  # ran one step past the stop
+    assert stop_rule_error(curve[:4], False, 10, 2.0) == 1.0  # stopped but says it did not
+    assert stop_rule_error([3.0, 2.0, 1.0], False, 3, 2.0) == 0.0  # ran the whole schedule
+    assert stop_rule_error([3.0, 2.0], False, 3, 2.0) == 1.0  # stopped early for no reason
+    assert stop_rule_error([3.0, 2.0, math.nan], True, 5, 2.0) == 0.0
+
+
+def test_suggestion_check_recomputes_the_argmin_of_the_slope():
+    assert suggestion_error(CURVE, 2, 2, steepest_descent(CURVE, 2, 2)) == 0.0
+    steepest_ascent = 2 + int(np.argmax(np.gradient(CURVE[2:-2])))
+    assert suggestion_error(CURVE, 2, 2, steepest_ascent) >= 1.0
+    assert suggestion_error(CURVE, 6, 5, None) == 0.0
+    assert suggestion_error(CURVE, 6, 5, 6) == math.inf
+    assert suggestion_error(CURVE, 2, 2, None) == math.inf
+    assert suggestion_error([3.0, 2.0, 1.0, math.inf], 0, 0,
+                            steepest_descent([3.0, 2.0, 1.0, math.inf], 0, 0)) == 0.0
+
+
+def test_a_suggestion_by_argmax_fails_the_runs_own_checks(ctx, monkeypatch):
+    def steepest_ascent(smoothed, skip_start, skip_end):
+        window = np.asarray(smoothed[skip_start:len(smoothed) - skip_end], dtype=float)
+        return skip_start + int(np.nanargmax(np.gradient(window)))
+
+    small = {"num_iter": 40, "skip_start": 5, "skip_end": 3, "validation_steps": 5}
+    assert LrFinder(**small).run(ctx).failed_checks == []
+    monkeypatch.setattr(lr_finder, "steepest_descent", steepest_ascent)
+    ctx.generator.manual_seed(0)
+
+    assert LrFinder(**small).run(ctx).failed_checks == ["suggestion"]
+
+
+def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_apart(ctx):
+    result = LrFinder(num_iter=40, skip_start=5, skip_end=3, validation_steps=30).run(ctx)
+    metrics = result.metrics
+
+    assert (metrics["data.train_size"], metrics["data.validation_size"],
+            metrics["data.test_size"]) == (1150, 287, 360)  # 1437 training images, 20% held
+    assert result.objective == metrics["validation.loss.suggested"]
+    assert {"test.loss", "test.accuracy"} <= set(metrics)
+    assert not [name for name in metrics if name.startswith("test.") and "lr_" in name]
+    assert metrics["test.loss"] != metrics["validation.loss.suggested"]
+    assert len(result.series["validation_loss"]) == len(result.series["batch_loss"])
+    assert set(result.checks) == {"state_restored", "smoothing", "stop_rule", "suggestion"}
+    assert result.failed_checks == []
 
 
 def test_model_and_optimizer_state_are_restored_bit_for_bit():
@@ -161,6 +267,7 @@ def test_state_mismatches_sees_one_changed_buffer_and_a_changed_lr():
     ({"smooth_f": 0.0}, "experiment.smooth_f"),
     ({"diverge_th": 0.5}, "experiment.diverge_th"),
     ({"batch_size": 0}, "experiment.batch_size"),
+    ({"validation_fraction": 0.9}, "experiment.validation_fraction"),
 ])
 def test_bad_parameters_name_their_key(change, key):
     with pytest.raises(ConfigError, match=rf"^{key}=") as raised:
@@ -181,7 +288,7 @@ def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_pat
     folder = tmp_path / "0"
     folder.mkdir()
     trace = RangeTest(lrs=[1e-3, 1e-2, 1e-1], smoothed=[2.3, 2.0, 1.5])
-    _write_series(folder / "series.csv", {"lr": trace.lrs, "loss": [2.3, 1.9, 1.2],
+    _write_series(folder / "series.csv", {"lr": trace.lrs, "validation_loss": [2.3, 1.9, 1.2],
                                           "smoothed_loss": trace.smoothed})
     jobs = [job(0, output_dir=str(folder), suggested_lr=1e-2,
                 **{"validation.accuracy.suggested": 0.9}),

@@ -1,9 +1,12 @@
 """Section 7.1: the learning-rate range test on the digits, its advice checked by training.
 
-The range test as Smith (2015) and torch-lr-finder define it: `num_iter` steps whatever the
-dataset size (the loader cycles), an exponential schedule from `start_lr` to `end_lr`, the
-loss smoothed exponentially, a stop once the smoothed loss exceeds `diverge_th` times its best,
-and the suggestion at the steepest descent of the smoothed loss between the skipped ends.
+The range test as torch-lr-finder runs it (Smith 2015 ramps the rate linearly; the exponential
+ramp is torch-lr-finder's and fastai's default): `num_iter` steps whatever the dataset size
+(the loader cycles), an exponential schedule from `start_lr` to `end_lr`, the validation loss
+after each step smoothed exponentially, a stop once the smoothed loss exceeds `diverge_th`
+times its best, and the suggestion at the steepest descent of the smoothed loss between the
+skipped ends. Everything is chosen on a validation split carved from the training data; the
+test split is evaluated once, at the end, and never chooses anything.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import copy
 import csv
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from torch import nn
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer, number
-from gradkit.lib.data import DIGIT_CLASSES, Digits, digits
+from gradkit.lib.data import DIGIT_CLASSES, digits, hold_out
 from gradkit.lib.models import CLASSIFIERS, image_classifier
 from gradkit.lib.training import (
     OPTIMIZERS,
@@ -38,6 +41,9 @@ from gradkit.plotting import figure, lean_log_ticks
 
 # The validation runs: the suggestion, ten times lower and ten times higher.
 VALIDATION_FACTORS = {"lr_over_10": 0.1, "suggested": 1.0, "lr_times_10": 10.0}
+RULE_TOLERANCE = 1e-12  # the smoothing recomputed in another order, relative to the curve
+
+Split = tuple[torch.Tensor, torch.Tensor]  # inputs and labels
 
 
 def exponential_schedule(start_lr: float, end_lr: float, num_iter: int) -> list[float]:
@@ -47,10 +53,13 @@ def exponential_schedule(start_lr: float, end_lr: float, num_iter: int) -> list[
 
 @dataclass
 class RangeTest:
-    """What the test recorded at each step it ran: lr, batch loss, smoothed loss, grad norm."""
+    """What the test recorded at each step it ran: lr, the loss it smooths (the validation
+    loss after the step, or the batch loss without a validation split), the training batch's
+    loss, the smoothed loss and the batch's gradient norm."""
 
     lrs: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    batch_losses: list[float] = field(default_factory=list)
     smoothed: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     diverged: bool = False
@@ -58,19 +67,22 @@ class RangeTest:
 
 def range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
                loader: Iterator[tuple[torch.Tensor, torch.Tensor]], schedule: list[float],
-               smooth_f: float = 0.05, diverge_th: float = 5.0) -> RangeTest:
+               smooth_f: float = 0.05, diverge_th: float = 5.0,
+               score: Callable[[nn.Module], float] | None = None) -> RangeTest:
     """One optimizer step per learning rate of `schedule`, one batch each.
 
-    smoothed_i = smooth_f * loss_i + (1 - smooth_f) * smoothed_(i-1); the test stops after the
-    first step whose smoothed loss exceeds `diverge_th` times the best so far (or is not
-    finite). Model and optimizer state are put back as they were, whatever happens.
+    loss_i is `score(model)` after the step (the validation loss), or the batch's loss without
+    `score`; smoothed_0 = loss_0, smoothed_i = smooth_f * loss_i + (1 - smooth_f) *
+    smoothed_(i-1); the test stops after the first step whose smoothed loss exceeds
+    `diverge_th` times the best so far (or is not finite). Model and optimizer state are put
+    back as they were, whatever happens.
     """
     saved_model = copy.deepcopy(model.state_dict())
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
     trace = RangeTest()
     try:
-        model.train()
         for lr, (x, y) in zip(schedule, loader, strict=False):  # the loader never ends
+            model.train()
             for group in optimizer.param_groups:
                 group["lr"] = lr
             optimizer.zero_grad()
@@ -80,11 +92,12 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
             trace.grad_norms.append(torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
             optimizer.step()
-            value = loss.item()
+            value = loss.item() if score is None else score(model)
             smoothed = value if not trace.smoothed else (
                 smooth_f * value + (1 - smooth_f) * trace.smoothed[-1])
             trace.lrs.append(lr)
             trace.losses.append(value)
+            trace.batch_losses.append(loss.item())
             trace.smoothed.append(smoothed)
             if not math.isfinite(smoothed) or smoothed > diverge_th * min(trace.smoothed):
                 trace.diverged = True
@@ -102,6 +115,51 @@ def steepest_descent(smoothed: list[float], skip_start: int, skip_end: int) -> i
     if len(window) < 2 or not np.isfinite(slopes := np.gradient(window)).any():
         return None
     return skip_start + int(np.nanargmin(np.where(np.isfinite(slopes), slopes, np.nan)))
+
+
+def smoothing_error(losses: Sequence[float], smoothed: Sequence[float],
+                    smooth_f: float) -> float:
+    """Largest gap between the logged smoothed loss and the smoothing rule recomputed from the
+    logged losses (s_0 = loss_0, s_i = s_(i-1) + smooth_f (loss_i - s_(i-1))), relative to the
+    largest finite |s|; inf where they disagree on being finite or on the length."""
+    if len(losses) != len(smoothed):
+        return math.inf
+    gap, scale, previous = 0.0, 0.0, 0.0
+    for i, (loss, logged) in enumerate(zip(losses, smoothed, strict=True)):
+        previous = loss if i == 0 else previous + smooth_f * (loss - previous)
+        if math.isfinite(previous) != math.isfinite(logged):
+            return math.inf
+        if math.isfinite(logged):
+            gap, scale = max(gap, abs(previous - logged)), max(scale, abs(logged))
+    return gap / scale if scale else gap
+
+
+def stop_rule_error(smoothed: Sequence[float], diverged: bool, num_iter: int,
+                    diverge_th: float) -> float:
+    """Steps between where the logged curve ends and where the stop rule ends it (the first
+    smoothed loss that is not finite or exceeds `diverge_th` times the best before it, else
+    step `num_iter`), plus one if the logged `diverged` disagrees."""
+    stop = next((i for i, value in enumerate(smoothed) if not math.isfinite(value)
+                 or (i and value > diverge_th * min(smoothed[:i]))), None)
+    expected = num_iter if stop is None else stop + 1
+    return float(abs(len(smoothed) - expected) + (diverged != (stop is not None)))
+
+
+def suggestion_error(smoothed: Sequence[float], skip_start: int, skip_end: int,
+                     index: int | None) -> float:
+    """Steps between the reported suggestion and the argmin of the slope of the logged smoothed
+    loss recomputed by hand (one-sided differences at the ends of the kept window, central ones
+    inside, non-finite slopes ignored); 0 when both say there is none, inf when one does."""
+    window = list(smoothed[skip_start:len(smoothed) - skip_end])
+    slopes = [] if len(window) < 2 else [
+        window[1] - window[0],
+        *((window[i + 1] - window[i - 1]) / 2 for i in range(1, len(window) - 1)),
+        window[-1] - window[-2]]
+    finite = [(slope, i) for i, slope in enumerate(slopes) if math.isfinite(slope)]
+    expected = skip_start + min(finite)[1] if finite else None
+    if expected is None or index is None:
+        return 0.0 if expected == index else math.inf
+    return float(abs(expected - index))
 
 
 def state_mismatches(before: Any, after: Any) -> int:
@@ -123,13 +181,14 @@ def state_mismatches(before: Any, after: Any) -> int:
 class LrFinder(Experiment):
     """Range-test the learning rate of a digits classifier, then train at the advice."""
 
-    proves = "the model and optimizer are restored bit for bit after the range test"
+    proves = ("the model and optimizer are restored bit for bit after the range test, and the "
+              "smoothing, stop and suggestion rules hold on the logged curve")
 
     def __init__(self, model: str = "mlp", optimizer: str = "sgd", start_lr: float = 1e-7,
                  end_lr: float = 10.0, num_iter: int = 100, smooth_f: float = 0.05,
                  diverge_th: float = 5.0, skip_start: int = 10, skip_end: int = 5,
                  batch_size: int = 64, validation_steps: int = 100,
-                 test_fraction: float = 0.2):
+                 test_fraction: float = 0.2, validation_fraction: float = 0.2):
         self.model = choice("experiment.model", model, CLASSIFIERS)
         self.optimizer = choice("experiment.optimizer", optimizer, OPTIMIZERS)
         self.start_lr = number("experiment.start_lr", start_lr, positive=True)
@@ -148,77 +207,104 @@ class LrFinder(Experiment):
                                         minimum=1)
         self.test_fraction = number("experiment.test_fraction", test_fraction, minimum=0.05,
                                     maximum=0.5)
+        self.validation_fraction = number("experiment.validation_fraction",
+                                          validation_fraction, minimum=0.05, maximum=0.5)
 
     @single_threaded()
     def run(self, ctx: RunContext) -> Result:
-        data = digits(ctx.generator.initial_seed(), self.test_fraction, ctx.dtype,
-                      ctx.cache_dir).to(ctx.device)
+        seed = ctx.generator.initial_seed()
+        data = digits(seed, self.test_fraction, ctx.dtype, ctx.cache_dir).to(ctx.device)
+        train, validation = hold_out(data.train_x, data.train_y, self.validation_fraction, seed)
         model = image_classifier(self.model, DIGIT_CLASSES, ctx.generator).to(ctx.device,
                                                                                ctx.dtype)
         optimizer = make_optimizer(self.optimizer, model.parameters(), self.start_lr)
         before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
         schedule = exponential_schedule(self.start_lr, self.end_lr, self.num_iter)
-        loader = batches(data.train_x, data.train_y, self.batch_size, ctx.generator)
-        trace = range_test(model, optimizer, loader, schedule, self.smooth_f, self.diverge_th)
+        loader = batches(*train, self.batch_size, ctx.generator)
+        trace = range_test(model, optimizer, loader, schedule, self.smooth_f, self.diverge_th,
+                           score=lambda m: evaluate(m, *validation)[0])
         restored = state_mismatches(before, (model.state_dict(), optimizer.state_dict()))
 
         best = int(np.nanargmin(trace.smoothed))
         metrics = {"min_loss_lr": trace.lrs[best], "min_smoothed_loss": trace.smoothed[best],
-                   "iterations_run": len(trace.lrs), "diverged": float(trace.diverged)}
+                   "iterations_run": len(trace.lrs), "diverged": float(trace.diverged),
+                   "data.train_size": len(train[0]), "data.validation_size": len(validation[0]),
+                   "data.test_size": len(data.test_x)}
         if trace.diverged:
             metrics["diverged_at_lr"] = trace.lrs[-1]
         index = steepest_descent(trace.smoothed, self.skip_start, self.skip_end)
-        validation: dict[str, tuple[float, float, float]] = {}
+        scores: dict[str, tuple[float, float, float]] = {}
         if index is not None:
             metrics["suggested_lr"] = trace.lrs[index]
-            seed = int(torch.randint(2**31 - 1, (), generator=ctx.generator))
-            validation = self.validate(model, data, trace.lrs[index], seed)
-            for which, (_, loss, accuracy) in validation.items():
+            runs_seed = int(torch.randint(2**31 - 1, (), generator=ctx.generator))
+            trained = self.train_at(model, train, trace.lrs[index], runs_seed)
+            scores = {which: (lr, *evaluate(m, *validation))
+                      for which, (lr, m) in trained.items()}
+            for which, (_, loss, accuracy) in scores.items():
                 metrics[f"validation.loss.{which}"] = loss
                 metrics[f"validation.accuracy.{which}"] = accuracy
+            metrics["test.loss"], metrics["test.accuracy"] = evaluate(
+                trained["suggested"][1], data.test_x, data.test_y)
         status = "no_suggestion" if index is None else (
             "diverged" if trace.diverged else "completed")
         return Result(
             metrics=metrics,
-            series={"lr": trace.lrs, "loss": trace.losses, "smoothed_loss": trace.smoothed,
+            series={"lr": trace.lrs, "validation_loss": trace.losses,
+                    "batch_loss": trace.batch_losses, "smoothed_loss": trace.smoothed,
                     "grad_norm": trace.grad_norms},
-            checks={"state_restored": Check(float(restored), 0.0)},
-            figures={"lr_finder": self.plot(trace, index, validation)},
+            checks=self.checks(trace, index, restored),
+            figures={"lr_finder": self.plot(trace, index, scores, metrics.get("test.accuracy"))},
             summary={"model": self.model, "optimizer": self.optimizer,
-                     "suggested_step": index, "train_size": len(data.train_x),
-                     "test_size": len(data.test_x)},
+                     "suggested_step": index, "train_size": len(train[0]),
+                     "validation_size": len(validation[0]), "test_size": len(data.test_x)},
             tags={"status": status},
-            objective=validation["suggested"][1] if validation else math.nan,
+            objective=scores["suggested"][1] if scores else math.nan,
         )
 
-    def validate(self, initial: nn.Module, data: Digits, lr: float,
-                 seed: int) -> dict[str, tuple[float, float, float]]:
-        """(lr, test loss, test accuracy) after `validation_steps` steps from the same initial
-        weights and batch order at lr / 10, lr and lr x 10."""
-        results = {}
+    def checks(self, trace: RangeTest, index: int | None, restored: int) -> dict[str, Check]:
+        """The state put back, and the smoothing, stop and suggestion rules recomputed from the
+        logged curve."""
+        return {
+            "state_restored": Check(float(restored), 0.0),
+            "smoothing": Check(smoothing_error(trace.losses, trace.smoothed, self.smooth_f),
+                               RULE_TOLERANCE),
+            "stop_rule": Check(stop_rule_error(trace.smoothed, trace.diverged, self.num_iter,
+                                               self.diverge_th), 0.0),
+            "suggestion": Check(suggestion_error(trace.smoothed, self.skip_start,
+                                                 self.skip_end, index), 0.0),
+        }
+
+    def train_at(self, initial: nn.Module, train: Split, lr: float,
+                 seed: int) -> dict[str, tuple[float, nn.Module]]:
+        """(lr, model) after `validation_steps` steps on `train` from the same initial weights
+        and batch order at lr / 10, lr and lr x 10."""
+        trained = {}
         for which, factor in VALIDATION_FACTORS.items():
             model = copy.deepcopy(initial)
             optimizer = make_optimizer(self.optimizer, model.parameters(), lr * factor)
-            loader = batches(data.train_x, data.train_y, self.batch_size,
-                             torch.Generator().manual_seed(seed))
+            loader = batches(*train, self.batch_size, torch.Generator().manual_seed(seed))
             train_steps(model, optimizer, loader, self.validation_steps)
-            results[which] = (lr * factor, *evaluate(model, data.test_x, data.test_y))
-        return results
+            trained[which] = (lr * factor, model)
+        return trained
 
     def plot(self, trace: RangeTest, index: int | None,
-             validation: dict[str, tuple[float, float, float]]) -> Figure:
-        """Smoothed loss and gradient norm against lr, and the validation runs' accuracy."""
+             validation: dict[str, tuple[float, float, float]],
+             test_accuracy: float | None) -> Figure:
+        """Validation and smoothed loss and gradient norm against lr, and the validation
+        accuracy of the short trainings (the suggestion's test accuracy in the title)."""
         verdict = f"suggested lr = {trace.lrs[index]:.3g}" if index is not None else (
             "no suggestion (too few points)")
         title = (f"LR range test: {self.model.upper()} + {self.optimizer.upper()}, batch "
                  f"{self.batch_size}, {len(trace.lrs)} of {self.num_iter} steps → {verdict}")
         fig, (loss_ax, grad_ax, bar_ax) = figure(title, 1, 3, size=(17, 5.2), layout=None)
-        fig.subplots_adjust(left=0.04, right=0.98, bottom=0.16, top=0.87, wspace=0.2)
+        fig.subplots_adjust(left=0.04, right=0.98, bottom=0.16, top=0.84, wspace=0.2)
         kept = slice(self.skip_start, len(trace.lrs) - self.skip_end)
+        loss_ax.semilogx(trace.lrs, trace.batch_losses, color="tab:gray", alpha=0.4,
+                         linewidth=0.8, label="training batch loss")
         loss_ax.semilogx(trace.lrs, trace.losses, color="tab:blue", alpha=0.3,
-                         label="batch loss")
+                         label="validation loss")
         loss_ax.semilogx(trace.lrs, trace.smoothed, color="tab:blue", linewidth=2,
-                         label=f"smoothed loss (smooth_f = {self.smooth_f:g})")
+                         label=f"smoothed validation loss (smooth_f = {self.smooth_f:g})")
         if trace.lrs[kept]:
             loss_ax.axvspan(trace.lrs[kept][0], trace.lrs[kept][-1], color="tab:green",
                             alpha=0.08, label="points the suggestion considers")
@@ -234,7 +320,7 @@ class LrFinder(Experiment):
                 ax.axvline(trace.lrs[index], color="tab:orange", linestyle="--",
                            label=f"suggestion (steepest descent) = {trace.lrs[index]:.3g}")
         finite = [v for v in trace.smoothed if math.isfinite(v)]
-        lowest = min(v for v in trace.losses + finite if math.isfinite(v))
+        lowest = min(v for v in trace.losses + trace.batch_losses + finite if math.isfinite(v))
         loss_ax.set_ylim(lowest * 0.95, min(max(finite), 3 * trace.smoothed[0]) * 1.05)
         loss_ax.set(title="Loss against learning rate", xlabel="learning rate (log scale)",
                     ylabel="cross-entropy")
@@ -246,12 +332,16 @@ class LrFinder(Experiment):
                     xlabel="learning rate (log scale)", ylabel="‖∇loss‖ (log scale)")
         if index is not None:
             grad_ax.legend(fontsize=8, loc="upper left")
-        self.plot_validation(bar_ax, validation)
+        self.plot_validation(bar_ax, validation, test_accuracy)
         return fig
 
-    def plot_validation(self, ax, validation: dict[str, tuple[float, float, float]]) -> None:
-        ax.set(title=f"Test accuracy after {self.validation_steps} steps from the same start",
-               xlabel="learning rate", ylabel="test accuracy", ylim=(0, 1.12))
+    def plot_validation(self, ax, validation: dict[str, tuple[float, float, float]],
+                        test_accuracy: float | None) -> None:
+        test = "" if test_accuracy is None else (
+            f"\ntest accuracy at the suggestion: {test_accuracy:.3f} (reported once)")
+        ax.set(title=f"Validation accuracy after {self.validation_steps} steps from the same "
+                     f"start{test}",
+               xlabel="learning rate", ylabel="validation accuracy", ylim=(0, 1.12))
         if not validation:
             ax.text(0.5, 0.5, "no suggestion to validate", ha="center", transform=ax.transAxes)
             return
@@ -299,14 +389,14 @@ class LrFinder(Experiment):
                             transform=bar_ax.get_yaxis_transform())
                 continue
             bar_ax.plot(lr, row, "o", color="tab:orange", markersize=9)
-            bar_ax.annotate(f"{lr:.3g}  (test acc {accuracy:.3f})", (lr, row),
+            bar_ax.annotate(f"{lr:.3g}  (validation acc {accuracy:.3f})", (lr, row),
                             xytext=(8, 0), textcoords="offset points", va="center", fontsize=9)
         bar_ax.set_xscale("log")
         bar_ax.set_yticks(list(rows), labels)
         bar_ax.set_ylim(len(done) - 0.5, -0.5)
         bar_ax.margins(x=0.5)
         failed = len(jobs) - len(done)
-        bar_ax.set(title="Suggested lr, and test accuracy after training at it"
+        bar_ax.set(title="Suggested lr, and validation accuracy after training at it"
                    + (f" ({failed} jobs failed)" if failed else ""),
                    xlabel="suggested learning rate (log scale)")
         return fig

@@ -65,6 +65,17 @@ def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.flo
                   split["test_y"])
 
 
+def hold_out(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int
+             ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) split into what is kept and a held-out `fraction` (at least one sample), by a
+    permutation drawn from a generator seeded with `seed` (a validation split of the training
+    data: the test split stays untouched)."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)).to(x.device)
+    held = max(1, round(fraction * len(x)))
+    kept, out = order[held:], order[:held]
+    return (x[kept], y[kept]), (x[out], y[out])
+
+
 def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
     """scikit-learn's digits, split: pixel values 0..16 as uint8, labels as long."""
     from sklearn.datasets import load_digits
