@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from gradkit.core.configs import CONFIG_MODULE
 from gradkit.core.experiment import RunContext
+from gradkit.core.names import sqlite_uri
 from gradkit.core.parameters import register_builtins
 from gradkit.tracking.store import Tracker
 
@@ -96,7 +97,7 @@ def family(store: Path, experiment: str) -> tuple:
 
 
 def client_for(root: Path) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return MlflowClient(sqlite_uri(root / "mlflow.db"))
 
 
 def runs_of(root: Path, experiment: str) -> list:

@@ -4,7 +4,9 @@ in series.csv."""
 from __future__ import annotations
 
 import csv
+import shutil
 
+import pytest
 from conftest import client_for, runs_of
 
 from gradkit.tracking.store import Tracker, metric_entries
@@ -72,3 +74,29 @@ def test_a_batch_beyond_mlflow_limits_is_logged_whole(store):
     assert data.params == params
     assert {k: v for k, v in data.tags.items() if k.startswith("t")} == tags
     assert data.metrics == {f"m{i}": float(i) for i in range(2500)}
+
+
+@pytest.mark.parametrize("folder", ["what?", "100%25 sure", "take #2"])
+def test_a_store_folder_may_be_named_with_uri_characters(folder, gradkit, empty_store,
+                                                         tmp_path):
+    """`?`, `%` and `#` are valid in folder names: the store is made there and only there."""
+    parent = tmp_path / "stores"
+    parent.mkdir()
+    store = parent / folder
+    store.mkdir()
+    shutil.copy(empty_store, store / "mlflow.db")
+    code, err = gradkit("experiment=basic_gradients", f"tracking.root='{store}'",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+
+    assert code == 0, err
+    [run] = runs_of(store, "basic_gradients")
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri == (store / "artifacts" / "basic_gradients" / run.info.run_id
+                                     / "artifacts").as_uri()
+    assert [p.name for p in parent.iterdir()] == [folder]  # nothing made beside it
+    fresh = parent / f"new {folder}"
+    code, err = gradkit("experiment=basic_gradients", f"tracking.root='{fresh}'",
+                        f"hydra.run.dir={tmp_path / 'run2'}")
+    assert code == 0, err
+    assert sorted(p.name for p in parent.iterdir()) == sorted([folder, fresh.name])
+    assert len(runs_of(fresh, "basic_gradients")) == 1

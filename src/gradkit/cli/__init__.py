@@ -7,10 +7,12 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from gradkit import __version__
 from gradkit.cli.commands import fail, run_command, split_config_dirs
 from gradkit.core import interrupts
+from gradkit.core.names import sqlite_uri
 
 USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
 
@@ -78,7 +80,7 @@ def _ui(args: list[str]) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", options.host,
                               "--port", str(options.port), "--backend-store-uri",
-                              f"sqlite:///{store}/mlflow.db", "--default-artifact-root",
+                              sqlite_uri(Path(store) / "mlflow.db"), "--default-artifact-root",
                               f"{store}/artifacts"])
 
 

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from gradkit.core import interrupts
 from gradkit.core.experiment import Result
-from gradkit.core.names import file_name
+from gradkit.core.names import file_name, sqlite_uri
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import discard
 from gradkit.plotting.pngs import PNGs
@@ -382,12 +382,27 @@ def _server(uri: str, base: Path) -> Tracker:
 def _local(root: Path, base: Path) -> Tracker:
     """The embedded store in `root`, checked once per process (a sweep's jobs share it)."""
     database = _local_database(root)
-    tracker = Tracker(f"sqlite:///{database}", database.parent / "artifacts", base)
     try:
-        tracker.client.search_experiments(max_results=1)
+        with _no_stray_folder(database):
+            tracker = Tracker(sqlite_uri(database), database.parent / "artifacts", base)
+            tracker.client.search_experiments(max_results=1)
     except Exception as error:  # whatever MLflow or SQLite raise for a broken database
         raise _unusable(database, str(error).splitlines()[0]) from None
     return tracker
+
+
+@contextmanager
+def _no_stray_folder(database: Path) -> Iterator[None]:
+    """MLflow makes a SQLite database's folder from its URI's text, unquoted: for a folder
+    named with `?`, `%` or `#`, an empty folder beside it, removed here."""
+    stray = Path(sqlite_uri(database).removeprefix("sqlite:///")).parent
+    existed = stray == database.parent or stray.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            with suppress(OSError):  # not empty: not the one MLflow made
+                stray.rmdir()
 
 
 def _unusable(database: Path, reason: str) -> StoreError:
@@ -433,7 +448,8 @@ def _create_database(database: Path) -> None:
             # imported only here: runs on a server never load SQLAlchemy (~0.5 s)
             from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-            store = SqlAlchemyStore(f"sqlite:///{building}", str(database.parent / "artifacts"))
+            with _no_stray_folder(building):
+                store = SqlAlchemyStore(sqlite_uri(building), str(database.parent / "artifacts"))
             store.engine.dispose()
             os.replace(building, database)
         finally:
