@@ -38,6 +38,24 @@ def test_runs_train_once_then_read_the_cache(cli, store):
     assert first["objective"] == first["robust_accuracy"]
 
 
+def test_another_attack_seed_reuses_the_trained_model_and_draws_another_start(cli, store):
+    for seed in (0, 1):
+        code, err = cli("experiment=adversarial", *FAST, f"experiment.attack_seed={seed}")
+        assert code == 0, err
+
+    first, second = sorted(runs_of(store, "adversarial"), key=lambda r: r.info.start_time)
+    assert [r.data.tags["cache"] for r in (first, second)] == ["miss", "hit"]
+    assert first.data.tags["cache_entry"] == second.data.tags["cache_entry"]
+    assert first.data.metrics["clean_accuracy"] == second.data.metrics["clean_accuracy"]
+    assert first.data.metrics["l2"] != second.data.metrics["l2"]  # another perturbation
+    for run in (first, second):
+        metrics = run.data.metrics
+        assert run.data.tags["checks"] == "passed"
+        for check in ("epsilon_ball", "iterates_in_ball", "random_start"):
+            assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
+        assert metrics["check.random_start.tolerance"] < 0.05  # of a mean |δ| / ε of 1/2
+
+
 @pytest.mark.parametrize(("override", "message"), [
     ("experiment.epsilon=1.5", "experiment.epsilon=1.5 must be <= 1.0"),
     ("experiment.steps=0", "experiment.steps=0 must be >= 1"),

@@ -13,7 +13,16 @@ from torch import nn
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
-from gradkit.experiments.adversarial import Adversarial, Outcome, fgsm, input_gradient, pgd
+from gradkit.experiments import adversarial
+from gradkit.experiments.adversarial import (
+    Adversarial,
+    Outcome,
+    fgsm,
+    input_gradient,
+    pgd,
+    pgd_iterates,
+    start_spread,
+)
 from gradkit.lib.data import DIGIT_CLASSES, digits
 from gradkit.lib.models import image_classifier
 from gradkit.lib.training import TrainSpec, evaluate, trained_classifier
@@ -94,6 +103,72 @@ def test_pgd_random_start_comes_from_the_generator():
     assert not torch.equal(runs[0], runs[2])
 
 
+def test_pgd_yields_its_start_then_each_iterate_the_last_being_pgd():
+    model = image_classifier("mlp", generator=seeded(6))
+    x, y = images()
+    iterates = list(pgd_iterates(model, x, y, 0.1, 0.02, 3, generator=seeded(7)))
+
+    assert len(iterates) == 4
+    assert torch.equal(iterates[-1], pgd(model, x, y, 0.1, 0.02, 3, generator=seeded(7)))
+    noise = torch.rand(x.shape, generator=seeded(7))
+    assert torch.equal(iterates[0], (x + 0.1 * (2 * noise - 1)).clamp(0, 1))
+
+
+def test_start_spread_is_one_half_for_a_uniform_start_and_sees_a_wrong_scale():
+    x = torch.full((4000,), 0.5)
+    noise = torch.rand(x.shape, generator=seeded(8))
+    uniform, count = start_spread(x, x + 0.1 * (2 * noise - 1), 0.1)
+    assert count == 4000
+    assert abs(uniform - 0.5) < 5 * (1 / 12 / count) ** 0.5
+    assert start_spread(x, x + 0.05 * (2 * noise - 1), 0.1)[0] == pytest.approx(0.25, abs=0.02)
+    assert start_spread(x, x, 0.1)[0] == 0.0  # no random start at all
+    edge = torch.tensor([0.0, 0.05, 0.95, 1.0, 0.5])
+    assert start_spread(edge, edge, 0.1)[1] == 1  # only 0.5 is free of the clipping
+    assert start_spread(edge, edge, 0.0)[1] == 0
+
+
+def rescaled_start(factor):
+    """PGD whose start's offset from x is scaled by `factor(epsilon)` (1 / epsilon: a start
+    uniform in [-1, 1] around x, not scaled by epsilon), the iterates after it left as
+    they were."""
+    def attack(model, x, y, epsilon, alpha, steps, random_start=True, generator=None):
+        iterates = pgd_iterates(model, x, y, epsilon, alpha, steps, random_start, generator)
+        start = next(iterates)
+        yield (x + factor(epsilon) * (start - x)).clamp(0, 1)
+        yield from iterates
+    return attack
+
+
+FAST = {"model": "mlp", "epochs": 2, "examples": 2}
+
+
+def test_a_start_outside_the_ball_fails_the_run_though_the_last_iterate_is_inside(
+        ctx, monkeypatch):
+    assert Adversarial(**FAST).run(ctx).failed_checks == []
+    monkeypatch.setattr(adversarial, "pgd_iterates", rescaled_start(lambda e: 1 / e))
+
+    result = Adversarial(**FAST).run(ctx)
+
+    assert result.checks["epsilon_ball"].passed
+    assert set(result.failed_checks) == {"iterates_in_ball", "random_start"}
+
+
+def test_a_start_in_half_the_ball_fails_the_random_start_check(ctx, monkeypatch):
+    monkeypatch.setattr(adversarial, "pgd_iterates", rescaled_start(lambda e: 0.5))
+
+    assert Adversarial(**FAST).run(ctx).failed_checks == ["random_start"]
+
+
+def test_the_attack_seed_alone_changes_the_random_start(ctx):
+    runs = [Adversarial(**FAST, attack_seed=seed).run(ctx) for seed in (0, 0, 1)]
+
+    assert runs[0].metrics == runs[1].metrics
+    assert runs[0].metrics["l2"] != runs[2].metrics["l2"]
+    assert runs[0].metrics["clean_accuracy"] == runs[2].metrics["clean_accuracy"]
+    assert Adversarial(**FAST, random_start=False).run(ctx).checks.keys() == {
+        "epsilon_ball", "fgsm_equals_one_step_pgd", "iterates_in_ball"}
+
+
 def test_ball_check_fails_when_a_perturbation_leaves_the_ball():
     x, y = images(4)
     probabilities = torch.full((4, DIGIT_CLASSES), 0.1)
@@ -132,6 +207,7 @@ def test_pgd_is_at_least_as_strong_as_fgsm_on_the_trained_model(trained):
     ({"cache": "yes"}, "experiment.cache"),
     ({"random_start": 1}, "experiment.random_start"),
     ({"test_fraction": 0.9}, "experiment.test_fraction"),
+    ({"attack_seed": -1}, "experiment.attack_seed"),
 ])
 def test_bad_parameters_name_their_key(change, key):
     with pytest.raises(ConfigError, match=rf"^{key}=") as raised:

@@ -1,12 +1,15 @@
 """Section 7.2: FGSM and PGD attacks on a trained digits classifier, over the whole test set.
 
 The classifier is trained once per configuration and kept in the weight cache, so an epsilon
-sweep attacks the same model in every job.
+sweep attacks the same model in every job. PGD's random start draws from its own seed
+(`attack_seed`), apart from the data split and the model, so it varies without retraining.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,9 @@ from gradkit.plotting import figure
 
 ATTACKS = ("fgsm", "pgd")
 TRAINING_OPTIMIZER = "adam"
-ALPHA_FACTOR = 2.5  # PGD's default step: 2.5 * epsilon / steps (Madry et al.)
+ALPHA_FACTOR = 2.5  # PGD's default step: 2.5 * epsilon / steps, a common rule of thumb
+START_SIGMAS = 5.0  # the random-start check allows this many standard deviations of its mean
+START_MIN_PIXELS = 100  # pixels the start must be free to move in (x ± epsilon in [0, 1])
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -39,10 +44,11 @@ def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float) -> 
     return (x + epsilon * input_gradient(model, x, y).sign()).clamp(0, 1)
 
 
-def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float,
-        steps: int, random_start: bool = True,
-        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Projected gradient descent in the L-infinity ball (Madry et al. 2018).
+def pgd_iterates(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float,
+                 alpha: float, steps: int, random_start: bool = True,
+                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Projected gradient descent in the L-infinity ball (Madry et al. 2018): its start, then
+    each iterate.
 
     From a uniform random point of the ball (or from x), `steps` signed-gradient ascent steps of
     size `alpha`, each projected back onto the ball and the pixel range [0, 1].
@@ -52,10 +58,37 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alph
     if random_start:
         noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         adversarial = (x + epsilon * (2 * noise - 1)).clamp(0, 1)
+    yield adversarial
     for _ in range(steps):
         adversarial = adversarial + alpha * input_gradient(model, adversarial, y).sign()
         adversarial = torch.minimum(torch.maximum(adversarial, lower), upper).clamp(0, 1)
-    return adversarial.detach()
+        yield adversarial.detach()
+
+
+def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilon: float, alpha: float,
+        steps: int, random_start: bool = True,
+        generator: torch.Generator | None = None) -> torch.Tensor:
+    """PGD's last iterate (`pgd_iterates`)."""
+    *_, last = pgd_iterates(model, x, y, epsilon, alpha, steps, random_start, generator)
+    return last
+
+
+def ball_excess(x: torch.Tensor, adversarial: torch.Tensor, epsilon: float) -> float:
+    """How far `adversarial` leaves the L-infinity ball of radius `epsilon` around x or the
+    pixel range [0, 1] (0 inside both)."""
+    linf = (adversarial - x).abs().max().item()
+    return max(linf - epsilon, -adversarial.min().item(), adversarial.max().item() - 1.0, 0.0)
+
+
+def start_spread(x: torch.Tensor, start: torch.Tensor, epsilon: float) -> tuple[float, int]:
+    """Mean |start - x| / epsilon over the pixels free to move (x ± epsilon inside [0, 1],
+    so clipping cannot bind), and their count. A uniform start in the ball gives 1/2 with
+    standard deviation sqrt(1/12) per pixel."""
+    free = (x >= epsilon) & (x <= 1 - epsilon)
+    count = int(free.sum()) if epsilon > 0 else 0
+    if not count:
+        return math.nan, count
+    return ((start - x).abs()[free] / epsilon).mean().item(), count
 
 
 class Adversarial(Experiment):
@@ -67,7 +100,8 @@ class Adversarial(Experiment):
     def __init__(self, attack: str = "pgd", epsilon: float = 0.1, steps: int = 10,
                  alpha: float | None = None, random_start: bool = True, model: str = "cnn",
                  examples: int = 6, epochs: int = 8, batch_size: int = 64,
-                 learning_rate: float = 5e-3, test_fraction: float = 0.2, cache: bool = True):
+                 learning_rate: float = 5e-3, test_fraction: float = 0.2, cache: bool = True,
+                 attack_seed: int = 0):
         self.attack = choice("experiment.attack", attack, ATTACKS)
         self.epsilon = number("experiment.epsilon", epsilon, minimum=0.0, maximum=1.0)
         self.steps = integer("experiment.steps", steps, minimum=1)
@@ -82,6 +116,7 @@ class Adversarial(Experiment):
         self.test_fraction = number("experiment.test_fraction", test_fraction, minimum=0.05,
                                     maximum=0.5)
         self.cache = boolean("experiment.cache", cache)
+        self.attack_seed = integer("experiment.attack_seed", attack_seed, minimum=0)
 
     @single_threaded()
     def run(self, ctx: RunContext) -> Result:
@@ -95,11 +130,11 @@ class Adversarial(Experiment):
         ctx.log.info("adversarial: classifier %s (cache %s)", entry.key, entry.status)
         model.requires_grad_(False)
         x, y = data.test_x, data.test_y
+        checks = {}
         if self.attack == "fgsm":
             adversarial = fgsm(model, x, y, self.epsilon)
         else:
-            adversarial = pgd(model, x, y, self.epsilon, self.alpha, self.steps,
-                              self.random_start, ctx.generator)
+            adversarial, checks = self.attack_pgd(model, x, y, ctx.dtype)
         one_step = pgd(model, x, y, self.epsilon, self.epsilon, 1, random_start=False)
         identity = (fgsm(model, x, y, self.epsilon) - one_step).abs().max().item()
 
@@ -121,7 +156,7 @@ class Adversarial(Experiment):
             metrics=metrics,
             series={"train_loss": list(entry.payload["epoch_loss"])},
             checks={"epsilon_ball": self.ball_check(outcome, ctx.dtype),
-                    "fgsm_equals_one_step_pgd": Check(identity, 0.0)},
+                    "fgsm_equals_one_step_pgd": Check(identity, 0.0), **checks},
             figures={"examples": self.plot_examples(outcome),
                      "confusion": self.plot_confusion(outcome, metrics)},
             summary={"test_size": len(y), "train_size": len(data.train_x),
@@ -130,12 +165,29 @@ class Adversarial(Experiment):
             objective=metrics["robust_accuracy"],
         )
 
+    def attack_pgd(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, dict[str, Check]]:
+        """PGD's last iterate, with checks that every iterate (the start included) stays in
+        the ball and, with a random start, that the start fills the ball uniformly."""
+        generator = torch.Generator().manual_seed(self.attack_seed)
+        iterates = pgd_iterates(model, x, y, self.epsilon, self.alpha, self.steps,
+                                self.random_start, generator)
+        start = adversarial = next(iterates)
+        excess = ball_excess(x, start, self.epsilon)
+        for adversarial in iterates:
+            excess = max(excess, ball_excess(x, adversarial, self.epsilon))
+        checks = {"iterates_in_ball": Check(excess, 2 * torch.finfo(dtype).eps)}
+        spread, count = start_spread(x, start, self.epsilon)
+        if self.random_start and count >= START_MIN_PIXELS:
+            checks["random_start"] = Check(abs(spread - 0.5),
+                                           START_SIGMAS * math.sqrt(1 / 12 / count))
+        return adversarial, checks
+
     def ball_check(self, outcome: Outcome, dtype: torch.dtype) -> Check:
         """Every perturbation within epsilon (L-infinity) and every input inside [0, 1], up to
         the rounding of x + epsilon - x."""
-        excess = max(outcome.linf.max().item() - self.epsilon,
-                     -outcome.adversarial.min().item(), outcome.adversarial.max().item() - 1.0)
-        return Check(max(excess, 0.0), 2 * torch.finfo(dtype).eps)
+        return Check(ball_excess(outcome.x, outcome.adversarial, self.epsilon),
+                     2 * torch.finfo(dtype).eps)
 
     def describe(self) -> str:
         if self.attack == "fgsm":
