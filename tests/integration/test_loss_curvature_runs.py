@@ -14,7 +14,12 @@ def test_cli_run_logs_curvature(cli, store):
     metrics = run.data.metrics
     assert metrics["parameters"] == 49.0
     assert {"top_eigenvalue.0", "top_eigenvalue.1", "top_eigenvalue.2", "trace_estimate",
-            "stability_limit", "check.top_eigenvalues.error", "check.trace.error"} <= set(metrics)
+            "stability_limit", "check.top_eigenvalues.error", "check.trace.error",
+            "check.trace_probes.error"} <= set(metrics)
+    assert run.data.tags["checks"] == "passed"
+    for check in ("top_eigenvalues", "trace", "trace_probes"):  # logged beside each error
+        assert 0 <= metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
+    assert metrics["check.top_eigenvalues.tolerance"] == 1e-6
     assert run.data.tags["exact_comparison"] == "done"
     history = client_for(store).get_metric_history(run.info.run_id, "ritz_value.0")
     assert len(history) == metrics["lanczos_iterations"]

@@ -9,7 +9,9 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from gradkit.core.experiment import Check
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import loss_curvature
 from gradkit.experiments.loss_curvature import (
     EXACT_LIMIT,
     INPUT_DIM,
@@ -17,7 +19,7 @@ from gradkit.experiments.loss_curvature import (
     flat_loss,
     parameter_count,
 )
-from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos
+from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos, rademacher
 from gradkit.lib.data import regression_batch
 from gradkit.lib.models import mlp
 
@@ -57,8 +59,8 @@ def test_hutchinson_is_exact_for_a_diagonal_matrix():
     diagonal = torch.tensor([1.0, -2.0, 3.5, 0.25], dtype=torch.float64)
     matrix = torch.diag(diagonal)
 
-    samples = hutchinson(lambda v: v @ matrix, 4, 10, torch.Generator().manual_seed(0),
-                         diagonal)
+    samples = hutchinson(lambda v: v @ matrix,
+                         rademacher(10, 4, torch.Generator().manual_seed(0), diagonal))
 
     assert samples.tolist() == pytest.approx([2.75] * 10, abs=1e-15)
     assert hutchinson_std(matrix, 10) == 0.0
@@ -66,8 +68,10 @@ def test_hutchinson_is_exact_for_a_diagonal_matrix():
 
 def test_hutchinson_spread_follows_the_formula():
     matrix = symmetric([4.0, 3.0, 1.0, -1.0, 0.5, 2.0, 0.0, 1.5], seed=3)
-    samples = hutchinson(lambda v: v @ matrix, 8, 40000, torch.Generator().manual_seed(2),
-                         matrix)
+    probes = rademacher(40000, 8, torch.Generator().manual_seed(2), matrix)
+    samples = hutchinson(lambda v: v @ matrix, probes)  # in chunks of products
+
+    torch.testing.assert_close(samples, ((probes @ matrix) * probes).sum(-1), rtol=0, atol=1e-12)
 
     assert samples.mean().item() == pytest.approx(torch.trace(matrix).item(),
                                                   abs=5 * hutchinson_std(matrix, 40000))
@@ -115,11 +119,33 @@ def test_top_eigenvalues_and_trace_against_the_full_hessian(ctx):
     assert m["min_eigenvalue"] == pytest.approx(exact[-1].item(), rel=1e-9, abs=1e-12)
     assert abs(m["trace_estimate"] - m["exact_trace"]) <= 5 * hutchinson_std(full, 50)
     assert m["loss"] == pytest.approx(loss(theta).item(), rel=1e-14)
-    assert set(result.checks) == {"top_eigenvalues", "trace"}
+    assert set(result.checks) == {"top_eigenvalues", "trace", "trace_probes"}
     assert result.failed_checks == []
     assert result.tags == {"exact_comparison": "done"}
     assert len(result.series["ritz_value.0"]) == m["lanczos_iterations"] == 30
     assert result.series["trace_running_mean"][-1] == pytest.approx(m["trace_estimate"])
+
+
+def test_at_the_defaults_the_trace_tolerance_is_well_inside_the_trace(ctx):
+    result = LossCurvature().run(ctx)
+    exact, check = result.metrics["exact_trace"], result.checks["trace"]
+
+    assert check.passed and result.failed_checks == []
+    assert check.tolerance < 0.2 * abs(exact)
+    assert not Check(abs(0.0 - exact), check.tolerance).passed  # an estimate of 0 fails
+    assert not Check(abs(0.8 * exact - exact), check.tolerance).passed
+
+
+def test_a_biased_mean_fails_the_probe_check_which_no_tolerance_on_the_trace_sees(
+        ctx, monkeypatch):
+    def biased(matvecs, probes):  # the mean of these is sum / (samples - 1)
+        return hutchinson(matvecs, probes) * len(probes) / (len(probes) - 1)
+
+    monkeypatch.setattr(loss_curvature, "hutchinson", biased)
+
+    result = LossCurvature(hidden=[8], hutchinson_samples=500).run(ctx)
+
+    assert result.failed_checks == ["trace_probes"]
 
 
 def test_too_few_iterations_fail_the_eigenvalue_check(ctx):

@@ -1,7 +1,8 @@
 """Beyond the notebook: the curvature of a network's loss from Hessian-vector products alone.
 
-Top eigenvalues by Lanczos and the trace by Hutchinson's estimator, as PyHessian computes
-them, never building the Hessian; checked against the full Hessian when it is affordable.
+Top eigenvalues by Lanczos (PyHessian uses power iteration) and the trace by Hutchinson's
+estimator (as PyHessian does), never building the Hessian; checked against the full Hessian
+when it is affordable.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, integer
-from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos
+from gradkit.lib.curvature import hutchinson, hutchinson_std, lanczos, rademacher
 from gradkit.lib.data import regression_batch
 from gradkit.lib.derivatives import hessian_operator
 from gradkit.lib.models import check_activation, check_widths, mlp
@@ -29,6 +30,7 @@ INPUT_DIM, OUTPUT_DIM = 4, 1
 EXACT_LIMIT = 2000  # parameters up to which the full Hessian is built for the checks
 EIGENVALUE_TOLERANCE = 1e-6  # relative
 TRACE_SIGMAS = 5.0  # the Hutchinson check allows this many standard deviations of its mean
+PROBE_TOLERANCE = 1e-10  # relative: the same probes through the full Hessian
 
 
 def parameter_count(hidden: Sequence[int]) -> int:
@@ -60,7 +62,7 @@ class LossCurvature(Experiment):
               "within its error of the exact trace")
 
     def __init__(self, hidden: list[int] = (16, 16), activation: str = "tanh",
-                 batch_size: int = 64, iterations: int = 40, hutchinson_samples: int = 200,
+                 batch_size: int = 64, iterations: int = 40, hutchinson_samples: int = 10000,
                  top_k: int = 3):
         self.hidden = check_widths("experiment.hidden", hidden)
         self.activation = check_activation("experiment.activation", activation)
@@ -86,8 +88,8 @@ class LossCurvature(Experiment):
         product = hessian_operator(loss, theta)
         history = lanczos(product, start.to(ctx.device), self.iterations)
         top = history[-1].flip(0)[:self.top_k].tolist()
-        samples = hutchinson(product, self.parameters, self.hutchinson_samples, ctx.generator,
-                             theta)
+        probes = rademacher(self.hutchinson_samples, self.parameters, ctx.generator, theta)
+        samples = hutchinson(product, probes)
         trace = samples.mean().item()
         metrics = {
             **{f"top_eigenvalue.{i}": v for i, v in enumerate(top)},
@@ -113,6 +115,7 @@ class LossCurvature(Experiment):
                 "top_eigenvalues": Check(relative.max().item(), EIGENVALUE_TOLERANCE),
                 "trace": Check(abs(trace - exact_trace),
                                TRACE_SIGMAS * hutchinson_std(full, len(samples))),
+                "trace_probes": self.probe_check(trace, probes, full),
             }
             metrics |= {"exact_trace": exact_trace, "min_eigenvalue": spectrum[0].item()}
             exact = "done"
@@ -122,15 +125,25 @@ class LossCurvature(Experiment):
             metrics=metrics,
             series=series,
             checks=checks,
-            figures={"loss_curvature": self.plot(series, top, spectrum, metrics)},
+            figures={"loss_curvature": self.plot(series, top, spectrum, metrics,
+                                                 checks.get("trace"))},
             summary={"hidden": list(self.hidden), "top_eigenvalues": top,
                      "exact_spectrum": spectrum.tolist() if spectrum is not None else None},
             tags={"exact_comparison": exact},
             objective=top[0],
         )
 
+    @staticmethod
+    def probe_check(trace: float, probes: torch.Tensor, full: torch.Tensor) -> Check:
+        """The estimate against the mean of vᵀHv for the same probes and the full Hessian,
+        relative to that mean's scale (the mean of |vᵀHv|)."""
+        forms = ((probes @ full) * probes).sum(-1)
+        return Check(abs(trace - forms.mean().item()) / forms.abs().mean().item(),
+                     PROBE_TOLERANCE)
+
     def plot(self, series: dict[str, list[float]], top: list[float],
-             spectrum: torch.Tensor | None, metrics: dict[str, float]) -> Figure:
+             spectrum: torch.Tensor | None, metrics: dict[str, float],
+             trace_check: Check | None) -> Figure:
         """Lanczos convergence, its error, the exact spectrum and Hutchinson's running mean."""
         title = (f"Loss curvature of an MLP {INPUT_DIM}→{'→'.join(map(str, self.hidden))}→"
                  f"{OUTPUT_DIM} ({self.parameters} parameters, {self.activation}, batch "
@@ -182,12 +195,19 @@ class LossCurvature(Experiment):
         running = series["trace_running_mean"]
         samples = np.arange(1, len(running) + 1)
         axes[1, 1].plot(samples, running, color="tab:green", label="running mean of vᵀHv")
-        if "exact_trace" in metrics:
-            axes[1, 1].axhline(metrics["exact_trace"], color="black", linestyle="--",
-                               label=f"exact trace {metrics['exact_trace']:.4g}")
+        axes[1, 1].set_xscale("log")
+        if trace_check is not None:
+            exact, tolerance = metrics["exact_trace"], trace_check.tolerance
+            axes[1, 1].axhline(exact, color="black", linestyle="--",
+                               label=f"exact trace {exact:.4g}")
+            axes[1, 1].axhspan(exact - tolerance, exact + tolerance, color="gray", alpha=0.15,
+                               label=f"check: within {tolerance:.3g} ({TRACE_SIGMAS:g} σ of "
+                                     "the mean)")
+            half = max(4 * tolerance, 1.5 * abs(metrics["trace_estimate"] - exact))
+            axes[1, 1].set_ylim(exact - half, exact + half)
         axes[1, 1].set(title=f"Hutchinson trace estimate: {metrics['trace_estimate']:.4g} ± "
                              f"{metrics['trace_std_error']:.2g}",
-                       xlabel="samples (Rademacher vectors)", ylabel="tr H estimate")
+                       xlabel="samples (Rademacher vectors, log scale)", ylabel="tr H estimate")
         axes[1, 1].legend(fontsize=8)
         return fig
 

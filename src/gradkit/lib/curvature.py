@@ -7,17 +7,18 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-EIGENVALUE_TOLERANCE = 1e-10  # |lambda| below this times the largest |lambda| counts as zero
-STATIONARY_TOLERANCE = 1e-10  # |grad f| below this counts as zero
+EIGENVALUE_TOLERANCE = 1e-12  # |λ| ≤ this x the curvature scale counts as zero
+STATIONARY_TOLERANCE = 1e-10  # ‖∇f‖ ≤ this x the gradient scale counts as zero
 
 KINDS = ("minimum", "maximum", "saddle", "degenerate")
 
 
-def definiteness(eigenvalues: Sequence[float],
-                 tolerance: float = EIGENVALUE_TOLERANCE) -> str:
+def definiteness(eigenvalues: Sequence[float], tolerance: float = EIGENVALUE_TOLERANCE,
+                 scale: float = 0.0) -> str:
     """positive_definite | negative_definite | positive_semidefinite | negative_semidefinite |
-    indefinite, with eigenvalues within `tolerance` x the largest |lambda| taken as zero."""
-    zero = tolerance * max((abs(v) for v in eigenvalues), default=0.0)
+    indefinite, with eigenvalues within `tolerance` x max(`scale`, the largest |λ|) taken as
+    zero (`scale`: the function's own curvature scale, where one is known)."""
+    zero = tolerance * max([scale, *(abs(v) for v in eigenvalues)])
     positive = sum(v > zero for v in eigenvalues)
     negative = sum(v < -zero for v in eigenvalues)
     if positive and negative:
@@ -29,16 +30,22 @@ def definiteness(eigenvalues: Sequence[float],
     return "negative_semidefinite" if negative else "positive_semidefinite"
 
 
-def point_kind(eigenvalues: Sequence[float], grad_norm: float,
-               tolerance: float = STATIONARY_TOLERANCE) -> str:
-    """minimum | maximum | saddle | degenerate where the gradient vanishes, else not_critical.
-
-    A positive-definite Hessian says nothing about a point whose gradient is not zero.
-    """
-    if not grad_norm <= tolerance:
+def point_kind(eigenvalues: Sequence[float], grad_norm: float, gradient_scale: float,
+               curvature_scale: float = 0.0) -> str:
+    """minimum | maximum | saddle | degenerate where ‖∇f‖ ≤ STATIONARY_TOLERANCE x
+    `gradient_scale`, else not_critical: a definite Hessian says nothing about a point whose
+    gradient does not vanish."""
+    if not grad_norm <= STATIONARY_TOLERANCE * gradient_scale:
         return "not_critical"
     return {"positive_definite": "minimum", "negative_definite": "maximum",
-            "indefinite": "saddle"}.get(definiteness(eigenvalues), "degenerate")
+            "indefinite": "saddle"}.get(definiteness(eigenvalues, scale=curvature_scale),
+                                        "degenerate")
+
+
+def local_gradient_scale(hessian: torch.Tensor, point: torch.Tensor) -> float:
+    """‖H‖₂ (‖x‖ + 1): the size of ∇f's change over the point's own length scale, against
+    which a gradient counts as vanishing at a single point."""
+    return (torch.linalg.matrix_norm(hessian, 2) * (point.norm() + 1)).item()
 
 
 def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
@@ -71,16 +78,22 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
     return history
 
 
-def hutchinson(matvecs: Callable[[torch.Tensor], torch.Tensor], size: int, samples: int,
-               generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Hutchinson's samples vᵀAv (v with random ±1 entries), whose mean estimates tr A.
-
-    `matvecs` maps a batch of vectors (samples, size) to their products with A; the signs are
-    drawn on the CPU from `generator`, then moved to `like`'s device and dtype.
-    """
+def rademacher(samples: int, size: int, generator: torch.Generator,
+               like: torch.Tensor) -> torch.Tensor:
+    """`samples` probe vectors of `size` random ±1 entries, drawn on the CPU from `generator`,
+    then moved to `like`'s device and dtype."""
     signs = torch.randint(0, 2, (samples, size), generator=generator) * 2 - 1
-    v = signs.to(dtype=like.dtype, device=like.device)
-    return (v * matvecs(v)).sum(-1)
+    return signs.to(dtype=like.dtype, device=like.device)
+
+
+PROBE_CHUNK = 1000  # probes per batched product: bounds the memory of a batched backward
+
+
+def hutchinson(matvecs: Callable[[torch.Tensor], torch.Tensor],
+               probes: torch.Tensor) -> torch.Tensor:
+    """Hutchinson's samples vᵀAv, one per probe v (a row of `probes`, e.g. `rademacher`),
+    whose mean estimates tr A; `matvecs` maps a batch of probes to their products with A."""
+    return torch.cat([(chunk * matvecs(chunk)).sum(-1) for chunk in probes.split(PROBE_CHUNK)])
 
 
 def hutchinson_std(matrix: torch.Tensor, samples: int) -> float:
