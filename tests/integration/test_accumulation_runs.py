@@ -17,7 +17,9 @@ def test_default_run_end_to_end(cli, store):
     assert {"grad_max_abs_diff", "param_max_abs_diff", "loss_full", "loss_accumulated",
             "saved_bytes.full_batch", "saved_bytes.micro_batch", "seconds_per_step.full",
             "seconds_per_step.accumulated", "check.equivalence.error",
-            "grad_diff.layer0"} <= set(metrics)
+            "param_rel_diff.sgd", "check.equivalence_sgd.error", "grad_diff.layer0"} <= set(metrics)
+    for check in ("equivalence", "equivalence_sgd"):
+        assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"] == 1e-6
 
 
 def test_batch_norm_run_is_finished_not_failed(cli, store):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import accumulation
 from gradkit.experiments.accumulation import Accumulation
 
 FLOATS_SAVED_PER_SAMPLE = (
@@ -31,10 +34,11 @@ def run(dtype=torch.float32, **kwargs):
 def test_accumulated_gradients_and_parameters_equal_full_batch_ones(dropout):
     result = run(dropout=dropout)
 
-    assert result.checks["equivalence"].passed
+    assert result.checks["equivalence"].passed and result.checks["equivalence_sgd"].passed
     assert result.tags == {"equivalence": "holds"}
     assert result.metrics["grad_rel_diff"] <= 1e-6
     assert result.metrics["param_rel_diff"] <= 1e-6
+    assert result.metrics["param_rel_diff.sgd"] <= 1e-6
     assert result.metrics["loss_accumulated"] == pytest.approx(result.metrics["loss_full"],
                                                                rel=1e-6)
     assert result.series["loss_full"] == pytest.approx(result.series["loss_accumulated"],
@@ -42,10 +46,26 @@ def test_accumulated_gradients_and_parameters_equal_full_batch_ones(dropout):
     assert isinstance(result.figures["accumulation"], Figure)
 
 
+def test_a_gradient_four_times_too_large_shows_in_the_sgd_parameters(monkeypatch):
+    """Micro-batch losses not divided by the 4 accumulation steps: Adam's parameters move by
+    1e-4 relative, SGD's by 50 times more."""
+    def unscaled(prediction, target):  # undoes the 1 / steps of each micro-batch's loss
+        return F.mse_loss(prediction, target) * (4 if len(prediction) == 32 else 1)
+
+    monkeypatch.setattr(accumulation, "F", SimpleNamespace(mse_loss=unscaled))
+
+    result = run(optimizer_steps=10)
+
+    assert result.metrics["param_rel_diff"] < 2e-4  # Adam barely sees the gradient's scale
+    assert result.metrics["param_rel_diff.sgd"] > 20 * result.metrics["param_rel_diff"]
+    assert set(result.failed_checks) == {"equivalence", "equivalence_sgd"}
+
+
 def test_float64_gap_is_at_rounding_level():
     result = run(torch.float64)
 
     assert result.metrics["grad_rel_diff"] < 1e-13
+    assert result.metrics["param_rel_diff.sgd"] < 1e-13
     assert result.checks["equivalence"].tolerance == 1e-12
 
 
