@@ -15,11 +15,14 @@ def test_run_end_to_end(cli, store):
     metrics = run_.data.metrics
     assert run_.info.status == "FINISHED"
     for which in ("plain", "checkpointed"):
-        assert {f"saved_bytes.{which}", f"peak_saved_bytes.{which}",
+        assert {f"saved_bytes.{which}", f"peak_bytes.{which}",
                 f"seconds.{which}"} <= set(metrics)
     assert {"time_overhead", "output_abs_diff", "grad_max_abs_diff",
-            "check.gradients_equal.error"} <= set(metrics)
+            "check.gradients_equal.error", "check.saved_by_segment.error",
+            "check.memory_meter.error"} <= set(metrics)
+    assert run_.data.tags["checks"] == "passed"
     assert metrics["saved_bytes.checkpointed"] < metrics["saved_bytes.plain"]
+    assert metrics["peak_bytes.checkpointed"] < metrics["peak_bytes.plain"]
 
 
 def test_segments_larger_than_depth_fail_before_any_run(cli, store):

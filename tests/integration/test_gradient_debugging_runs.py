@@ -28,6 +28,16 @@ def test_default_run_end_to_end_with_findings_in_the_summary(cli, store, tmp_pat
     assert dead and all(f["value"] >= 0.5 and f["layer"].startswith("layer") for f in dead)
 
 
+def test_a_nan_born_in_the_forward_pass_is_blamed_on_its_op(cli, store):
+    code, err = cli("experiment=gradient_debugging", "experiment.scenario=nan_forward")
+
+    assert code == 0, err
+    [run_] = runs_of(store, "gradient_debugging")
+    assert run_.data.tags["checks"] == "passed"
+    assert run_.data.tags["nonfinite_origin"] == "torch.log (nan, forward)"
+    assert "nan_loss" in run_.data.tags["findings"].split(",")
+
+
 @pytest.mark.parametrize(("override", "key"), [
     ("experiment.scenario=broken", "experiment.scenario"),
     ("experiment.hidden=[]", "experiment.hidden"),

@@ -20,6 +20,18 @@ def test_default_run_end_to_end(cli, store):
             "dead_fraction.layer0", "total_grad_norm", "max_min_ratio",
             "check.per_layer.error"} <= set(metrics)
     assert metrics["check.per_layer.error"] <= 1e-6
+    assert {"check.per_parameter.error", "check.dead_units.error",
+            "check.rules.error", "grad_to_weight.layer0", "min_grad_to_weight"} <= set(metrics)
+
+
+def test_kaiming_relu_net_is_healthy_from_the_command_line(cli, store):
+    code, err = cli("experiment=gradient_flow", "experiment.hidden=[32,32,32]",
+                    "experiment.init=kaiming_normal")
+
+    assert code == 0, err
+    [run] = runs_of(store, "gradient_flow")
+    assert run.data.tags["health"] == "healthy" and run.data.tags["checks"] == "passed"
+    assert run.data.metrics["max_grad_norm"] > 10 > run.data.metrics["max_grad_to_weight"] / 10
 
 
 @pytest.mark.parametrize(("override", "key"), [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -10,12 +11,15 @@ from matplotlib.figure import Figure
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import checkpointing
 from gradkit.experiments.checkpointing import (
     Checkpointing,
     build,
+    expected_saved_bytes,
     forward_backward,
-    recompute_bytes,
+    meter_error,
     segment_bounds,
+    segment_saved_bytes,
 )
 
 BATCH, WIDTH = 5, 16
@@ -36,10 +40,12 @@ def run(**kwargs):
 def test_checkpointed_gradients_equal_plain_ones(block, segments):
     result = run(block=block, segments=segments)
 
-    assert result.checks["gradients_equal"].passed
+    assert result.failed_checks == []
     assert result.metrics["output_abs_diff"] <= 1e-6
-    assert result.metrics["peak_saved_bytes.checkpointed"] >= result.metrics[
-        "saved_bytes.checkpointed"]
+    input_bytes = 10 * 50 * 4  # the input is allocated before the passes
+    for way in ("plain", "checkpointed"):
+        assert result.metrics[f"peak_bytes.{way}"] >= result.metrics[
+            f"saved_bytes.{way}"] - input_bytes
     assert isinstance(result.figures["checkpointing"], Figure)
 
 
@@ -71,9 +77,75 @@ def test_saved_bytes_of_a_linear_relu_stack_by_hand(segments, activations):
 
 
 def test_each_segment_recomputes_its_own_activations():
+    x = torch.randn(BATCH, WIDTH)  # each segment: its input, then one output per block
+    assert segment_saved_bytes(mlp_stack(4), x, 2) == [3 * ACTIVATION, 3 * ACTIVATION]
+    assert segment_saved_bytes(mlp_stack(5), x, 2) == [3 * ACTIVATION, 4 * ACTIVATION]
+
+
+@pytest.mark.parametrize("block", ["chain", "mlp"])
+@pytest.mark.parametrize(("depth", "segments"), [(4, 0), (4, 1), (4, 2), (5, 2), (6, 3),
+                                                 (5, 5)])
+def test_a_checkpointed_forward_saves_what_its_segments_add_up_to(block, depth, segments):
+    model = build(block, depth, WIDTH, "relu", torch.Generator().manual_seed(0))
     x = torch.randn(BATCH, WIDTH)
-    assert recompute_bytes(mlp_stack(4), x, 2) == [2 * ACTIVATION, 2 * ACTIVATION]
-    assert recompute_bytes(mlp_stack(5), x, 2) == [2 * ACTIVATION, 3 * ACTIVATION]
+    pieces = segment_saved_bytes(model, x, segments or 1)
+
+    assert forward_backward(model, x, segments).saved_bytes == expected_saved_bytes(x, pieces)
+
+
+def test_segment_bounds_off_by_one_fail_the_run(monkeypatch):
+    real = checkpointing.segment_bounds
+
+    def shifted(depth, segments):
+        bounds = real(depth, segments)
+        return [(0, bounds[0][1] + 1), *((a + 1, b) for a, b in bounds[1:])]
+
+    assert run(depth=8, segments=4).failed_checks == []
+    monkeypatch.setattr(checkpointing, "segment_bounds", shifted)
+    assert "saved_by_segment" in run(depth=8, segments=4).failed_checks
+
+
+def test_the_peak_is_measured_and_counts_the_gradient_buffers():
+    """A Linear stack of width 256: its 16 weight gradients (4 MiB) outweigh the saved
+    activations (under 0.1 MiB), and checkpointing cannot make them smaller."""
+    result = run(block="mlp", depth=16, width=256, batch_size=4, segments=4)
+
+    grad_bytes = 16 * (256 * 256 + 256) * 4
+    for way in ("plain", "checkpointed"):
+        assert result.metrics[f"saved_bytes.{way}"] < 0.1 * 2**20
+        assert grad_bytes <= result.metrics[f"peak_bytes.{way}"] < 1.1 * grad_bytes
+    assert result.metrics["saved_bytes.checkpointed"] < result.metrics["saved_bytes.plain"]
+
+
+def test_the_end_state_of_a_pass_is_accounted_for_byte_by_byte():
+    model, x = mlp_stack(3), torch.randn(BATCH, WIDTH)
+    passes = [forward_backward(model, x, 0), forward_backward(model, x, 2)]
+
+    kept = ACTIVATION * 2 + 3 * (WIDTH * WIDTH + WIDTH) * 4  # output, x.grad, parameters'
+    assert [p.final_bytes for p in passes] == [kept, kept]
+    assert meter_error(passes, 1) == 0.0
+    assert torch.equal(passes[0].grads[1], passes[1].grads[1])
+
+
+def test_a_missing_zero_grad_fails_the_run_of_the_parameter_free_chain(monkeypatch):
+    monkeypatch.setattr(torch.nn.Module, "zero_grad", lambda self, set_to_none=True: None)
+    result = run(block="chain")
+
+    assert result.checks["gradients_equal"].passed  # the chain has no parameters to see it
+    assert "memory_meter" in result.failed_checks
+
+
+def test_a_meter_that_misses_allocations_fails_the_run(monkeypatch):
+    real = checkpointing.live_memory
+
+    @contextmanager
+    def without_the_backward(device):
+        with real(device) as memory:
+            yield memory
+        memory.final = memory.peak  # as if only the forward's allocations were seen
+
+    monkeypatch.setattr(checkpointing, "live_memory", without_the_backward)
+    assert "memory_meter" in run().failed_checks
 
 
 def test_checkpointing_saves_memory_on_the_notebook_chain():
@@ -81,7 +153,8 @@ def test_checkpointing_saves_memory_on_the_notebook_chain():
 
     assert none.metrics["saved_bytes.checkpointed"] == none.metrics["saved_bytes.plain"]
     assert four.metrics["saved_bytes.checkpointed"] < 0.6 * four.metrics["saved_bytes.plain"]
-    assert four.metrics["memory_saving"] > 0.4
+    assert four.metrics["peak_bytes.checkpointed"] < four.metrics["peak_bytes.plain"]
+    assert four.metrics["memory_saving"] > 0.1
     assert none.metrics["memory_saving"] == 0.0
 
 
@@ -99,7 +172,7 @@ def test_bad_input_names_its_key(kwargs, key):
 
 def test_sweep_figure_skips_failed_jobs():
     done = [{"job": i, "status": "COMPLETED", "params": {"experiment.segments": str(s)},
-             "metrics": {"peak_saved_bytes.checkpointed": 1e6 / (s + 1),
+             "metrics": {"peak_bytes.checkpointed": 1e6 / (s + 1),
                          "saved_bytes.checkpointed": 1e6 / (s + 1),
                          "seconds.checkpointed": 0.01, "seconds.plain": 0.01}}
             for i, s in enumerate((0, 2))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,19 +11,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from gradkit.core.validation import ConfigError
+from gradkit.lib import diagnostics
 from gradkit.lib.diagnostics import (
+    STATS_TOLERANCE,
+    ActivationStats,
+    ForwardOrigin,
     GradStats,
     Thresholds,
     anomaly_mode,
     backward_with_origin,
+    dead_units_check,
     findings,
     gradient_stats,
     health,
     layer_gradient_stats,
+    layer_stats_check,
     max_min_ratio,
     recorded_activations,
+    rules_check,
     verdict,
 )
+from gradkit.lib.models import mlp
 
 
 def test_gradient_stats_by_hand():
@@ -74,7 +83,7 @@ def test_layer_statistics_of_a_tiny_net_by_hand():
     assert (grads["layer0"].mean, grads["layer1"].mean) == (3.0, -9.0)
     assert grads["layer0"].grad_to_weight == 2.0
     assert grads["layer1"].grad_to_weight == 18.0
-    assert max_min_ratio(grads) == (3.0, "layer0")
+    assert max_min_ratio(grads) == (9.0, "layer0")  # of ‖grad‖ / ‖W‖, not of the norms
     assert activations["layer0"].mean == 3.0
     assert activations["layer0"].dead_fraction == 0.0
 
@@ -95,8 +104,9 @@ def test_a_dead_unit_is_found_and_its_layer_gets_no_gradient():
     assert health(found) == "warning"
 
 
-def stats(norm: float, nan: int = 0, inf: int = 0) -> GradStats:
-    return GradStats(norm, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, nan, inf)
+def stats(ratio: float, nan: int = 0, inf: int = 0) -> GradStats:
+    """A layer whose ‖grad‖ / ‖W‖ is `ratio` (its weights have norm 1)."""
+    return GradStats(ratio, 0.0, 0.0, 0.0, 0.0, 0.0, ratio, nan, inf)
 
 
 @pytest.mark.parametrize(("grads", "kinds", "level"), [
@@ -155,3 +165,152 @@ def test_finite_backward_has_no_origin_and_matches_plain_backward():
     a = torch.tensor([1.0, 2.0], requires_grad=True)
     assert backward_with_origin((a.exp() * a).sum()) is None
     assert torch.allclose(a.grad, a.detach().exp() * (1 + a.detach()))
+
+
+def test_rules_read_the_gradient_relative_to_the_weights_not_its_norm():
+    big_weights = GradStats(50.0, 0, 0, 0, 0, 0, 0.5, 0, 0)  # ‖grad‖ 50, ‖W‖ 100
+    small_weights = GradStats(1e-3, 0, 0, 0, 0, 0, 1e-6, 0, 0)  # ‖grad‖ 1e-3, ‖W‖ 1e3
+
+    found = findings({"layer0": big_weights, "layer1": small_weights}, {}, Thresholds())
+
+    assert [(f.kind, f.layer) for f in found] == [("vanishing", "layer1"),
+                                                  ("imbalance", "layer1")]
+    assert Thresholds() == Thresholds(vanishing=1e-5, exploding=100.0, imbalance=1e3,
+                                      dead_units=0.5)
+
+
+def test_a_nan_loss_is_critical_even_with_finite_gradients():
+    net = mlp(3, [4], 1, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(5, 3), torch.randn(5, 1)
+    loss = F.mse_loss(net(x), y) + torch.tensor(math.nan)  # a NaN that no gradient sees
+    loss.backward()
+    grads = layer_gradient_stats(net)
+
+    found = findings(grads, {}, Thresholds(), loss.item())
+
+    assert all(s.nan_count == s.inf_count == 0 for s in grads.values())
+    assert [(f.kind, f.layer) for f in found] == [("nan_loss", "loss")]
+    assert health(found) == "critical"
+    assert verdict(found)[1]["findings"] == "nan_loss"
+
+
+def dead_share(activation: nn.Module, z: torch.Tensor) -> float:
+    """The dead fraction recorded for one unit whose pre-activations are `z`."""
+    with recorded_activations(nn.Sequential(activation)) as activations:
+        nn.Sequential(activation)(z.reshape(-1, 1))
+    return activations["layer0"].dead_fraction
+
+
+@pytest.mark.parametrize(("activation", "off", "on"), [
+    (nn.Sigmoid(), 6.0, 4.6),  # slope 0.0025 = 0.99% of the peak 0.25; 0.0098 = 3.9%
+    (nn.Tanh(), 3.2, 2.8),     # slope 0.0066 and 0.0147 of the peak 1
+    (nn.ReLU(), -0.5, 1e-3),   # slope 0 and 1
+    (nn.GELU(), -3.5, -2.0),   # |slope| 0.0031 and 0.064 of the peak 1.13
+])
+def test_a_unit_is_dead_when_saturated_on_95_percent_of_the_batch(activation, off, on):
+    mostly_off = torch.tensor([off] * 19 + [on])  # off on 95% of 20 samples: dead
+    less_off = torch.tensor([off] * 18 + [on] * 2)  # 90%: alive
+
+    assert dead_share(activation, mostly_off) == 1.0
+    assert dead_share(activation, less_off) == 0.0
+
+
+def test_tanh_saturates_on_both_sides():
+    assert dead_share(nn.Tanh(), torch.tensor([-3.0] * 10 + [3.0] * 10)) == 1.0
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "tanh"])
+def test_saturated_net_has_dead_units_and_the_same_net_unbiased_has_none(activation):
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    shares = {}
+    for bias in (12.0, 0.0):  # biases of 12 saturate every unit, whatever its input
+        net = mlp(3, [32, 32], 1, activation=activation,
+                  generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            for _, layer in diagnostics.linear_layers(net)[:-1]:
+                layer.bias.fill_(bias)
+        with recorded_activations(net) as activations:
+            net(x)
+        shares[bias] = [a.dead_fraction for a in activations.values()]
+        assert dead_units_check(net, x, activations).passed
+    assert shares == {12.0: [1.0, 1.0], 0.0: [0.0, 0.0]}
+
+
+def batch_and_net(dtype=torch.float32):
+    net = mlp(3, [5, 4], 2, activation="tanh",
+              generator=torch.Generator().manual_seed(1)).to(dtype)
+    g = torch.Generator().manual_seed(2)
+    return net, torch.randn(6, 3, generator=g, dtype=dtype), torch.randn(6, 2, generator=g,
+                                                                        dtype=dtype)
+
+
+def test_layer_norms_recomputed_in_float64_agree_with_central_differences():
+    net, x, y = batch_and_net(torch.float64)
+    F.mse_loss(net(x), y).backward()
+    grads = layer_gradient_stats(net)
+    step = 1e-6
+    for (_, layer), stats in zip(diagnostics.linear_layers(net), grads.values(), strict=True):
+        direction = layer.weight.grad / layer.weight.grad.norm()
+        with torch.no_grad():
+            layer.weight += step * direction
+            up = F.mse_loss(net(x), y).item()
+            layer.weight -= 2 * step * direction
+            down = F.mse_loss(net(x), y).item()
+            layer.weight += step * direction
+        assert stats.norm == pytest.approx((up - down) / (2 * step), rel=1e-7)
+    assert layer_stats_check(net, x, y, F.mse_loss, grads, 1e-12).passed
+
+
+def test_layer_stats_check_sees_statistics_of_the_wrong_layer_or_a_wrong_norm():
+    net, x, y = batch_and_net()
+    F.mse_loss(net(x), y).backward()
+    grads = layer_gradient_stats(net)
+    swapped = {"layer0": grads["layer1"], "layer1": grads["layer0"], "layer2": grads["layer2"]}
+    squared = {k: replace(s, norm=s.norm**2) for k, s in grads.items()}
+
+    assert layer_stats_check(net, x, y, F.mse_loss, grads, STATS_TOLERANCE[torch.float32]).passed
+    assert not layer_stats_check(net, x, y, F.mse_loss, swapped, 1e-2).passed
+    assert not layer_stats_check(net, x, y, F.mse_loss, squared, 1e-2).passed
+
+
+def test_dead_units_check_sees_a_wrong_fraction():
+    net, x, _ = batch_and_net()
+    with recorded_activations(net) as activations:
+        net(x)
+    inverted = {k: ActivationStats(a.mean, a.std, 1 - a.dead_fraction)
+                for k, a in activations.items()}
+
+    assert dead_units_check(net, x, activations).passed
+    assert not dead_units_check(net, x, inverted).passed
+
+
+def test_rules_check_passes_and_sees_a_rule_that_never_fires(monkeypatch):
+    assert rules_check(Thresholds()).passed
+    assert rules_check(Thresholds(vanishing=1e-3, exploding=10.0, imbalance=1e2)).passed
+    real = diagnostics.findings
+    monkeypatch.setattr(diagnostics, "findings", lambda *args: [
+        f for f in real(*args) if f.kind != "exploding"])
+    assert not rules_check(Thresholds()).passed
+
+
+def test_forward_origin_names_the_log_of_a_negative_and_its_line():
+    x = torch.tensor([[1.0, -2.0], [3.0, 4.0]])
+    weight = torch.ones(2, 2, requires_grad=True)
+    with ForwardOrigin() as forward:
+        z = torch.log(x) @ weight  # log(-2) is NaN; the matmul only passes it on
+        loss = z.sum()
+
+    assert (forward.origin.operation, forward.origin.kind, forward.origin.phase) == (
+        "torch.log", "nan", "forward")
+    assert "torch.log(x) @ weight" in forward.origin.forward_line
+    assert forward.origin.forward_line.startswith("test_diagnostics.py:")
+    assert math.isnan(loss.item())
+
+
+def test_forward_origin_of_an_inf_and_of_a_finite_forward():
+    with ForwardOrigin() as forward:
+        torch.tensor([1.0, 2.0]).exp().sum()
+    assert forward.origin is None
+    with ForwardOrigin() as forward:
+        torch.tensor([0.0, 1.0]).log()
+    assert (forward.origin.operation, forward.origin.kind) == ("torch.Tensor.log", "inf")

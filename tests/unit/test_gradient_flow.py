@@ -10,7 +10,16 @@ from matplotlib.figure import Figure
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import gradient_flow
 from gradkit.experiments.gradient_flow import GradientFlow, label_layers, per_parameter_check
+from gradkit.lib import diagnostics
+from gradkit.lib.data import regression_batch
+from gradkit.lib.diagnostics import (
+    Thresholds,
+    findings,
+    layer_gradient_stats,
+    recorded_activations,
+)
 from gradkit.lib.models import mlp
 
 
@@ -56,13 +65,89 @@ def test_deep_sigmoid_net_vanishes_and_shallow_one_is_healthy(tmp_path):
 
     assert deep.tags["health"] == "warning"
     assert "vanishing" in deep.tags["findings"].split(",")
-    assert deep.metrics["grad_norm.layer0"] < 1e-4 < deep.metrics["grad_norm.layer10"]
+    assert deep.metrics["grad_to_weight.layer0"] < 1e-5 < deep.metrics["grad_to_weight.layer10"]
     assert deep.metrics["max_min_ratio"] > 1e3
     assert shallow.tags == {"health": "healthy", "findings": ""}
     assert not deep.failed_checks and not shallow.failed_checks
     norms = [deep.metrics[f"grad_norm.layer{i}"] for i in range(11)]
+    ratios = [deep.metrics[f"grad_to_weight.layer{i}"] for i in range(11)]
     assert deep.metrics["total_grad_norm"] >= max(norms)
-    assert deep.metrics["max_min_ratio"] == pytest.approx(max(norms) / min(norms))
+    assert deep.metrics["max_min_ratio"] == pytest.approx(max(ratios) / min(ratios))
+
+
+def test_kaiming_relu_net_with_large_layer_norms_is_healthy(tmp_path):
+    """Layer gradient norms of 10-16 are large in absolute terms but ~2-16x the weights' norm
+    per unit learning rate: a step of 0.01 moves each layer by at most 16% (most by ~3%)."""
+    result = GradientFlow(hidden=[32, 32, 32], init="kaiming_normal").run(context(tmp_path))
+
+    assert result.metrics["max_grad_norm"] > 10  # the old absolute threshold fired here
+    assert result.tags == {"health": "healthy", "findings": ""}
+    assert result.metrics["max_grad_to_weight"] < 100
+    assert not result.failed_checks
+
+
+def rule_kinds(hidden, activation, init, batch_size, seed) -> set[str]:
+    """The rules that fire (default thresholds) after one backward of a seeded MLP."""
+    generator = torch.Generator().manual_seed(seed)
+    net = mlp(3, hidden, 2, activation=activation, init=init, generator=generator)
+    x, y = regression_batch(batch_size, 3, 2, generator)
+    with recorded_activations(net) as activations:
+        loss = torch.nn.functional.mse_loss(net(x), y)
+    loss.backward()
+    return {f.kind for f in findings(layer_gradient_stats(net), activations, Thresholds(),
+                                     loss.item())}
+
+
+SCALES = [(width, depth, batch) for width in (8, 32, 256) for depth in (2, 4, 8)
+          for batch in (8, 64, 512)]
+
+
+@pytest.mark.parametrize(("activation", "init"), [
+    ("relu", "kaiming_normal"), ("relu", "xavier_normal"), ("tanh", "xavier_normal"),
+    ("tanh", "kaiming_normal"), ("gelu", "xavier_normal")])
+def test_well_initialised_nets_are_healthy_at_every_width_depth_and_batch(activation, init):
+    sick = {(w, d, b, seed): kinds for w, d, b in SCALES for seed in (0, 1)
+            if (kinds := rule_kinds([w] * d, activation, init, b, seed))}
+    narrow_relu = {(8, d, b, seed) for d in (4, 8) for b in (8, 64, 512) for seed in (0, 1)}
+    assert {k: v for k, v in sick.items() if activation != "relu" or k not in narrow_relu} == {}
+    assert all(kinds == {"dead_units"} for kinds in sick.values())
+
+
+def test_a_narrow_relu_net_really_loses_half_a_layer_whatever_the_batch():
+    """8-wide ReLU nets at depth 4: half of one layer's units are off on every sample, on
+    8 samples and on 512 alike, so the finding is the net's, not the sample's."""
+    for batch in (8, 64, 512):
+        assert rule_kinds([8] * 4, "relu", "kaiming_normal", batch, 0) == {"dead_units"}
+
+
+@pytest.mark.parametrize(("width", "depth", "batch"), [s for s in SCALES if s[1] >= 4])
+def test_weights_at_5x_he_std_explode_at_every_width_and_batch(width, depth, batch):
+    init = f"normal:{5 * (2 / width) ** 0.5}"
+    assert "exploding" in rule_kinds([width] * depth, "relu", init, batch, 0)
+
+
+@pytest.mark.parametrize(("width", "batch"), [(8, 8), (32, 64), (256, 8), (256, 512)])
+def test_deep_sigmoid_nets_are_imbalanced_at_every_width_and_batch(width, batch):
+    kinds = rule_kinds([width] * 8, "sigmoid", "xavier_normal", batch, 0)
+    assert "imbalance" in kinds and kinds <= {"imbalance", "vanishing"}
+
+
+def test_statistics_of_the_wrong_layer_fail_the_run(tmp_path, monkeypatch):
+    real = gradient_flow.layer_gradient_stats
+
+    def shifted(model):
+        stats = real(model)
+        names = list(stats)
+        return {name: stats[names[(i + 1) % len(names)]] for i, name in enumerate(names)}
+
+    monkeypatch.setattr(gradient_flow, "layer_gradient_stats", shifted)
+    assert "per_layer" in GradientFlow().run(context(tmp_path)).failed_checks
+
+
+def test_an_inverted_dead_unit_rule_fails_the_run(tmp_path, monkeypatch):
+    real = diagnostics.dead_fraction
+    monkeypatch.setattr(diagnostics, "dead_fraction", lambda slopes, peak: 1 - real(slopes, peak))
+    assert "dead_units" in GradientFlow().run(context(tmp_path)).failed_checks
 
 
 def test_float64_run_and_figure(tmp_path):
@@ -83,7 +168,7 @@ def test_sweep_figure_handles_jobs_without_metrics():
     ok = {"job": 0, "status": "COMPLETED", "params": {"experiment.hidden": "[32, 32]",
           "experiment.activation": "relu", "experiment.init": "xavier_normal",
           "experiment.vanishing": "0.0001", "experiment.imbalance": "1000.0"},
-          "metrics": {"min_grad_norm": 0.3, "max_min_ratio": 1.2, "health_level": 0.0}}
+          "metrics": {"min_grad_to_weight": 0.3, "max_min_ratio": 1.2, "health_level": 0.0}}
     failed = {"job": 1, "status": "FAILED", "params": {}, "metrics": {}}
 
     assert isinstance(GradientFlow.sweep_figure([ok, failed]), Figure)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.memory import SavedTensorMeter, cuda_peak, live_memory
 
 N = 100
 
@@ -71,3 +71,26 @@ def test_cuda_peak_is_empty_on_cpu():
     with cuda_peak(torch.device("cpu")) as peak:
         torch.ones(3).sum()
     assert peak == {}
+
+
+def test_live_memory_is_the_peak_and_the_rest_of_what_the_block_allocates():
+    before = torch.ones(10_000)  # allocated before the block: not counted, even when freed
+    with live_memory(torch.device("cpu")) as memory:
+        kept = torch.ones(N)
+        scratch = torch.ones(2 * N)
+        del scratch, before
+        more = torch.zeros(N // 2)
+
+    assert (memory.peak, memory.final) == (3 * N * FLOAT, 1.5 * N * FLOAT)
+    assert kept.numel() + more.numel() == 1.5 * N
+
+
+def test_live_memory_of_a_linear_layer_forward_and_backward():
+    linear = nn.Linear(10, 20, bias=False)
+    x = torch.randn(5, 10, requires_grad=True)
+    with live_memory(torch.device("cpu")) as memory:
+        out = linear(x)
+        out.sum().backward()
+
+    assert memory.final == (5 * 20 + 5 * 10 + 20 * 10) * FLOAT  # out, x.grad, weight.grad
+    assert memory.peak >= memory.final

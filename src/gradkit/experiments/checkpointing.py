@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint_sequential
 
 from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer
-from gradkit.lib.memory import SavedTensorMeter, cuda_peak
+from gradkit.lib.memory import SavedTensorMeter, live_memory
 from gradkit.lib.models import ACTIVATIONS, check_activation, mlp
 from gradkit.lib.timing import now
 from gradkit.plotting import figure
@@ -49,43 +49,75 @@ def segment_bounds(depth: int, segments: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Pass:
-    """One forward/backward pass: its output, gradients and what it kept."""
+    """One forward/backward pass: its output, gradients, what autograd saved in the forward
+    pass, the peak of live tensor memory over forward and backward, and the bytes still
+    allocated at the end."""
 
     output: torch.Tensor
     grads: list[torch.Tensor]
     saved_bytes: int
-    cuda_peak_bytes: float | None
+    peak_bytes: float
+    final_bytes: float
 
 
 def forward_backward(model: nn.Sequential, x: torch.Tensor, segments: int,
                      meter: SavedTensorMeter | None = None) -> Pass:
     """out = model(x) (with `segments` checkpointed segments when > 0), then out.sum()
-    backward; gradients of x and of every parameter."""
+    backward; gradients of x and of every parameter (buffers made by this backward)."""
     x = x.detach().requires_grad_(True)
     model.zero_grad(set_to_none=True)
     meter = meter or SavedTensorMeter(exclude=model.parameters())
-    with cuda_peak(x.device) as peak:
+    with live_memory(x.device) as memory:
         with meter.measure():
             out = (checkpoint_sequential(model, segments, x, use_reentrant=False) if segments
                    else model(x))
         out.sum().backward()
     grads = [x.grad, *(p.grad.clone() for p in model.parameters())]
-    return Pass(out.detach(), grads, meter.bytes, peak.get("bytes"))
+    return Pass(out.detach(), grads, meter.bytes, memory.peak, memory.final)
 
 
-def recompute_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) -> list[int]:
-    """Bytes each segment saves when run without checkpointing (its input and the parameters
-    left out, since they are kept anyway): what a checkpointed segment's recomputation saves
-    during backward, and what the last, plain segment saves during forward."""
+def kept_bytes(tensors: list[torch.Tensor], granularity: int) -> int:
+    """Bytes of `tensors`, each rounded up to the allocator's `granularity`."""
+    return sum(-(-t.untyped_storage().nbytes() // granularity) * granularity for t in tensors)
+
+
+def meter_error(passes: list[Pass], granularity: int) -> float:
+    """How far the live-memory meter is off on passes whose end state is known: what is
+    still allocated must be the output and the gradients (of the input and every parameter),
+    each made during the pass. Largest relative gap."""
+    return max(abs(p.final_bytes - kept_bytes([p.output, *p.grads], granularity))
+               / kept_bytes([p.output, *p.grads], granularity) for p in passes)
+
+
+def segment_saved_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) -> list[int]:
+    """Bytes each segment saves when run without checkpointing, its input included when it is
+    saved (parameters left out: they are kept anyway): what a checkpointed segment's
+    recomputation saves during backward, and what the last, plain segment saves during
+    forward."""
     found = []
     y = x.detach()
     for start, end in segment_bounds(len(model), segments):
         y = y.detach().requires_grad_(True)
-        meter = SavedTensorMeter(exclude=[y, *model.parameters()])
+        meter = SavedTensorMeter(exclude=model.parameters())
         with meter.measure():
             y = model[start:end](y)
         found.append(meter.bytes)
     return found
+
+
+def expected_saved_bytes(x: torch.Tensor, pieces: list[int]) -> int:
+    """What a checkpointed forward saves: each checkpointed segment's input (all shaped like
+    x), then everything the last, plain segment saves."""
+    return (len(pieces) - 1) * x.untyped_storage().nbytes() + pieces[-1]
+
+
+def calibration_passes(width: int, batch_size: int, dtype: torch.dtype, device: torch.device,
+                       generator: torch.Generator) -> list[Pass]:
+    """Two passes (plain, then 2 checkpointed segments) over one 2-block Linear stack: a
+    model with parameters, so that gradients left over from the first pass show."""
+    model = build("mlp", 2, width, "relu", generator).to(device, dtype)
+    x = torch.randn(batch_size, width, generator=generator, dtype=dtype).to(device)
+    return [forward_backward(model, x, 0), forward_backward(model, x, 2)]
 
 
 def seconds(model: nn.Sequential, x: torch.Tensor, segments: int) -> float:
@@ -100,9 +132,10 @@ def seconds(model: nn.Sequential, x: torch.Tensor, segments: int) -> float:
 
 class Checkpointing(Experiment):
     """A deep stack of blocks run plain and with `checkpoint_sequential`: saved activations,
-    their peak with recomputation, time, and the gradients of both compared."""
+    the measured peak of live tensor memory, time, and the gradients of both compared."""
 
-    proves = "checkpointed gradients equal the plain ones"
+    proves = ("checkpointed gradients equal the plain ones, the checkpointed forward saves what "
+              "its segments add up to, and the memory meter accounts for every byte left")
 
     def __init__(self, block: str = "chain", depth: int = 16, width: int = 1000,
                  batch_size: int = 100, segments: int = 4, activation: str = "relu",
@@ -123,12 +156,14 @@ class Checkpointing(Experiment):
         model = model.to(ctx.device, ctx.dtype)
         x = torch.randn(self.batch_size, self.width, generator=ctx.generator, dtype=ctx.dtype)
         x = x.to(ctx.device)
+        forward_backward(model, x, self.segments)  # warm-up: first-call allocations
         plain = forward_backward(model, x, 0)
         kept = forward_backward(model, x, self.segments)
-        pieces = recompute_bytes(model, x, self.segments or 1)
-        peak_kept = kept.saved_bytes
-        if self.segments > 1:  # backward frees the plain last segment, then recomputes
-            peak_kept = max(peak_kept, kept.saved_bytes - pieces[-1] + max(pieces[:-1]))
+        pieces = segment_saved_bytes(model, x, self.segments or 1)
+        expected = expected_saved_bytes(x, pieces)
+        granularity = 512 if x.device.type == "cuda" else 1
+        calibration = calibration_passes(min(self.width, 64), self.batch_size, ctx.dtype,
+                                         ctx.device, ctx.generator)
         times = {"plain": [], "checkpointed": []}
         for _ in range(self.repeats):  # interleaved, so both see the same machine load
             times["plain"].append(seconds(model, x, 0))
@@ -140,28 +175,32 @@ class Checkpointing(Experiment):
         metrics = {
             "saved_bytes.plain": float(plain.saved_bytes),
             "saved_bytes.checkpointed": float(kept.saved_bytes),
-            "peak_saved_bytes.plain": float(plain.saved_bytes),
-            "peak_saved_bytes.checkpointed": float(peak_kept),
+            "peak_bytes.plain": plain.peak_bytes,
+            "peak_bytes.checkpointed": kept.peak_bytes,
             "seconds.plain": best["plain"], "seconds.checkpointed": best["checkpointed"],
             "time_overhead": best["checkpointed"] / best["plain"] - 1,
-            "memory_saving": 1 - peak_kept / plain.saved_bytes,
+            "memory_saving": 1 - kept.peak_bytes / plain.peak_bytes,
             "output_abs_diff": (plain.output - kept.output).abs().max().item(),
             "grad_max_abs_diff": grad_gap,
         }
-        if plain.cuda_peak_bytes is not None:
-            metrics["cuda_peak_bytes.plain"] = plain.cuda_peak_bytes
-            metrics["cuda_peak_bytes.checkpointed"] = kept.cuda_peak_bytes
+        checks = {
+            "gradients_equal": Check(grad_gap / scale, DTYPE_TOLERANCE[ctx.dtype]),
+            "saved_by_segment": Check(abs(kept.saved_bytes - expected) / expected, 0.0),
+            "memory_meter": Check(meter_error([plain, kept, *calibration], granularity), 0.0),
+        }
         return Result(
             metrics=metrics,
-            checks={"gradients_equal": Check(grad_gap / scale, DTYPE_TOLERANCE[ctx.dtype])},
+            checks=checks,
             figures={"checkpointing": self.plot(metrics)},
             summary={"segment_blocks": segment_bounds(self.depth, self.segments or 1),
-                     "segment_saved_bytes": pieces, "seconds": times},
-            objective=peak_kept,
+                     "segment_saved_bytes": pieces, "expected_saved_bytes": expected,
+                     "seconds": times},
+            objective=kept.peak_bytes,
         )
 
     def plot(self, metrics: dict[str, float]) -> Figure:
-        """Saved and peak saved activations, and time, plain against checkpointed."""
+        """Saved activations and the measured peak of live memory, and time, plain against
+        checkpointed."""
         shape = f"{self.batch_size} x {self.width}"
         how = f"{self.segments} segments" if self.segments else "no checkpointing"
         fig, (memory_ax, time_ax) = figure(
@@ -169,16 +208,16 @@ class Checkpointing(Experiment):
             1, 2, size=(13, 5))
         ways = ("plain", "checkpointed")
         positions = np.arange(2)
-        for offset, (key, label) in zip((-0.2, 0.2), (("saved_bytes", "after forward"),
-                                                      ("peak_saved_bytes",
-                                                       "peak, with recomputation")),
-                                        strict=True):
+        for offset, (key, label) in zip((-0.2, 0.2), (
+                ("saved_bytes", "saved for backward (forward pass)"),
+                ("peak_bytes", "peak live memory, forward + backward (measured)")),
+                strict=True):
             values = [metrics[f"{key}.{way}"] / MIB for way in ways]
             bars = memory_ax.bar(positions + offset, values, 0.4, label=label)
             memory_ax.bar_label(bars, [f"{v:.1f}" for v in values], padding=2)
         memory_ax.set_xticks(positions, ways)
-        memory_ax.set(title=f"Saved activations (saving {metrics['memory_saving']:.0%})",
-                      ylabel="MiB saved for backward")
+        memory_ax.set(title=f"Memory (peak saving {metrics['memory_saving']:.0%})",
+                      ylabel="MiB")
         memory_ax.legend()
         ms = [metrics[f"seconds.{way}"] * 1e3 for way in ways]
         bars = time_ax.bar(ways, ms, color=["tab:blue", "tab:orange"])
@@ -190,8 +229,8 @@ class Checkpointing(Experiment):
 
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
-        """Peak saved activations and time against the number of segments."""
-        done = sorted((j for j in jobs if "peak_saved_bytes.checkpointed" in j["metrics"]
+        """Measured peak memory, saved activations and time against the number of segments."""
+        done = sorted((j for j in jobs if "peak_bytes.checkpointed" in j["metrics"]
                        and "experiment.segments" in j["params"]),
                       key=lambda j: int(j["params"]["experiment.segments"]))
         if not done:
@@ -200,17 +239,16 @@ class Checkpointing(Experiment):
         positions = np.arange(len(done))
         fig, (memory_ax, time_ax) = figure(
             "Gradient checkpointing sweep: memory against recomputation", 1, 2, size=(14, 5))
-        for key, label, style in (("peak_saved_bytes", "peak, with recomputation", "o-"),
-                                  ("saved_bytes", "after forward", "s--")):
+        for key, label, style in (("peak_bytes", "peak live memory (measured)", "o-"),
+                                  ("saved_bytes", "saved for backward", "s--")):
             values = [j["metrics"][f"{key}.checkpointed"] / MIB for j in done]
             memory_ax.plot(positions, values, style, label=label)
-        peaks = [j["metrics"]["peak_saved_bytes.checkpointed"] for j in done]
+        peaks = [j["metrics"]["peak_bytes.checkpointed"] for j in done]
         best = int(np.argmin(peaks))
         memory_ax.scatter([positions[best]], [peaks[best] / MIB], s=250, marker="*",
                           color="tab:red", zorder=3,
                           label=f"lowest peak: {segments[best]} segments")
-        memory_ax.set(title="Saved activations", xlabel="segments (0 = no checkpointing)",
-                      ylabel="MiB saved for backward")
+        memory_ax.set(title="Memory", xlabel="segments (0 = no checkpointing)", ylabel="MiB")
         for key, label in (("seconds.checkpointed", "checkpointed"), ("seconds.plain", "plain")):
             time_ax.plot(positions, [j["metrics"][key] * 1e3 for j in done], marker="o",
                          label=label)

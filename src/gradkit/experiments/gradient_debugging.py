@@ -18,24 +18,43 @@ from gradkit.lib.data import regression_batch
 from gradkit.lib.diagnostics import (
     HEALTH_LEVELS,
     KINDS,
+    STATS_TOLERANCE,
     ActivationStats,
     Finding,
+    ForwardOrigin,
     GradStats,
     NonFiniteOrigin,
     Thresholds,
     anomaly_mode,
     backward_with_origin,
+    dead_units_check,
     findings,
     layer_gradient_stats,
     layer_metrics,
+    layer_stats_check,
     recorded_activations,
+    rules_check,
     verdict,
 )
 from gradkit.lib.models import check_widths, linear_layers, mlp
 from gradkit.plotting import figure
 
 DEAD_BIAS = -1.0  # hidden biases that switch most ReLU units off for N(0, 1) inputs
-EXPLODING_STD = 0.5  # 2.5x He's std for width 50: activations and gradients grow layer by layer
+EXPLODING_STD = 1.0  # 5x He's std for width 50: activations and gradients grow layer by layer
+
+
+class AbsAsSqrt(nn.Module):
+    """|z| computed as sqrt(z²): right forward, but its backward is 0/0 = NaN where z = 0."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(z * z)
+
+
+class LogInputs(nn.Module):
+    """Log-scaled features: NaN in the forward pass wherever an input is negative."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(x)
 
 
 @dataclass(frozen=True)
@@ -45,7 +64,9 @@ class Scenario:
     init: str
     expected: str | None
     hidden_bias: float = 0.0
-    planted_sqrt: bool = False
+    planted: type[nn.Module] | None = None  # inserted at `planted_at`
+    planted_at: int = 0
+    origin: str | None = None  # the operation the non-finite origin must name
     description: str = ""
 
 
@@ -57,16 +78,15 @@ SCENARIOS = {
                           description=f"hidden biases {DEAD_BIAS:g} switch ReLUs off"),
     "exploding": Scenario(f"normal:{EXPLODING_STD}", "exploding",
                           description=f"weights ~ N(0, {EXPLODING_STD}²)"),
-    "nan": Scenario("xavier_normal", "nan_grad", planted_sqrt=True,
+    "nan": Scenario("xavier_normal", "nan_grad", planted=AbsAsSqrt, planted_at=1,
+                    origin="SqrtBackward0",
                     description="|z| written as sqrt(z²), a zero (padding) input row"),
+    "nan_forward": Scenario("xavier_normal", "nan_loss", planted=LogInputs, planted_at=0,
+                            origin="torch.log",
+                            description="log-scaled inputs, one of them negative"),
 }
 
 
-class AbsAsSqrt(nn.Module):
-    """|z| computed as sqrt(z²): right forward, but its backward is 0/0 = NaN where z = 0."""
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(z * z)
 
 
 @dataclass
@@ -82,14 +102,30 @@ class Diagnosis:
 
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              thresholds: Thresholds) -> Diagnosis:
-    """Forward in anomaly mode (so a faulty operation's forward line is known), backward with
-    the non-finite origin search (it does not stop at the first NaN), then the rules."""
+    """Forward in anomaly mode (so a faulty operation's forward line is known) watching for
+    the first torch function that makes a NaN or Inf, backward with the non-finite origin
+    search (it does not stop at the first NaN), then the rules. The origin is the forward
+    one when the forward made the NaN, else the backward one."""
     with anomaly_mode(), recorded_activations(model) as activations:
-        loss = F.mse_loss(model(x), y)
+        with ForwardOrigin() as forward:
+            loss = F.mse_loss(model(x), y)
         origin = backward_with_origin(loss)
     grads = layer_gradient_stats(model)
     return Diagnosis(loss.item(), grads, dict(activations),
-                     findings(grads, activations, thresholds), origin)
+                     findings(grads, activations, thresholds, loss.item()),
+                     forward.origin or origin)
+
+
+def missed_faults(spec: Scenario, diagnosis: Diagnosis) -> list[str]:
+    """What the detector got wrong: the expected finding if it is missing (every finding for
+    a scenario that expects none), and the origin if it names another operation."""
+    kinds = {f.kind for f in diagnosis.found}
+    missed = sorted(kinds) if spec.expected is None else (
+        [] if spec.expected in kinds else [spec.expected])
+    found = diagnosis.origin.operation if diagnosis.origin else None
+    if spec.origin != found and (spec.origin or found):
+        missed.append(f"origin {spec.origin} (found {found})")
+    return missed
 
 
 class GradientDebugging(Experiment):
@@ -118,8 +154,8 @@ class GradientDebugging(Experiment):
         with torch.no_grad():
             for _, layer in linear_layers(model)[:-1]:
                 layer.bias.fill_(spec.hidden_bias)
-        if spec.planted_sqrt:
-            model.insert(1, AbsAsSqrt())
+        if spec.planted:
+            model.insert(spec.planted_at, spec.planted())
         return model
 
     def run(self, ctx: RunContext) -> Result:
@@ -127,21 +163,30 @@ class GradientDebugging(Experiment):
         model = self.build(ctx.generator).to(ctx.device, ctx.dtype)
         x, y = regression_batch(self.batch_size, self.input_dim, 1, ctx.generator,
                                 dtype=ctx.dtype)
-        if spec.planted_sqrt:
+        if spec.planted is AbsAsSqrt:
             x[0] = 0.0  # a padding row: its pre-activations are exactly the (zero) biases
-        diagnosis = diagnose(model, x.to(ctx.device), y.to(ctx.device), self.thresholds)
+        if spec.planted is LogInputs:
+            x = x.abs() + 0.1
+            x[0, 0] = -1.0  # one negative feature
+        x, y = x.to(ctx.device), y.to(ctx.device)
+        diagnosis = diagnose(model, x, y, self.thresholds)
         health_metrics, tags = verdict(diagnosis.found)
-        kinds = {f.kind for f in diagnosis.found}
-        missed = ([spec.expected] if spec.expected and spec.expected not in kinds else []) + (
-            sorted(kinds) if spec.expected is None else [])
         origin = diagnosis.origin
         if origin:
-            tags["nonfinite_origin"] = f"{origin.operation} ({origin.kind})"
+            tags["nonfinite_origin"] = f"{origin.operation} ({origin.kind}, {origin.phase})"
         metrics = {**layer_metrics(diagnosis.grads, diagnosis.activations), **health_metrics,
                    "loss": diagnosis.loss, "nonfinite_origin_found": float(origin is not None)}
+        missed = missed_faults(spec, diagnosis)
+        checks = {
+            "detects_planted_fault": Check(float(len(missed)), 0.0),
+            "per_layer": layer_stats_check(model, x, y, F.mse_loss, diagnosis.grads,
+                                           STATS_TOLERANCE[ctx.dtype]),
+            "dead_units": dead_units_check(model, x, diagnosis.activations),
+            "rules": rules_check(self.thresholds),
+        }
         return Result(
             metrics=metrics,
-            checks={"detects_planted_fault": Check(float(len(missed)), 0.0)},
+            checks=checks,
             figures={"gradient_debugging": self.plot(diagnosis, tags)},
             summary={"scenario": self.scenario, "description": spec.description,
                      "expected_finding": spec.expected, "missed": missed,

@@ -18,13 +18,18 @@ from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, 
 from gradkit.core.validation import integer
 from gradkit.lib.data import regression_batch
 from gradkit.lib.diagnostics import (
+    STATS_TOLERANCE,
     ActivationStats,
     Finding,
+    GradStats,
     Thresholds,
+    dead_units_check,
     findings,
     layer_gradient_stats,
     layer_metrics,
+    layer_stats_check,
     recorded_activations,
+    rules_check,
     verdict,
 )
 from gradkit.lib.models import check_activation, check_init, check_widths, linear_layers, mlp
@@ -36,11 +41,12 @@ MAX_LABELLED = 25  # layers named on an x axis before only every k-th is
 class GradientFlow(Experiment):
     """One forward/backward pass of a seeded MLP on a seeded regression batch."""
 
-    proves = "every parameter's gradient equals torch.func.grad over functional_call"
+    proves = ("the reported per-layer statistics equal a float64 recomputation, every "
+              "parameter's gradient equals torch.func.grad, and the rules answer probes right")
 
     def __init__(self, input_dim: int = 3, hidden: list[int] = (4, 6, 4), output_dim: int = 2,
                  batch_size: int = 8, activation: str = "relu", init: str = "xavier_normal",
-                 vanishing: float = 1e-4, exploding: float = 10.0, imbalance: float = 1e3,
+                 vanishing: float = 1e-5, exploding: float = 100.0, imbalance: float = 1e3,
                  dead_units: float = 0.5):
         self.input_dim = integer("experiment.input_dim", input_dim, minimum=1)
         self.hidden = check_widths("experiment.hidden", hidden)
@@ -60,19 +66,28 @@ class GradientFlow(Experiment):
             loss = F.mse_loss(model(x), y)
         loss.backward()
         grads = layer_gradient_stats(model)
-        found = findings(grads, activations, self.thresholds)
+        found = findings(grads, activations, self.thresholds, loss.item())
         health_metrics, tags = verdict(found)
         total = math.sqrt(sum(p.grad.double().pow(2).sum().item() for p in model.parameters()))
         norms = [stats.norm for stats in grads.values()]
+        ratios = [stats.grad_to_weight for stats in grads.values()]
         metrics = {**layer_metrics(grads, activations), **health_metrics, "loss": loss.item(),
                    "total_grad_norm": total, "min_grad_norm": min(norms),
-                   "max_grad_norm": max(norms), "depth": float(len(self.hidden))}
+                   "max_grad_norm": max(norms), "min_grad_to_weight": min(ratios),
+                   "max_grad_to_weight": max(ratios), "depth": float(len(self.hidden))}
         values = {name: layer.weight.grad.detach().cpu().double().flatten().numpy()
                   for name, layer in linear_layers(model)}
+        checks = {
+            "per_layer": layer_stats_check(model, x, y, F.mse_loss, grads,
+                                           STATS_TOLERANCE[ctx.dtype]),
+            "per_parameter": per_parameter_check(model, x, y, DTYPE_TOLERANCE[ctx.dtype]),
+            "dead_units": dead_units_check(model, x, activations),
+            "rules": rules_check(self.thresholds),
+        }
         return Result(
             metrics=metrics,
-            checks={"per_layer": per_parameter_check(model, x, y, DTYPE_TOLERANCE[ctx.dtype])},
-            figures={"gradient_flow": self.plot(values, activations, found)},
+            checks=checks,
+            figures={"gradient_flow": self.plot(values, grads, activations, found)},
             summary={"layers": {layer: vars(stats) for layer, stats in grads.items()},
                      "activations": {layer: vars(s) for layer, s in activations.items()},
                      "findings": [f.as_dict() for f in found],
@@ -81,16 +96,16 @@ class GradientFlow(Experiment):
             objective=metrics["max_min_ratio"],
         )
 
-    def plot(self, values: dict[str, np.ndarray], activations: dict[str, ActivationStats],
-             found: list[Finding]) -> Figure:
-        """Gradient norm by layer, the distribution of gradient entries, activations by depth."""
+    def plot(self, values: dict[str, np.ndarray], grads: dict[str, GradStats],
+             activations: dict[str, ActivationStats], found: list[Finding]) -> Figure:
+        """‖∂L/∂W‖ / ‖W‖ by layer, the distribution of gradient entries, activations by depth."""
         hidden = (f"{len(self.hidden)} x {self.hidden[0]}" if len(set(self.hidden)) == 1
                   and len(self.hidden) > 3 else " → ".join(map(str, self.hidden)))
         widths = f"{self.input_dim} → {hidden} → {self.output_dim}"
         fig, axes = figure(f"Gradient flow: {widths}, {self.activation}, {self.init} init",
                            1, 3, size=(17, 5.5), layout=None)
         fig.subplots_adjust(left=0.045, right=0.955, bottom=0.17, top=0.89, wspace=0.2)
-        plot_layer_norms(axes[0], {k: float(np.linalg.norm(v)) for k, v in values.items()},
+        plot_layer_norms(axes[0], {k: s.grad_to_weight for k, s in grads.items()},
                          found, self.thresholds)
         plot_distributions(axes[1], values)
         plot_activations(axes[2], activations)
@@ -98,9 +113,9 @@ class GradientFlow(Experiment):
 
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
-        """Smallest layer gradient norm and max/min ratio against depth, one line per
+        """Smallest layer ‖∂L/∂W‖ / ‖W‖ and max/min ratio against depth, one line per
         activation; jobs whose flow is not healthy are ringed."""
-        done = [j for j in jobs if "min_grad_norm" in j["metrics"]
+        done = [j for j in jobs if "min_grad_to_weight" in j["metrics"]
                 and "experiment.hidden" in j["params"]]
         if not done:
             return None
@@ -114,7 +129,7 @@ class GradientFlow(Experiment):
         for (label, group), marker in zip(sorted(groups.items()), itertools.cycle("osD^v<>p")):
             group.sort(key=_depth)
             depths = [_depth(job) for job in group]
-            for ax, key in zip(axes, ("min_grad_norm", "max_min_ratio"), strict=True):
+            for ax, key in zip(axes, ("min_grad_to_weight", "max_min_ratio"), strict=True):
                 ys = [job["metrics"][key] for job in group]
                 ax.semilogy(depths, ys, marker=marker, label=label)
                 sick = [(d, v) for d, v, job in zip(depths, ys, group, strict=True)
@@ -130,10 +145,10 @@ class GradientFlow(Experiment):
                            label=f"{key.split('.')[1]} threshold = {float(params[key]):g}")
         ax_min.scatter([], [], s=180, facecolors="none", edgecolors="tab:red",
                        label="not healthy (a rule fired)")
-        ax_min.set(title="Smallest layer gradient norm", xlabel="hidden layers",
-                   ylabel="min over layers of ‖∂L/∂W‖ (log)")
+        ax_min.set(title="Smallest layer gradient, relative to its weights",
+                   xlabel="hidden layers", ylabel="min over layers of ‖∂L/∂W‖ / ‖W‖ (log)")
         ax_ratio.set(title="Imbalance between layers", xlabel="hidden layers",
-                     ylabel="largest / smallest layer gradient norm (log)")
+                     ylabel="largest / smallest ‖∂L/∂W‖ / ‖W‖ (log)")
         for ax in axes:
             ax.set_xticks(sorted({_depth(job) for job in done}))
             ax.legend(fontsize=8)
@@ -163,8 +178,8 @@ def _depth(job: dict[str, Any]) -> int:
 
 def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
                      thresholds: Thresholds) -> None:
-    """Bars of the weight-gradient norm by layer (log), flagged layers in red; a layer whose
-    norm is 0 or not finite gets no bar but its value written at the bottom (if named)."""
+    """Bars of ‖∂L/∂W‖ / ‖W‖ by layer (log), flagged layers in red; a layer whose value is 0
+    or not finite gets no bar but its value written at the bottom (if named)."""
     flagged = {f.layer for f in found}
     layers = list(norms)
     heights = [v if 0 < v < math.inf else math.nan for v in norms.values()]
@@ -183,8 +198,8 @@ def plot_layer_norms(ax, norms: dict[str, float], found: list[Finding],
         if math.isnan(height) and i % step == 0:
             ax.text(i, 0.02, f"{value:g}", transform=ax.get_xaxis_transform(), ha="center",
                     color="tab:red", fontweight="bold")
-    ax.set(title="Gradient norm by layer", xlabel="Linear layer (input → output)",
-           ylabel="‖∂L/∂W‖ (log scale)")
+    ax.set(title="Gradient relative to weights, by layer",
+           xlabel="Linear layer (input → output)", ylabel="‖∂L/∂W‖ / ‖W‖ (log scale)")
     handles, _ = ax.get_legend_handles_labels()
     if flagged:
         handles.append(Patch(color="tab:red", label="layer with a finding"))
@@ -211,7 +226,7 @@ def plot_activations(ax, activations: dict[str, ActivationStats]) -> None:
     dead.bar(depth, [activations[k].dead_fraction for k in layers], alpha=0.25,
              color="tab:red", label="dead units")
     dead.set_ylim(0, 1)
-    dead.set_ylabel("fraction of dead units (output 0 on every sample)")
+    dead.set_ylabel("dead units (slope < 1% of peak on ≥ 95% of samples)")
     dead.grid(False)
     ax.set(title="Activations by depth", xlabel="hidden layer", ylabel="activation value")
     label_layers(ax, depth, [str(d) for d in depth])

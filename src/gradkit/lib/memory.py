@@ -1,11 +1,15 @@
-"""How much memory autograd keeps for the backward pass, measured on any device."""
+"""How much memory autograd keeps for the backward pass, and the peak of live tensor memory,
+measured on any device."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
 
 class SavedTensorMeter:
@@ -56,3 +60,39 @@ def cuda_peak(device: torch.device) -> Iterator[dict[str, float]]:
     yield found
     torch.cuda.synchronize(device)
     found["bytes"] = float(torch.cuda.max_memory_allocated(device))
+
+
+@dataclass
+class LiveMemory:
+    """Tensor memory allocated inside a block, relative to its start: the peak and what is
+    still allocated at its end (bytes)."""
+
+    peak: float = 0.0
+    final: float = 0.0
+
+
+@contextmanager
+def live_memory(device: torch.device) -> Iterator[LiveMemory]:
+    """Measure `LiveMemory` over the block: on CUDA from `torch.cuda.max_memory_allocated`
+    and `memory_allocated` less what was allocated at the start; elsewhere from the CPU
+    allocation and free events of `torch.profiler` (profile_memory=True), in time order."""
+    found = LiveMemory()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        yield found
+        torch.cuda.synchronize(device)
+        found.peak = float(torch.cuda.max_memory_allocated(device) - start)
+        found.final = float(torch.cuda.memory_allocated(device) - start)
+        return
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        yield found
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+                    key=lambda e: e.start_ns())
+    live = 0
+    for event in events:
+        live += event.nbytes()
+        found.peak = max(found.peak, float(live))
+    found.final = float(live)
