@@ -7,6 +7,7 @@ import fcntl
 import functools
 import getpass
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -49,6 +50,8 @@ for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():  # no bars in logs
     os.environ.setdefault(_key, _value)
+# MLflow logs every SQL error with its traceback before raising it; gradkit says it in one line.
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
@@ -155,8 +158,11 @@ class Tracker:
         location = (self.artifact_root / file_name(name)).as_uri() if self.artifact_root else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException:  # another process created it meanwhile
-            return self.client.get_experiment_by_name(name).experiment_id
+        except MlflowException as error:  # another process created it meanwhile, or the
+            found = self.client.get_experiment_by_name(name)  # store cannot be written
+            if found is None:
+                raise self.failed(error) from None
+            return found.experiment_id
 
     def start_run(self, experiment: str, name: str, tags: Mapping[str, str],
                   parent_run_id: str | None = None) -> str:
@@ -193,8 +199,7 @@ class Tracker:
 
     def failed(self, error: BaseException) -> StoreError:
         """An MLflow error as one line naming the store."""
-        return StoreError(f"the MLflow store at {self.uri} failed: "
-                          f"{str(error).strip().splitlines()[0]}")
+        return StoreError(f"the MLflow store at {self.uri} failed: {store_reason(error)}")
 
     def log_batch(self, run_id: str, params: Mapping[str, str] | None = None,
                   metrics: list[Metric] | None = None,
@@ -244,11 +249,15 @@ class Tracker:
             yield run_id
         except BaseException as error:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            with suppress(MlflowException):  # the store itself may be what failed
-                self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
-                self.end(run_id, status)
+            ended = self._end_after(run_id, status, error)
+            left = f"run {run_id} ({name}) " + (f"ended {status}" if ended else
+                                                 "could not be ended: it still shows RUNNING")
             if isinstance(error, interrupts.Interrupted):
-                error.ended.append(f"run {run_id} ({name}) ended KILLED")
+                error.ended.append(left)
+                raise
+            if not ended:
+                raise StoreError(f"{store_reason(error)}; the store at {self.uri} could not be "
+                                 f"written either: {left}") from None
             if isinstance(error, MlflowException):
                 raise self.failed(error) from None
             raise
@@ -257,6 +266,17 @@ class Tracker:
                 self.end(run_id, "FINISHED")
         except MlflowException as error:
             raise self.failed(error) from None
+
+    def _end_after(self, run_id: str, status: str, error: BaseException) -> bool:
+        """End the run `status` with an `error` tag; False if the store cannot be written
+        (full, read-only, unreachable: the store itself may be what failed)."""
+        try:
+            self.end(run_id, status)
+        except MlflowException:
+            return False
+        with suppress(MlflowException):
+            self.set_tags(run_id, {"error": f"{type(error).__name__}: {error}"})
+        return True
 
     def log_result(self, run_id: str, params: Mapping[str, str], result: Result | None,
                    max_series_points: int = 0) -> None:
@@ -405,6 +425,14 @@ def _no_stray_folder(database: Path) -> Iterator[None]:
                 stray.rmdir()
 
 
+def store_reason(error: BaseException) -> str:
+    """The first line of an error's message (MLflow's SQL errors span many), its type when
+    it has none; SQLite's reason without SQLAlchemy's advice."""
+    lines = str(error).strip().splitlines()
+    sqlite = [line for line in lines if line.startswith("(sqlite3.")]
+    return (sqlite or lines or [type(error).__name__])[0]
+
+
 def _unusable(database: Path, reason: str) -> StoreError:
     return StoreError(f"tracking.root={database.parent}: {database} is not a usable MLflow store "
                       f"({reason}); move it away or set tracking.root to another folder")
@@ -433,6 +461,10 @@ def _local_database(root: Path) -> Path:
         raise _unusable(database, str(error)) from None
     if "experiments" not in tables or any(t.startswith("_alembic_tmp") for t in tables):
         raise _unusable(database, "its MLflow tables are missing or half-built")
+    if not (os.access(database, os.W_OK) and os.access(root, os.W_OK)):
+        raise StoreError(f"tracking.root={root}: the MLflow store there is read-only (every "
+                         "command writes runs to it); make it writable or choose another "
+                         "folder")
     return database
 
 
