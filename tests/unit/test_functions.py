@@ -105,7 +105,7 @@ def test_rosenbrock_stability_limit_is_two_over_the_largest_hessian_eigenvalue()
     largest = torch.linalg.eigvalsh(hessian).max().item()
 
     assert largest == pytest.approx(1001.6, abs=0.01)
-    assert OBJECTIVES["rosenbrock"].stability_limit == pytest.approx(2 / largest, rel=1e-12)
+    assert OBJECTIVES["rosenbrock"].stability_limit() == pytest.approx(2 / largest, rel=1e-12)
 
 
 def test_himmelblau_stability_limit_is_set_by_its_sharpest_minimum():
@@ -113,7 +113,28 @@ def test_himmelblau_stability_limit_is_set_by_its_sharpest_minimum():
     largest = max(torch.linalg.eigvalsh(torch.func.hessian(fn.value)(
         torch.tensor(m, dtype=torch.float64))).max().item() for m in fn.minima)
 
-    assert fn.stability_limit == pytest.approx(2 / largest, rel=1e-12)
+    assert fn.stability_limit() == pytest.approx(2 / largest, rel=1e-12)
+
+
+def heavy_ball_grows(curvature: float, learning_rate: float, momentum: float) -> bool:
+    """Whether heavy-ball descent on curvature/2 x^2 from x = 1 ends farther than it began."""
+    x, velocity = 1.0, 0.0
+    for _ in range(4000):
+        velocity = momentum * velocity + curvature * x
+        x -= learning_rate * velocity
+    return abs(x) > 1
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+def test_stability_limit_with_momentum_is_where_heavy_ball_turns_unstable(momentum):
+    fn = OBJECTIVES["rosenbrock"]
+    limit = fn.stability_limit(momentum)
+    largest = torch.linalg.eigvalsh(fn.hessian(torch.tensor([1.0, 1.0],
+                                                            dtype=torch.float64))).max().item()
+
+    assert limit == pytest.approx(2 * (1 + momentum) / largest, rel=1e-12)
+    assert not heavy_ball_grows(largest, 0.99 * limit, momentum)
+    assert heavy_ball_grows(largest, 1.01 * limit, momentum)
 
 
 @pytest.mark.parametrize(("name", "point", "expected"), [

@@ -13,14 +13,15 @@ from matplotlib.figure import Figure
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import gradient_descent
 from gradkit.experiments.gradient_descent import (
     DIVERGED_OBJECTIVE,
     Descent,
     GradientDescent,
     descend,
-    log_contours,
+    path_contours,
 )
-from gradkit.lib.functions import objective
+from gradkit.lib.functions import Objective, objective
 
 CURVATURE = 2.0  # f(p) = a/2 |p|^2 with a = CURVATURE
 
@@ -301,7 +302,7 @@ def shown_tick_labels(axis) -> list[str]:
 def test_contour_lines_are_those_matplotlib_draws():
     fn = objective("rosenbrock")
     window = (-2.0, 2.0, -1.0, 3.0)
-    lines, line_levels, levels = log_contours(fn, window)
+    lines, line_levels, levels = path_contours(fn, window)
     x = np.linspace(-2.0, 2.0, 300)
     gx, gy = np.meshgrid(x, np.linspace(-1.0, 3.0, 300))
     z = fn.value(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
@@ -314,5 +315,120 @@ def test_contour_lines_are_those_matplotlib_draws():
         assert len(mine) == len(segments)
         for got, want in zip(mine, segments, strict=True):
             np.testing.assert_allclose(got, want)
-    assert log_contours(fn, window)[0] is lines  # cached per function and window
+    assert path_contours(fn, window)[0] is lines  # cached per function and window
     plt.close(fig)
+
+
+def rosenbrock_sharpness() -> float:
+    """λmax of Rosenbrock's Hessian at (1, 1), [[802, -400], [-400, 200]], by the formula."""
+    return (1002 + math.sqrt(1002**2 - 4 * 400)) / 2
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.5, 0.9])
+def test_stability_limit_metric_includes_the_momentum(momentum, ctx):
+    result = GradientDescent(momentum=momentum, max_iterations=5).run(ctx)
+
+    assert result.metrics["stability_limit"] == pytest.approx(
+        2 * (1 + momentum) / rosenbrock_sharpness(), rel=1e-12)
+    assert result.checks["stability_limit"].passed
+
+
+def test_heavy_ball_below_its_limit_converges_where_plain_descent_would_not(ctx):
+    # 0.0035 > 2/λmax = 0.002 but < 2(1 + 0.9)/λmax = 0.0038: stable with momentum 0.9
+    result = GradientDescent(start=[1.05, 1.1], momentum=0.9, learning_rate=0.0035,
+                             max_iterations=20000).run(ctx)
+
+    assert result.tags == {"status": "converged"}
+    assert result.failed_checks == []
+
+
+def test_a_run_certifies_its_path_outcome_and_descent(slow):
+    assert set(slow.checks) == {"gradient", "trajectory", "outcome", "descent",
+                                "stability_limit"}
+    assert slow.failed_checks == []
+    assert slow.metrics["certified_steps"] > 0
+    assert slow.metrics["path_sharpness"] > 0
+
+
+def test_no_descent_check_where_the_lemma_guarantees_nothing(diverged, ctx):
+    assert "descent" not in diverged.checks  # lr = 0.01 above 2 / the path's sharpness
+    assert "descent" not in GradientDescent(momentum=0.5, max_iterations=5).run(ctx).checks
+
+
+def climbing(f, start, learning_rate, *args, **kwargs):
+    """Gradient ascent dressed as descent: the sign of the step flipped."""
+    return descend(f, start, -learning_rate, *args, **kwargs)
+
+
+def test_a_descent_that_climbs_fails_the_run(ctx, monkeypatch):
+    monkeypatch.setattr(gradient_descent, "descend", climbing)
+
+    result = GradientDescent(function="himmelblau", start=[3.2, 2.1], learning_rate=1e-3,
+                             max_iterations=50).run(ctx)
+
+    assert {"trajectory", "descent"} <= set(result.failed_checks)
+
+
+def test_a_wrong_outcome_fails_the_run(ctx, monkeypatch):
+    def claims_convergence(*args, **kwargs):
+        trace = descend(*args, **kwargs)
+        trace.status = "converged"
+        return trace
+
+    monkeypatch.setattr(gradient_descent, "descend", claims_convergence)
+
+    assert GradientDescent(max_iterations=20).run(ctx).failed_checks == ["outcome"]
+
+
+def test_a_divergence_is_confirmed_by_the_replayed_step(diverged):
+    assert diverged.checks["outcome"].passed
+    assert diverged.checks["trajectory"].passed
+
+
+def test_a_stability_limit_without_the_momentum_fails_the_run(ctx, monkeypatch):
+    monkeypatch.setattr(Objective, "stability_limit", lambda self, momentum=0.0:
+                        2 / self.sharpness)
+
+    result = GradientDescent(momentum=0.9, max_iterations=5).run(ctx)
+
+    assert result.failed_checks == ["stability_limit"]
+
+
+def test_an_expression_descends_like_the_built_in_function(ctx):
+    built_in = GradientDescent(function="himmelblau", start=[0.0, 0.0], learning_rate=0.01)
+    written = GradientDescent(function="(x**2 + y - 11)**2 + (x + y**2 - 7)**2",
+                              start=[0.0, 0.0], learning_rate=0.01)
+
+    a, b = built_in.run(ctx), written.run(ctx)
+
+    assert b.series["loss"] == a.series["loss"]
+    assert b.summary["function"] == "(x**2 + y - 11)**2 + (x + y**2 - 7)**2"
+    assert b.metrics["stability_limit"] == pytest.approx(a.metrics["stability_limit"], rel=1e-6)
+    assert b.metrics["distance_to_minimum"] < 1e-6
+    assert b.failed_checks == a.failed_checks == []
+
+
+def test_an_expression_without_minima_runs_and_says_so(ctx):
+    result = GradientDescent(function="x + 2*y", learning_rate=0.1, max_iterations=10).run(ctx)
+
+    assert math.isnan(result.metrics["stability_limit"])
+    assert math.isnan(result.metrics["distance_to_minimum"])
+    assert "stability_limit" not in result.checks
+    assert result.failed_checks == []
+
+
+def test_an_expression_outside_the_whitelist_is_refused():
+    with pytest.raises(ConfigError, match=r"experiment\.function=.*not allowed"):
+        GradientDescent(function="__import__('os').getcwd()")
+
+
+def test_sweep_figure_draws_the_stability_limit_of_each_momentum():
+    jobs = [descent_job(n, lr, "max_iterations", **{"experiment.momentum": m})
+            for n, (m, lr) in enumerate([("0.0", 1e-3), ("0.9", 1e-3)])]
+
+    [ax] = GradientDescent.sweep_figure(jobs).axes
+
+    limits = {line.get_label(): line.get_xdata()[0] for line in ax.get_lines()
+              if line.get_label().startswith("stability")}
+    assert sorted(limits.values()) == pytest.approx(
+        [2 / rosenbrock_sharpness(), 3.8 / rosenbrock_sharpness()], rel=1e-12)

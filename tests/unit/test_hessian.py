@@ -161,11 +161,76 @@ def test_definiteness_with_a_relative_tolerance(eigenvalues, expected):
     assert definiteness(eigenvalues) == expected
 
 
-def test_point_kind_needs_a_vanishing_gradient():
-    assert point_kind([1.0, 2.0], 0.0) == "minimum"
-    assert point_kind([1.0, 2.0], 1e-3) == "not_critical"
-    assert point_kind([1.0, 2.0], math.nan) == "not_critical"
-    assert point_kind([-1.0, 2.0], 1e-12) == "saddle"
+@pytest.mark.parametrize(("eigenvalues", "scale", "expected"), [
+    ([1.0, 1.1e-12], 0.0, "positive_definite"),  # the tolerance, 1e-12 of the largest |λ|
+    ([1.0, 0.9e-12], 0.0, "positive_semidefinite"),
+    ([1.0, -1.1e-12], 0.0, "indefinite"),
+    ([1e-30, 2e-30], 0.0, "positive_definite"),  # scale-free without a scale
+    ([1e-30, 2e-30], 1.0, "positive_semidefinite"),  # zero against the function's scale
+    ([-1e-30, 2e-30], 1.0, "positive_semidefinite"),
+])
+def test_definiteness_tolerance_is_relative_to_the_scale(eigenvalues, scale, expected):
+    assert definiteness(eigenvalues, scale=scale) == expected
+
+
+def test_point_kind_needs_a_vanishing_gradient_relative_to_its_scale():
+    assert point_kind([1.0, 2.0], 0.0, 1.0) == "minimum"
+    assert point_kind([1.0, 2.0], 1e-3, 1.0) == "not_critical"
+    assert point_kind([1.0, 2.0], math.nan, 1.0) == "not_critical"
+    assert point_kind([-1.0, 2.0], 0.9e-10, 1.0) == "saddle"  # the tolerance: 1e-10 x scale
+    assert point_kind([-1.0, 2.0], 1.1e-10, 1.0) == "not_critical"
+    assert point_kind([-1.0, 2.0], 1e-12, 1e-6) == "not_critical"
+    assert point_kind([0.0, 0.0], 0.0, 0.0) == "degenerate"
+    assert point_kind([1e-20, 1.0], 0.0, 1.0, curvature_scale=1e9) == "degenerate"
+
+
+NOTEBOOK = [[3.0, 1.0], [1.0, 2.0]]
+
+
+@pytest.mark.parametrize(("kwargs", "definite", "kind"), [
+    # 1e-12 x the notebook quadratic: [2, 1] is not critical at any scale; its minimum is one
+    ({"matrix": [[1e-12 * a for a in row] for row in NOTEBOOK], "vector": [1e-12, -2e-12],
+      "point": [2, 1]}, "positive_definite", "not_critical"),
+    ({"matrix": [[1e-12 * a for a in row] for row in NOTEBOOK], "vector": [1e-12, -2e-12],
+      "point": [-0.8, 1.4]}, "positive_definite", "minimum"),
+    ({"matrix": [[1e12 * a for a in row] for row in NOTEBOOK], "vector": [1e12, -2e12],
+      "point": [-0.8, 1.4]}, "positive_definite", "minimum"),
+    ({"matrix": [[1, 0], [0, 1e-11]], "vector": [0, 0], "point": [0, 0]},
+     "positive_definite", "minimum"),
+    ({"matrix": [[1, 0], [0, -1e-11]], "vector": [0, 0], "point": [0, 0]},
+     "indefinite", "saddle"),
+    ({"matrix": [[1, 0], [0, 1e-13]], "vector": [0, 0], "point": [0, 0]},
+     "positive_semidefinite", "degenerate"),
+    ({"function": "x**3 - 3*x*y**2", "point": [0, 0]}, "positive_semidefinite", "degenerate"),
+    ({"function": "1e-12 * ((x**2 + y - 11)**2 + (x + y**2 - 7)**2)", "point": [3, 2]},
+     "positive_definite", "minimum"),
+    ({"function": "1e-12 * ((x**2 + y - 11)**2 + (x + y**2 - 7)**2)", "point": [3, 2.001]},
+     "positive_definite", "not_critical"),
+])
+def test_classification_holds_at_any_scale(kwargs, definite, kind, ctx):
+    result = Hessian(**kwargs).run(ctx)
+
+    assert result.tags == {"definiteness": definite, "point_kind": kind}
+    assert result.failed_checks == []
+
+
+def test_an_expression_is_checked_against_sympys_hessian(ctx):
+    result = Hessian(function="x**2 * y + sin(y)", point=[1.5, 0.5]).run(ctx)
+
+    x, y = 1.5, 0.5
+    expected = [[2 * y, 2 * x], [2 * x, -math.sin(y)]]
+    torch.testing.assert_close(torch.tensor(result.summary["analytic_hessian"]),
+                               torch.tensor(expected), rtol=1e-15, atol=0)
+    assert result.summary["function"] == "x**2 * y + sin(y)"
+    assert result.failed_checks == []
+
+
+def test_a_wrong_sympy_hessian_fails_the_run(ctx, monkeypatch):
+    experiment = Hessian(function="x**2 * y + sin(y)", point=[1.5, 0.5])
+    fn = experiment.given
+    experiment.given = dataclasses.replace(fn, hessian=lambda p: fn.hessian(p) * 1.0001)
+
+    assert experiment.run(ctx).failed_checks == ["rows", "torch_func", "autograd_functional"]
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [

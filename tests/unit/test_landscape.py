@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import landscape
 from gradkit.experiments.landscape import Landscape, critical_points, grid
 from gradkit.lib.derivatives import batched_gradient, gradient_per_point
 
@@ -149,11 +150,103 @@ def test_critical_points_of_a_saddle_function():
     points = grid((-1.0, 1.3), (-1.2, 1.0), 24, torch.device("cpu"))
     _, grads = batched_gradient(objective.value, points)
 
-    [point] = critical_points(objective, points, grads, (-1.0, 1.3), (-1.2, 1.0))
+    [point], sets = critical_points(objective, points, grads, ((-1.0, 1.3), (-1.2, 1.0)))
 
     assert point["kind"] == "saddle"
     assert (point["x"], point["y"]) == pytest.approx((0.0, 0.0), abs=1e-12)
     assert point["eigenvalues"] == pytest.approx([-2.0, 2.0], abs=1e-12)
+    assert sets == []
+
+
+@pytest.mark.parametrize("resolution", [10, 12, 15, 20])
+def test_coarse_grids_find_all_nine_himmelblau_points(resolution, ctx):
+    result = Landscape(function="himmelblau", resolution=resolution).run(ctx)
+
+    found = result.summary["critical_points"]
+    for (x, y), kind in HIMMELBLAU_CRITICAL:
+        [match] = [p for p in found if math.hypot(p["x"] - x, p["y"] - y) < 1e-5]
+        assert match["kind"] == kind
+    assert len(found) == 9
+    assert result.failed_checks == []
+
+
+@pytest.mark.parametrize("factor", ["1e8", "1e-8", "1e-12"])
+def test_a_scaled_function_has_the_same_critical_points(factor, ctx):
+    function = f"{factor} * ((x**2 + y - 11)**2 + (x + y**2 - 7)**2)"
+
+    result = Landscape(function=function, resolution=60).run(ctx)
+
+    found = result.summary["critical_points"]
+    assert sorted(p["kind"] for p in found) == sorted(k for _, k in HIMMELBLAU_CRITICAL)
+    for (x, y), _ in HIMMELBLAU_CRITICAL:
+        assert any(math.hypot(p["x"] - x, p["y"] - y) < 1e-5 for p in found)
+    assert result.failed_checks == []
+
+
+@pytest.mark.parametrize("function", ["x**4 + y**4", "x**4 - y**4", "x**4 + y**2",
+                                      "x**3 - 3*x*y**2", "(x**2 + y**2)**2"])
+def test_a_degenerate_critical_point_is_found_and_called_degenerate(function, ctx):
+    result = Landscape(function=function, resolution=50).run(ctx)
+
+    [point] = result.summary["critical_points"]
+    assert (point["x"], point["y"]) == pytest.approx((0.0, 0.0), abs=1e-6)
+    assert point["kind"] == "degenerate"
+    assert result.metrics["critical_points.degenerate"] == 1.0
+    assert result.summary["critical_sets"] == []
+    assert result.failed_checks == []
+
+
+def test_cosines_have_sixteen_minima_twenty_five_maxima_forty_saddles(ctx):
+    # cos(3x) + cos(3y): critical where x, y are multiples of pi/3 (|k| <= 4 in [-5, 5]);
+    # a minimum where both are odd multiples (4 x 4), a maximum where both even (5 x 5)
+    result = Landscape(function="cos(3*x) + cos(3*y)", resolution=20).run(ctx)
+
+    metrics = result.metrics
+    assert (metrics["critical_points.minimum"], metrics["critical_points.maximum"],
+            metrics["critical_points.saddle"]) == (16.0, 25.0, 40.0)
+    for p in result.summary["critical_points"]:
+        kx, ky = (round(v / (math.pi / 3)) for v in (p["x"], p["y"]))
+        assert (p["x"], p["y"]) == pytest.approx((kx * math.pi / 3, ky * math.pi / 3), abs=1e-9)
+        assert p["kind"] == {(1, 1): "minimum", (0, 0): "maximum"}.get((kx % 2, ky % 2),
+                                                                        "saddle")
+    assert result.failed_checks == []
+
+
+def test_a_ring_of_minima_is_one_critical_set(ctx):
+    result = Landscape(function="(x**2 + y**2 - 1)**2", resolution=50).run(ctx)
+
+    [ring] = result.summary["critical_sets"]
+    assert ring["points"] > 20
+    assert all(abs(math.hypot(x, y) - 1) < 1e-8 for x, y in ring["members"])
+    assert ring["x"] == pytest.approx([-1, 1], abs=0.05)
+    assert ring["value"] == pytest.approx([0, 0], abs=1e-15)
+    [centre] = result.summary["critical_points"]  # the maximum at the origin, alone
+    assert centre["kind"] == "maximum"
+    assert result.metrics["critical_sets"] == 1.0
+    assert result.metrics["critical_points.degenerate"] == 0.0
+    assert result.failed_checks == []
+
+
+def test_the_complete_check_fails_when_the_search_misses_points(ctx, monkeypatch):
+    starts = landscape.seeds
+    monkeypatch.setattr(landscape, "seeds", lambda *args: starts(*args)[:1])
+
+    result = Landscape(function="himmelblau", resolution=40).run(ctx)
+
+    assert len(result.summary["critical_points"]) < 9
+    assert result.failed_checks == ["complete"]
+    assert result.checks["complete"].error == 9 - len(result.summary["critical_points"])
+
+
+def test_the_stationary_check_is_relative_to_the_functions_scale(ctx):
+    experiment = Landscape(function="1e-12 * (x**2 + y**2)", resolution=20)
+    right = experiment.objective
+    experiment.objective = dataclasses.replace(  # its oracle's gradient off by 1e-13 at 0
+        right, gradient=lambda p: right.gradient(p) + 1e-13)
+
+    result = experiment.run(ctx)
+
+    assert "stationary" in result.failed_checks
 
 
 @pytest.mark.parametrize(("kwargs", "key"), [

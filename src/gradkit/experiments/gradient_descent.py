@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,16 +12,21 @@ import numpy as np
 import torch
 from contourpy import contour_generator
 from matplotlib.collections import LineCollection
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, integer, number, vector
-from gradkit.lib.functions import OBJECTIVES, Objective, objective
+from gradkit.lib.functions import Objective, objective
 from gradkit.plotting import figure, lean_log_ticks
 
 GRADIENT_TOLERANCE = 1e-10
+TRAJECTORY_TOLERANCE = 1e-10  # replayed steps vs recorded, relative to the largest step
+RISE_TOLERANCE = 1e-12  # a loss rise below this x the largest |loss| is rounding
+SEGMENT_SAMPLES = 9  # points per step at which the path's curvature is sampled
+RADIUS_TOLERANCE = 1e-9  # |spectral radius at the stability limit - 1|
+MANY_MINIMA = 20  # more minima than this (a valley of them) are drawn as dots
 EXPLOSION_FACTOR = 1e6  # a loss this many times the starting loss (or 1) counts as divergence
 DIVERGED_OBJECTIVE = 1e10  # what a diverged run returns to a sweeper: large but finite
 LEARNING_RATE = "experiment.learning_rate"
@@ -91,10 +97,27 @@ def descend(f, start: tuple[float, float], learning_rate: float, max_iterations:
     return trace
 
 
+def descent_check(losses: list[float], certified: torch.Tensor) -> Check:
+    """The largest rise of the loss over a certified step, relative to the largest |loss|."""
+    rises = np.diff(losses)[certified.numpy()[:len(losses) - 1]]
+    scale = max(abs(v) for v in losses) or 1.0
+    return Check(max(0.0, float(rises.max(initial=0.0))) / scale, RISE_TOLERANCE)
+
+
+def spectral_radius(step: float, momentum: float) -> float:
+    """The spectral radius of heavy-ball descent on λ/2 x² at lr·λ = `step`:
+    [x_k+1, x_k] = [[1 + β - step, -β], [1, 0]] [x_k, x_k-1]."""
+    matrix = np.array([[1 + momentum - step, -momentum], [1.0, 0.0]])
+    return float(np.abs(np.linalg.eigvals(matrix)).max())
+
+
 class GradientDescent(Experiment):
     """Minimise a 2-D test function by gradient descent from `start`."""
 
-    proves = "autograd's gradient at the start equals the analytic gradient"
+    proves = ("autograd's gradient at the start equals the analytic one, every step replays "
+              "with the analytic gradient, the loss never rises where the descent lemma says so, "
+              "the outcome agrees with the path, and the stability limit is where the iteration "
+              "turns unstable")
 
     def __init__(self, function: str = "rosenbrock", start: list[float] = (-1.5, 2.5),
                  learning_rate: float = 1e-3, max_iterations: int = 2000,
@@ -123,14 +146,18 @@ class GradientDescent(Experiment):
             "distance_to_minimum": fn.distance_to_minimum(end),
             "converged": float(trace.status == "converged"),
             "diverged": float(diverged),
-            "stability_limit": fn.stability_limit,
+            "stability_limit": fn.stability_limit(self.momentum),
         }
+        sharpness = self.step_sharpness(trace)
+        certified = (sharpness * self.learning_rate < 2) if self.momentum == 0 else None
+        metrics["path_sharpness"] = sharpness.max().item() if len(sharpness) else math.nan
+        metrics["certified_steps"] = float(certified.sum()) if certified is not None else 0.0
         xs, ys = zip(*trace.points, strict=True)
         return Result(
             metrics=metrics,
             series={"loss": trace.losses, "grad_norm": trace.grad_norms,
                     "step_size": trace.step_sizes, "x": list(xs), "y": list(ys)},
-            checks={"gradient": self.gradient_check()},
+            checks=self.checks(trace, certified),
             figures={"descent": self.plot(trace)},
             summary={"function": fn.name, "start": list(self.start), "end": list(trace.points[-1]),
                      "status": trace.status, "minima": [list(m) for m in fn.minima]},
@@ -138,13 +165,87 @@ class GradientDescent(Experiment):
             objective=DIVERGED_OBJECTIVE if diverged else trace.losses[-1],
         )
 
+    def checks(self, trace: Descent, certified: torch.Tensor | None) -> dict[str, Check]:
+        """The gradient at the start, the replayed path, the outcome; the descent property on
+        the steps where the descent lemma guarantees it (`certified`: momentum 0 and
+        lr < 2 / the step's sharpness); the stability limit where a minimum has curvature."""
+        checks = {"gradient": self.gradient_check(), "trajectory": self.trajectory_check(trace),
+                  "outcome": Check(float(self.outcome(trace) != trace.status), 0.0)}
+        if certified is not None and bool(certified.any()):
+            checks["descent"] = descent_check(trace.losses, certified)
+        if self.objective.sharpness > 0:
+            checks["stability_limit"] = self.stability_check()
+        return checks
+
     def gradient_check(self) -> Check:
         """Autograd's gradient at the start point against the analytic gradient."""
         start = torch.tensor(self.start, dtype=torch.float64, requires_grad=True)
         (autograd,) = torch.autograd.grad(self.objective.value(start), start)
         analytic = self.objective.gradient(start.detach())
-        scale = max(1.0, analytic.abs().max().item())
+        scale = analytic.abs().max().item() or 1.0
         return Check((autograd - analytic).abs().max().item() / scale, GRADIENT_TOLERANCE)
+
+    def replay(self, trace: Descent) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heavy-ball steps lr·v_k from the recorded points with the analytic gradient,
+        and the size lr·Σ β^(k-j) ‖g_j‖ of the terms each sums."""
+        points = torch.tensor(trace.points, dtype=torch.float64)
+        grads = self.objective.gradient(points)
+        velocity, size = torch.zeros(2, dtype=torch.float64), 0.0
+        steps, sizes = [], []
+        for g in grads:
+            velocity = self.momentum * velocity + g
+            size = self.momentum * size + g.norm().item()
+            steps.append(self.learning_rate * velocity)
+            sizes.append(self.learning_rate * size)
+        return torch.stack(steps), torch.tensor(sizes, dtype=torch.float64)
+
+    def trajectory_check(self, trace: Descent) -> Check:
+        """Each recorded step against the one replayed with the analytic gradient, relative
+        to the largest step's terms."""
+        if trace.iterations == 0:
+            return Check(0.0, TRAJECTORY_TOLERANCE)
+        steps, sizes = self.replay(trace)
+        points = torch.tensor(trace.points, dtype=torch.float64)
+        taken = points[:-1] - points[1:]
+        error = (taken - steps[:len(taken)]).norm(dim=-1).max().item()
+        return Check(error / (sizes.max().item() or 1.0), TRAJECTORY_TOLERANCE)
+
+    def outcome(self, trace: Descent) -> str:
+        """What the recorded path says the outcome is: converged where the analytic gradient
+        first falls below the tolerance, diverged where the replayed next step leaves the
+        finite, unexploded losses, else max_iterations."""
+        points = torch.tensor(trace.points, dtype=torch.float64)
+        norms = self.objective.gradient(points).norm(dim=-1)
+        below = (norms < self.tolerance).nonzero()
+        if len(below):
+            return "converged" if below[0].item() == len(points) - 1 else "converged early"
+        if trace.iterations == self.max_iterations:
+            return "max_iterations"
+        steps, _ = self.replay(trace)
+        following = points[-1] - steps[-1]
+        loss = self.objective.value(following).item()
+        limit = EXPLOSION_FACTOR * max(1.0, abs(trace.losses[0]))
+        finite = math.isfinite(loss) and torch.isfinite(self.objective.gradient(following)).all()
+        return "diverged" if not finite or loss > limit else "stopped without a reason"
+
+    def step_sharpness(self, trace: Descent) -> torch.Tensor:
+        """For each step, the largest analytic Hessian eigenvalue sampled along its segment:
+        the L of the descent lemma (a plain step with lr < 2 / L never raises the loss)."""
+        points = torch.tensor(trace.points, dtype=torch.float64)
+        t = torch.linspace(0, 1, SEGMENT_SAMPLES, dtype=torch.float64)[:, None, None]
+        along = points[:-1] + t * (points[1:] - points[:-1])  # (samples, steps, 2)
+        eigenvalues = torch.linalg.eigvalsh(self.objective.hessian(along.reshape(-1, 2)))
+        per_sample = eigenvalues.nan_to_num(nan=math.inf).amax(-1).reshape(len(t), -1)
+        return per_sample.amax(0)
+
+    def stability_check(self) -> Check:
+        """At lr = stability_limit the heavy-ball iteration on the quadratic model at the
+        sharpest minimum is marginal: its spectral radius is 1."""
+        minima = torch.tensor(self.objective.minima, dtype=torch.float64)
+        eigenvalues = torch.linalg.eigvalsh(self.objective.hessian(minima)).flatten()
+        lr, beta = self.objective.stability_limit(self.momentum), self.momentum
+        radius = max(spectral_radius(lr * e, beta) for e in eigenvalues.tolist())
+        return Check(abs(radius - 1), RADIUS_TOLERANCE)
 
     def plot(self, trace: Descent) -> Figure:
         """Six views: path on contours, loss, gradient norm, step size, x and y, improvement."""
@@ -161,18 +262,21 @@ class GradientDescent(Experiment):
         plot_path(axes[0, 0], fn, path)
         iters = np.arange(len(trace.losses))
         short = {"marker": "o", "markersize": 4} if len(iters) < 50 else {}
-        axes[0, 1].semilogy(iters, trace.losses, color="tab:blue", **short)
-        axes[0, 1].set(title="Loss (log scale)", ylabel="f(x, y)")
+        positive = min(trace.losses) > 0
+        (axes[0, 1].semilogy if positive else axes[0, 1].plot)(iters, trace.losses,
+                                                               color="tab:blue", **short)
+        axes[0, 1].set(title="Loss (log scale)" if positive else "Loss", ylabel="f(x, y)")
         axes[0, 2].semilogy(iters, trace.grad_norms, color="tab:orange", **short)
         axes[0, 2].set(title="Gradient norm (log scale)", ylabel="‖∇f(x, y)‖")
         axes[1, 0].semilogy(trace.step_sizes, color="tab:green", **short)
         axes[1, 0].set(title="Step size (log scale)", xlabel="iteration",
                        ylabel="‖step‖ = lr · ‖velocity‖")
-        target = fn.minima[int(np.argmin([np.hypot(*(path[-1] - m)) for m in fn.minima]))]
+        nearest = [np.hypot(*(path[-1] - m)) for m in fn.minima]
         for i, (name, color) in enumerate((("x", "tab:blue"), ("y", "tab:red"))):
             axes[1, 1].plot(path[:, i], color=color, label=name, **short)
-            axes[1, 1].axhline(target[i], color=color, linestyle="--", alpha=0.6,
-                               label=f"{name} at nearest minimum")
+            if nearest:
+                axes[1, 1].axhline(fn.minima[int(np.argmin(nearest))][i], color=color,
+                                   linestyle="--", alpha=0.6, label=f"{name} at nearest minimum")
         axes[1, 1].set(title="Parameters", xlabel="iteration", ylabel="value")
         axes[1, 1].legend(fontsize=8, ncol=2)
         improvement = -np.diff(trace.losses)
@@ -217,10 +321,14 @@ class GradientDescent(Experiment):
         for outcome, label in OUTCOMES.items():
             ax.scatter([], [], label=label, **outcome_marker(outcome, "black"))
         functions = {j["params"].get("experiment.function") for j in done}
-        if len(functions) == 1 and (name := functions.pop()) in OBJECTIVES:
-            limit = OBJECTIVES[name].stability_limit
-            ax.axvline(limit, color="gray", linestyle="--",
-                       label=f"stability limit 2/λmax(∇²f) at the minimum = {limit:.4g}")
+        momenta = sorted({float(j["params"].get("experiment.momentum", 0)) for j in done})
+        if len(functions) == 1 and (name := functions.pop()) is not None:
+            fn = objective(name)
+            for beta, style in zip(momenta, itertools.cycle(("--", ":", "-."))):
+                limit = fn.stability_limit(beta)
+                ax.axvline(limit, color="gray", linestyle=style,
+                           label=f"stability limit 2(1+β)/λmax at the minimum, β = {beta:g}: "
+                                 f"{limit:.4g}")
         failed = len(jobs) - len(done)
         title = f"{len(done)} job{'s' if len(done) != 1 else ''}"
         ax.set(xlabel="learning rate", ylabel="final loss",
@@ -237,30 +345,40 @@ def plot_path(ax, fn: Objective, path: np.ndarray) -> None:
     near = np.vstack([path[:1], near])  # far-flung points of a divergence are cut; the start not
     x0, x1 = min(x0, near[:, 0].min() - 0.2), max(x1, near[:, 0].max() + 0.2)
     y0, y1 = min(y0, near[:, 1].min() - 0.2), max(y1, near[:, 1].max() + 0.2)
-    lines, line_levels, levels = log_contours(fn, (x0, x1, y0, y1))
+    lines, line_levels, levels = path_contours(fn, (x0, x1, y0, y1))
+    logarithmic = levels[0] > 0
+    norm = (LogNorm if logarithmic else Normalize)(levels[0], levels[-1])
     ax.add_collection(LineCollection(lines, array=line_levels, cmap="viridis", linewidths=0.8,
-                                     norm=LogNorm(levels[0], levels[-1])))
+                                     norm=norm))
     ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", markersize=2, linewidth=1,
             label="path")
     ax.plot(*path[0], "o", color="tab:green", markersize=10, label="start")
     ax.plot(*path[-1], "s", color="tab:red", markersize=9, label="end")
-    minima = np.array(fn.minima)
-    ax.plot(minima[:, 0], minima[:, 1], "*", color="black", markersize=14, label="minima")
-    ax.set(xlim=(x0, x1), ylim=(y0, y1), title="Path on log-spaced contours of f", xlabel="x",
+    if fn.minima:
+        minima = np.array(fn.minima)
+        ax.plot(minima[:, 0], minima[:, 1], "*", color="black", label="minima",
+                markersize=14 if len(minima) <= MANY_MINIMA else 3)
+    spacing = "log-spaced" if logarithmic else "evenly spaced"
+    ax.set(xlim=(x0, x1), ylim=(y0, y1), title=f"Path on {spacing} contours of f", xlabel="x",
            ylabel="y")
     ax.legend(loc="upper right", fontsize=8)
 
 
 @functools.lru_cache(maxsize=16)
-def log_contours(fn: Objective, window: tuple[float, float, float, float],
-                 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def path_contours(fn: Objective, window: tuple[float, float, float, float],
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """Contour lines of `fn` over `window` (x0, x1, y0, y1), the level of each, and the 25
-    log-spaced levels. Cached: the jobs of a sweep mostly share a function and window."""
+    levels: log-spaced from min(1e-3, 1e-6 x the largest value) for a non-negative f, else
+    evenly spaced. Cached: the jobs of a sweep mostly share a function and window."""
     x0, x1, y0, y1 = window
     gx, gy = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
     z = fn.value(torch.from_numpy(np.stack([gx, gy], axis=-1))).numpy()
     generator = contour_generator(gx, gy, z)
-    levels = np.logspace(np.log10(max(z.min(), 1e-3)), np.log10(z.max()), 25)
+    if z.min() >= 0 and z.max() > 0:
+        floor = min(1e-3, 1e-6 * z.max())
+        levels = np.logspace(np.log10(max(z.min(), floor)), np.log10(z.max()), 25)
+    else:
+        levels = np.linspace(z.min(), z.max(), 27)[1:-1]
     lines, line_levels = [], []
     for level in levels:
         for line in generator.lines(level):

@@ -12,20 +12,32 @@ import torch
 from matplotlib.figure import Figure
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
-from gradkit.core.validation import ConfigError, choice, integer, number
+from gradkit.core.validation import ConfigError, integer, number
 from gradkit.core.validation import vector as coordinates
-from gradkit.lib.curvature import EIGENVALUE_TOLERANCE, definiteness, point_kind
+from gradkit.lib.curvature import (
+    EIGENVALUE_TOLERANCE,
+    definiteness,
+    local_gradient_scale,
+    point_kind,
+)
 from gradkit.lib.derivatives import HESSIANS, default_hessian_method
-from gradkit.lib.functions import NOTEBOOK_QUADRATIC, OBJECTIVES, Objective, quadratic
+from gradkit.lib.functions import (
+    NOTEBOOK_QUADRATIC,
+    OBJECTIVES,
+    Objective,
+    notebook_quadratic,
+    objective,
+    quadratic,
+)
 from gradkit.lib.timing import best_of
 from gradkit.plotting import figure, lean_log_ticks
 
-FUNCTIONS = ("quadratic", *OBJECTIVES)
 NOTEBOOK_POINT = (2.0, 1.0)
 TOLERANCE = 1e-12
 SYMMETRY_TOLERANCE = 1e-12
 REPEATS = 3  # each method is timed as the best of this many calls, after a warm-up call
 MIN_ARROW = 0.15  # shortest eigenvector arrow, as a fraction of the longest
+LEVEL_DECIMALS = 6  # most decimals on a contour colour bar; beyond, %.3g
 HEATMAP_MAX_DIM = 10  # larger Hessians are shown by their spectrum
 ARROW_COLOURS = {True: "tab:blue", False: "tab:red"}  # positive / negative eigenvalue
 
@@ -65,12 +77,14 @@ class Hessian(Experiment):
     """The Hessian of a test function at `point`: three ways checked, eigen-analysed."""
 
     proves = ("row-by-row double backward, torch.func.hessian and autograd.functional.hessian "
-              "each give the analytic Hessian")
+              "each give the analytic Hessian (SymPy's for an expression)")
 
     def __init__(self, function: str = "quadratic", point: list[float] | None = None,
                  matrix: list[list[float]] | None = None, vector: list[float] | None = None,
                  constant: float = NOTEBOOK_QUADRATIC["constant"], dim: int = 2):
-        self.function = choice("experiment.function", function, FUNCTIONS)
+        self.given = objective(function, builtins={"quadratic": notebook_quadratic(),
+                                                   **OBJECTIVES})
+        self.function = function
         self.dim = integer("experiment.dim", dim, minimum=2)
         if self.function != "quadratic" and self.dim != 2:
             raise ConfigError(f"experiment.dim={dim}: {function} is 2-D; only the quadratic "
@@ -90,7 +104,7 @@ class Hessian(Experiment):
     def objective(self, generator: torch.Generator) -> Objective:
         """The function, its quadratic's random parts drawn from `generator` when dim > 2."""
         if self.function != "quadratic":
-            return OBJECTIVES[self.function]
+            return self.given
         matrix = self.matrix if self.matrix is not None else random_spd(self.dim, generator)
         b = (torch.tensor(self.vector, dtype=torch.float64) if self.vector is not None
              else torch.randn(self.dim, generator=generator, dtype=torch.float64))
@@ -102,7 +116,7 @@ class Hessian(Experiment):
                  else torch.randn(self.dim, generator=ctx.generator, dtype=torch.float64))
         x = point.to(ctx.device)
         expected = fn.hessian(x)
-        scale = max(1.0, expected.abs().max().item())
+        scale = expected.abs().max().item() or 1.0
         hessians, seconds, checks = {}, {}, {}
         for name, method in HESSIANS.items():
             hessians[name], seconds[name] = timed(method, fn.value, x)
@@ -113,16 +127,19 @@ class Hessian(Experiment):
         eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
         eig = eigenvalues.tolist()
         grad_norm = fn.gradient(x).norm().item()
+        gradient_scale = local_gradient_scale(expected.cpu(), point)
         magnitudes = eigenvalues.abs()
         singular = magnitudes.min() <= EIGENVALUE_TOLERANCE * magnitudes.max()
         condition = math.inf if singular else (magnitudes.max() / magnitudes.min()).item()
-        tags = {"definiteness": definiteness(eig), "point_kind": point_kind(eig, grad_norm)}
+        tags = {"definiteness": definiteness(eig),
+                "point_kind": point_kind(eig, grad_norm, gradient_scale)}
         metrics = {
             **{f"eigenvalue.{i}": v for i, v in enumerate(eig)},
             "determinant": torch.linalg.det(hessian).item(),
             "trace": torch.trace(hessian).item(),
             "condition_number": condition,
             "grad_norm": grad_norm,
+            "gradient_scale": gradient_scale,
             "value": fn.value(x).item(),
             **{f"seconds.{name}": s for name, s in seconds.items()},
         }
@@ -158,7 +175,8 @@ class Hessian(Experiment):
             metrics = job["metrics"]
             eig = [metrics[f"eigenvalue.{i}"] for i in range(len(metrics))
                    if f"eigenvalue.{i}" in metrics]
-            kinds.append(point_kind(eig, metrics.get("grad_norm", math.inf)))
+            kinds.append(point_kind(eig, metrics.get("grad_norm", math.inf),
+                                    metrics.get("gradient_scale", 0.0)))
             labels.append(f"#{job['job']} {job['params'].get('experiment.function', '?')} at "
                           f"{job['params'].get('experiment.point', '?')}")
             condition = metrics["condition_number"]
@@ -197,19 +215,18 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
     offsets = torch.linspace(-radius, radius, 121, dtype=torch.float64)
     s, t = torch.meshgrid(offsets, offsets, indexing="xy")
     steps = s[..., None] * basis[:, 0] + t[..., None] * basis[:, 1]
-    values = fn.value(point + steps)
-    gradient = fn.gradient(point)
-    taylor = (fn.value(point) + steps @ gradient
-              + 0.5 * ((steps @ hessian) * steps).sum(-1))
+    values = fn.value(point + steps) - fn.value(point)  # differences: f may be 5 + 1e-12 x ...
+    taylor = steps @ fn.gradient(point) + 0.5 * ((steps @ hessian) * steps).sum(-1)
     levels = contour_levels(values, taylor)
+    decimals = level_decimals(levels)
     names = ("x", "y") if dim == 2 else ("along v(λmax)", "along v(λmin)")
     origin = point[:2].numpy() if dim == 2 else np.zeros(2)
     grid_x, grid_y = s.numpy() + origin[0], t.numpy() + origin[1]
     largest = eigenvalues.abs().max().item() or 1.0
     for ax, z, what in ((axes[0], values, "f"), (axes[1], taylor, "Taylor model")):
         lines = ax.contour(grid_x, grid_y, z.numpy(), levels=levels, cmap="viridis")
-        fig.colorbar(lines, ax=ax, label="f (same levels in both panels)",
-                     format=f"%.{level_decimals(levels)}f")
+        fig.colorbar(lines, ax=ax, label="f − f(point) (same levels in both panels)",
+                     format=f"%.{decimals}f" if decimals < LEVEL_DECIMALS else "%.3g")
         ax.plot(*origin, "ko", markersize=6, label="point")
         for value, vec in zip(eigenvalues.tolist(), eigenvectors.T, strict=True):
             direction = (basis.T @ vec).numpy()
@@ -251,7 +268,7 @@ def contour_levels(*surfaces: torch.Tensor, count: int = 20) -> np.ndarray:
     return np.linspace(low, low + span, count + 2)[1:-1]
 
 
-def level_decimals(levels: np.ndarray, most: int = 6) -> int:
+def level_decimals(levels: np.ndarray, most: int = LEVEL_DECIMALS) -> int:
     """The fewest decimals (up to `most`) that tell every two neighbouring levels apart."""
     for decimals in range(most + 1):
         shown = np.round(levels, decimals)

@@ -14,28 +14,41 @@ from matplotlib.colors import LogNorm, Normalize, SymLogNorm
 from matplotlib.figure import Figure
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
-from gradkit.core.validation import ConfigError, choice, integer, vector
+from gradkit.core.validation import ConfigError, integer, vector
 from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
 from gradkit.lib.derivatives import batched_gradient, batched_hessian, gradient_per_point
-from gradkit.lib.functions import OBJECTIVES, Objective, notebook_quadratic
+from gradkit.lib.functions import (
+    OBJECTIVES,
+    Objective,
+    Window,
+    distinct,
+    gradient_scale,
+    inside,
+    lattice,
+    notebook_quadratic,
+    objective,
+    stationary_points,
+    window_size,
+)
 from gradkit.lib.timing import now
 from gradkit.plotting import colorbar, figure, lean_log_ticks
 
-FUNCTIONS = (*OBJECTIVES, "quadratic")
 MAX_RESOLUTION = 2000
 GRADIENT_TOLERANCE = 1e-12
 LOOP_SAMPLE = 64  # grid points the per-point backward loop recomputes
-NEWTON_STEPS = 40
+NEWTON_STEPS = 200  # Newton converges only linearly at degenerate points (x^4: 2/3 a step)
 NEWTON_STOP = 1e-15  # every step below this fraction of the window: converged
-MAX_SEEDS = 1000
-MERGE_DISTANCE = 1e-7  # relative to the window's size
+MAX_SEEDS = 1000  # the grid's local minima of |grad f| that seed Newton, smallest first
+SEED_LATTICE = 32  # per axis: further seeds evenly over the window, whatever the resolution
+LINK_SPACINGS = 2  # degenerate points this many seed spacings apart belong to one set
+MATCH_DISTANCE = 1e-6  # an oracle point this close (fraction of the window) is found
 MARKERS = {"minimum": ("*", "tab:green"), "maximum": ("^", "tab:red"),
            "saddle": ("X", "tab:orange"), "degenerate": ("o", "tab:purple")}
 
 
-def landscape_objective(name: str) -> Objective:
-    """The named 2-D function (the notebook's quadratic for `quadratic`)."""
-    return notebook_quadratic() if name == "quadratic" else OBJECTIVES[name]
+def builtins() -> dict[str, Objective]:
+    """The built-in functions: the 2-D test functions and the notebook's quadratic."""
+    return {**OBJECTIVES, "quadratic": notebook_quadratic()}
 
 
 def window_range(key: str, value: Any, default: tuple[float, float]) -> tuple[float, float]:
@@ -57,59 +70,122 @@ def grid(x_range: tuple[float, float], y_range: tuple[float, float],
     return torch.stack([gx, gy], dim=-1)
 
 
-def critical_points(fn: Objective, points: torch.Tensor, grads: torch.Tensor,
-                    x_range: tuple[float, float], y_range: tuple[float, float]
-                    ) -> list[dict[str, Any]]:
-    """Every stationary point in the window, classified by its Hessian's eigenvalues.
-
-    Seeds are the grid's local minima of |grad f|; Newton's method on grad f refines them;
-    those inside the window with |grad f| < STATIONARY_TOLERANCE are kept, duplicates merged.
-    """
+def seeds(points: torch.Tensor, grads: torch.Tensor, window: Window) -> torch.Tensor:
+    """Newton's starts: the grid's local minima of |grad f| and a fixed lattice over the window
+    (on a coarse grid two critical points can share one local minimum)."""
     magnitude = grads.norm(dim=-1)
     padded = F.pad(magnitude[None, None], (1, 1, 1, 1), value=float("inf"))
     neighbourhood_min = -F.max_pool2d(-padded, 3, stride=1)[0, 0]
     is_seed = magnitude <= neighbourhood_min
     order = magnitude[is_seed].argsort()[:MAX_SEEDS]
-    x = points[is_seed][order]
-    low = torch.tensor([x_range[0], y_range[0]], dtype=x.dtype, device=x.device)
-    high = torch.tensor([x_range[1], y_range[1]], dtype=x.dtype, device=x.device)
-    size = high - low
+    return torch.cat([points[is_seed][order], lattice(window, SEED_LATTICE).to(points.device)])
+
+
+def newton(fn: Objective, x: torch.Tensor, window: Window) -> torch.Tensor:
+    """Newton's method on grad f from each row of x, with autograd's gradients and Hessians
+    (least squares where the Hessian is singular), kept within a window's size of it."""
+    size = window_size(window).to(x.device)
+    low = torch.tensor([window[0][0], window[1][0]], dtype=x.dtype, device=x.device)
+    high = low + size
     gradient = torch.func.vmap(torch.func.grad(fn.value))
     for _ in range(NEWTON_STEPS):
         step = torch.linalg.lstsq(batched_hessian(fn.value, x),
                                   gradient(x).unsqueeze(-1)).solution.squeeze(-1)
+        step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
         x = torch.clamp(x - step, low - size, high + size)
         if (step.abs() / size).max() < NEWTON_STOP:
             break
-    grad_norms = gradient(x).norm(dim=-1)
-    keep = (grad_norms < STATIONARY_TOLERANCE) & ((x >= low) & (x <= high)).all(-1)
-    found: list[torch.Tensor] = []
-    for point in x[keep]:
-        if all(((point - other).abs() / size).max() > MERGE_DISTANCE for other in found):
-            found.append(point)
-    if not found:
-        return []
-    stacked = torch.stack(found)
-    eigenvalues = torch.linalg.eigvalsh(batched_hessian(fn.value, stacked))
+    return x
+
+
+def critical_points(fn: Objective, points: torch.Tensor, grads: torch.Tensor, window: Window
+                    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every critical point in the window, classified by its Hessian, and the critical sets
+    (curves of degenerate points, like the ring of (x² + y² - 1)²), each reported once.
+
+    A point counts as critical where ‖∇f‖ ≤ STATIONARY_TOLERANCE x the largest ‖∇f‖ on the
+    grid; an eigenvalue as zero below EIGENVALUE_TOLERANCE x that scale over the window's
+    diagonal (or x the point's largest |λ|).
+    """
+    scale = gradient_scale(grads.reshape(-1, 2))
+    curvature = scale / window_size(window).norm().item()
+    gradient = torch.func.vmap(torch.func.grad(fn.value))
+    x = newton(fn, seeds(points, grads, window), window)
+    keep = (gradient(x).norm(dim=-1) <= STATIONARY_TOLERANCE * scale) & inside(x, window)
+    found = distinct(x[keep], window)
+    if not len(found):
+        return [], []
+    eigenvalues = torch.linalg.eigvalsh(batched_hessian(fn.value, found))
     rows = []
-    for point, eig in zip(stacked, eigenvalues, strict=True):
+    for point, eig in zip(found, eigenvalues, strict=True):
         grad_norm = gradient(point[None]).norm().item()
         rows.append({"x": point[0].item(), "y": point[1].item(),
                      "value": fn.value(point).item(),
-                     "kind": point_kind(eig.tolist(), grad_norm),
+                     "kind": point_kind(eig.tolist(), grad_norm, scale, curvature),
                      "eigenvalues": eig.tolist(), "grad_norm": grad_norm})
-    return sorted(rows, key=lambda r: (KINDS.index(r["kind"]), r["x"], r["y"]))
+    isolated, sets = split_sets(rows, window)
+    return sorted(isolated, key=lambda r: (KINDS.index(r["kind"]), r["x"], r["y"])), sets
+
+
+def split_sets(rows: list[dict[str, Any]], window: Window
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Isolated points, and the groups of degenerate points that chain within LINK_SPACINGS
+    seed spacings of each other: a non-isolated critical set, each summarised once."""
+    degenerate = [r for r in rows if r["kind"] == "degenerate"]
+    at = torch.tensor([[r["x"], r["y"]] for r in degenerate], dtype=torch.float64)
+    linked = torch.cdist(at, at) <= link_distance(window) if degenerate else None
+    group = torch.arange(len(degenerate))
+    while degenerate:  # each point takes the smallest label it links to, until none changes
+        smaller = torch.where(linked, group[None], len(degenerate)).amin(-1)
+        if torch.equal(smaller, group):
+            break
+        group = smaller
+    members: dict[int, list[dict[str, Any]]] = {}
+    for row, g in zip(degenerate, group.tolist(), strict=True):
+        members.setdefault(g, []).append(row)
+    sets = [summarise_set(m) for m in members.values() if len(m) > 1]
+    on_sets = {id(r) for m in members.values() if len(m) > 1 for r in m}
+    return [r for r in rows if id(r) not in on_sets], sets
+
+
+def link_distance(window: Window) -> float:
+    """How near two degenerate points lie on one critical set: LINK_SPACINGS seed spacings."""
+    return LINK_SPACINGS * (window_size(window) / (SEED_LATTICE - 1)).norm().item()
+
+
+def summarise_set(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """A critical set: how many of its points were found, where it lies, f along it."""
+    xs, ys, values = ([r[k] for r in rows] for k in ("x", "y", "value"))
+    return {"points": len(rows), "x": [min(xs), max(xs)], "y": [min(ys), max(ys)],
+            "value": [min(values), max(values)],
+            "members": [[x, y] for x, y in zip(xs, ys, strict=True)]}
+
+
+def missed(oracle: torch.Tensor, found: list[dict[str, Any]], sets: list[dict[str, Any]],
+           window: Window) -> int:
+    """How many of the oracle's critical points neither lie within MATCH_DISTANCE of a found
+    point nor chain onto a found critical set."""
+    size = window_size(window)
+    points = torch.tensor([[r["x"], r["y"]] for r in found], dtype=torch.float64).reshape(-1, 2)
+    members = torch.tensor([m for s in sets for m in s["members"]],
+                           dtype=torch.float64).reshape(-1, 2)
+    count = 0
+    for p in oracle.cpu():
+        near_point = bool(((points - p).abs() / size).amax(-1).le(MATCH_DISTANCE).any())
+        near_set = bool((members - p).norm(dim=-1).le(link_distance(window)).any())
+        count += not (near_point or near_set)
+    return count
 
 
 class Landscape(Experiment):
     """Values and gradients of a 2-D function on a grid; its critical points, classified."""
 
     proves = ("the batched gradient equals the analytic one and the per-point loop on the grid,"
-              " and every critical point found is stationary")
+              " every critical point found is stationary, and none of the oracle's is missed")
 
     def __init__(self, function: str = "rosenbrock", x_range: list[float] | None = None,
                  y_range: list[float] | None = None, resolution: int = 200):
-        self.objective = landscape_objective(choice("experiment.function", function, FUNCTIONS))
+        self.objective = objective(function, builtins=builtins())
         (x_window, y_window) = self.objective.window
         self.x_range = window_range("experiment.x_range", x_range, x_window)
         self.y_range = window_range("experiment.y_range", y_range, y_window)
@@ -125,7 +201,7 @@ class Landscape(Experiment):
         values, grads = batched_gradient(fn.value, points)
         seconds = now(ctx.device) - start
         magnitude = grads.norm(dim=-1)
-        found = critical_points(fn, points, grads, self.x_range, self.y_range)
+        found, sets = critical_points(fn, points, grads, self.window)
         counts = {kind: sum(p["kind"] == kind for p in found) for kind in KINDS}
         metrics = {
             "value_min": values.min().item(), "value_max": values.max().item(),
@@ -133,48 +209,62 @@ class Landscape(Experiment):
             "grad_norm_mean": magnitude.mean().item(), "grad_norm_max": magnitude.max().item(),
             "gradient_seconds": seconds,
             **{f"critical_points.{kind}": float(n) for kind, n in counts.items()},
+            "critical_sets": float(len(sets)),
         }
         return Result(
             metrics=metrics,
-            checks=self.checks(points, grads, found),
-            figures={"landscape": self.plot(points.cpu(), values.cpu(), grads.cpu(), found)},
+            checks=self.checks(points, grads, found, sets),
+            figures={"landscape": self.plot(points.cpu(), values.cpu(), grads.cpu(), found,
+                                            sets)},
             summary={"function": fn.name, "x_range": list(self.x_range),
                      "y_range": list(self.y_range), "resolution": self.resolution,
-                     "critical_points": found},
+                     "critical_points": found, "critical_sets": sets},
             objective=metrics["grad_norm_mean"],
         )
 
-    def checks(self, points: torch.Tensor, grads: torch.Tensor,
-               found: list[dict[str, Any]]) -> dict[str, Check]:
+    @property
+    def window(self) -> Window:
+        return self.x_range, self.y_range
+
+    def checks(self, points: torch.Tensor, grads: torch.Tensor, found: list[dict[str, Any]],
+               sets: list[dict[str, Any]]) -> dict[str, Check]:
         """Batched autograd vs the analytic gradient everywhere and vs the per-point loop on
-        a fixed sample; the analytic gradient at every critical point."""
+        a fixed sample; the analytic gradient at every critical point and set member
+        (relative to the largest analytic ‖∇f‖ on the grid); the oracle's critical points
+        (`stationary_points`: Newton with the analytic derivatives from its own starts), each
+        found or on a found set."""
         flat_points, flat_grads = points.reshape(-1, 2), grads.reshape(-1, 2)
         analytic = self.objective.gradient(flat_points)
-        scale = max(1.0, analytic.abs().max().item())
+        scale = analytic.abs().max().item() or 1.0
         sample = torch.linspace(0, len(flat_points) - 1, LOOP_SAMPLE,
                                 device=points.device).round().long().unique()
         looped = gradient_per_point(self.objective.value, flat_points[sample])
+        at = [[p["x"], p["y"]] for p in found] + [m for s in sets for m in s["members"]]
         at_critical = self.objective.gradient(
-            torch.tensor([[p["x"], p["y"]] for p in found], dtype=torch.float64).reshape(-1, 2))
+            torch.tensor(at, dtype=torch.float64).reshape(-1, 2)).norm(dim=-1)
+        norm_scale = gradient_scale(analytic) or 1.0
+        oracle = stationary_points(self.objective, self.window)
         return {
             "gradient": Check((flat_grads - analytic).abs().max().item() / scale,
                               GRADIENT_TOLERANCE),
             "loop_agreement": Check((looped - flat_grads[sample]).abs().max().item() / scale,
                                     GRADIENT_TOLERANCE),
-            "stationary": Check(at_critical.norm(dim=-1).max().item() if found else 0.0,
+            "stationary": Check(at_critical.max().item() / norm_scale if at else 0.0,
                                 STATIONARY_TOLERANCE),
+            "complete": Check(float(missed(oracle, found, sets, self.window)), 0.0),
         }
 
     def plot(self, points: torch.Tensor, values: torch.Tensor, grads: torch.Tensor,
-             found: list[dict[str, Any]]) -> Figure:
+             found: list[dict[str, Any]], sets: list[dict[str, Any]]) -> Figure:
         """The notebook's nine views: contours, surface, field, |grad|, df/dx, df/dy,
         histograms of values, magnitudes and directions."""
         x, y = points[..., 0].numpy(), points[..., 1].numpy()
         z, g = values.numpy(), grads.numpy()
         magnitude = np.hypot(g[..., 0], g[..., 1])
         extent = (*self.x_range, *self.y_range)
-        counts = ", ".join(count_label(sum(p["kind"] == k for p in found), k)
-                           for k in KINDS if any(p["kind"] == k for p in found))
+        counts = ", ".join([count_label(sum(p["kind"] == k for p in found), k)
+                            for k in KINDS if any(p["kind"] == k for p in found)]
+                           + [f"{len(sets)} critical set{'s' * (len(sets) != 1)}"] * bool(sets))
         title = (f"{self.objective.name} on [{self.x_range[0]:g}, {self.x_range[1]:g}] × "
                  f"[{self.y_range[0]:g}, {self.y_range[1]:g}], {self.resolution}² points: "
                  f"critical points: {counts or 'none'}")
@@ -183,7 +273,7 @@ class Landscape(Experiment):
                             hspace=0.3)
         norm = value_norm(z)
         logarithmic = isinstance(norm, LogNorm)
-        contours(fig, axes[0, 0], x, y, z, norm, found)
+        contours(fig, axes[0, 0], x, y, z, norm, found, sets)
         heatmap(fig, axes[0, 1], z, extent, norm, "viridis", "f(x, y)",
                 f"Surface f ({'log' if logarithmic else 'linear'} colour scale)")
         gradient_field(fig, axes[0, 2], x, y, g, magnitude)
@@ -245,8 +335,9 @@ def count_label(count: int, kind: str) -> str:
 
 
 def contours(fig: Figure, ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, norm: Normalize,
-             found: list[dict[str, Any]]) -> None:
-    """Contours of f (log-spaced under a log norm) with the critical points marked by kind."""
+             found: list[dict[str, Any]], sets: list[dict[str, Any]]) -> None:
+    """Contours of f (log-spaced under a log norm) with the critical points marked by kind
+    and the points found on critical sets as small dots."""
     logarithmic = isinstance(norm, LogNorm)
     if logarithmic:
         levels, z = np.geomspace(norm.vmin, norm.vmax, 25), np.clip(z, norm.vmin, None)
@@ -260,7 +351,10 @@ def contours(fig: Figure, ax, x: np.ndarray, y: np.ndarray, z: np.ndarray, norm:
             marker, color = MARKERS[kind]
             ax.scatter(*zip(*at, strict=True), marker=marker, color=color, s=150,
                        edgecolor="black", zorder=3, label=count_label(len(at), kind))
-    if found:
+    for number, members in enumerate(s["members"] for s in sets):
+        ax.scatter(*zip(*members, strict=True), s=12, color="tab:purple", zorder=3,
+                   label=f"critical set ({len(members)} points found)" if not number else None)
+    if found or sets:
         ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
     spaced = "log-spaced" if logarithmic else "evenly spaced"
     ax.set(title=f"Contours ({spaced}), critical points", xlabel="x", ylabel="y")

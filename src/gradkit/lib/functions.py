@@ -1,19 +1,30 @@
-"""Objective functions of two variables, batched over leading dimensions, in float64."""
+"""Objective functions of two variables, batched over leading dimensions, in float64: the
+built-in test functions with hand-written derivatives, and any expression of x and y."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 
-from gradkit.core.validation import choice
+from gradkit.lib.curvature import EIGENVALUE_TOLERANCE, STATIONARY_TOLERANCE, definiteness
+from gradkit.lib.expressions import Expression
+
+Window = tuple[tuple[float, float], tuple[float, float]]
+EXPRESSION_WINDOW: Window = ((-5.0, 5.0), (-5.0, 5.0))
+ORACLE_STARTS = 48  # per axis: the oracle's Newton starts on a lattice over the window
+ORACLE_STEPS = 150  # enough for the linear convergence at degenerate points (x^6: 4/5 a step)
+MERGE_DISTANCE = 1e-7  # points closer than this fraction of the window are one point
+EDGE = 1e-9  # fraction of the window a point may lie outside it and still count as inside
 
 
 @dataclass(frozen=True)
 class Objective:
-    """A test function with its analytic derivatives, known minima and a plotting window.
+    """A test function with its analytic derivatives, a plotting window and its minima (known,
+    or else found by `stationary_points` in the window).
 
     `hessian` maps points (..., n) to Hessians (..., n, n).
     """
@@ -21,21 +32,106 @@ class Objective:
     name: str
     value: Callable[[torch.Tensor], torch.Tensor]
     gradient: Callable[[torch.Tensor], torch.Tensor]
-    minima: tuple[tuple[float, ...], ...]
-    window: tuple[tuple[float, float], tuple[float, float]]
+    known_minima: tuple[tuple[float, ...], ...] | None
+    window: Window
     hessian: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @functools.cached_property
-    def stability_limit(self) -> float:
-        """The largest stable gradient-descent step near the minima: 2 / max Hessian eigenvalue."""
-        hessian = torch.autograd.functional.hessian
-        hessians = [hessian(self.value, torch.tensor(m, dtype=torch.float64)) for m in self.minima]
-        return 2 / max(torch.linalg.eigvalsh(h).max().item() for h in hessians)
+    def minima(self) -> tuple[tuple[float, ...], ...]:
+        """The known minima, or the oracle's stationary points with a definite Hessian."""
+        if self.known_minima is not None:
+            return self.known_minima
+        points = stationary_points(self, self.window)
+        return tuple(tuple(p.tolist()) for p in points if self.is_minimum(p))
+
+    def is_minimum(self, point: torch.Tensor) -> bool:
+        """A stationary point with a positive (semi)definite Hessian and f no lower on a small
+        circle around it (which tells x⁴ + y⁴ from x⁴ - y⁴, both of zero Hessian)."""
+        kind = definiteness(torch.linalg.eigvalsh(self.hessian(point)).tolist())
+        angles = torch.linspace(0, 2 * math.pi, 17, dtype=torch.float64)[:-1]
+        radius = 1e-3 * window_size(self.window).min()
+        ring = point + radius * torch.stack([angles.cos(), angles.sin()], -1)
+        return (kind in ("positive_definite", "positive_semidefinite")
+                and bool((self.value(ring) >= self.value(point)).all()))
+
+    @functools.cached_property
+    def sharpness(self) -> float:
+        """The largest analytic Hessian eigenvalue over the minima: nan without minima, 0 when
+        below EIGENVALUE_TOLERANCE x the largest over the window (a degenerate minimum)."""
+        if not self.minima:
+            return math.nan
+        largest = torch.linalg.eigvalsh(
+            self.hessian(torch.tensor(self.minima, dtype=torch.float64))).max().item()
+        window = torch.linalg.eigvalsh(self.hessian(lattice(self.window, ORACLE_STARTS)))
+        scale = window.abs().nan_to_num(nan=0.0, posinf=0.0).max().item()
+        return largest if largest > EIGENVALUE_TOLERANCE * scale else 0.0
+
+    def stability_limit(self, momentum: float = 0.0) -> float:
+        """The largest stable step of heavy-ball descent near the minima, 2 (1 + β) / λmax
+        (2 / λmax for plain descent; inf at a degenerate minimum, nan without one)."""
+        return 2 * (1 + momentum) / self.sharpness if self.sharpness else math.inf
 
     def distance_to_minimum(self, point: torch.Tensor) -> float:
-        """Distance from `point` to the nearest known minimum."""
+        """Distance from `point` to the nearest minimum (nan without minima)."""
+        if not self.minima:
+            return math.nan
         minima = torch.tensor(self.minima, dtype=point.dtype)
         return torch.linalg.vector_norm(minima - point, dim=-1).min().item()
+
+
+def window_size(window: Window) -> torch.Tensor:
+    """(width, height) of a window."""
+    (x0, x1), (y0, y1) = window
+    return torch.tensor([x1 - x0, y1 - y0], dtype=torch.float64)
+
+
+def inside(points: torch.Tensor, window: Window) -> torch.Tensor:
+    """Which points (m, 2) lie in the window (up to EDGE of its size)."""
+    (x0, x1), (y0, y1) = window
+    slack = EDGE * window_size(window).to(points.device)
+    low = torch.tensor([x0, y0], dtype=points.dtype, device=points.device) - slack
+    high = torch.tensor([x1, y1], dtype=points.dtype, device=points.device) + slack
+    return ((points >= low) & (points <= high)).all(-1)
+
+
+def distinct(points: torch.Tensor, window: Window) -> torch.Tensor:
+    """The points (m, 2) with near-duplicates (MERGE_DISTANCE of the window) dropped."""
+    size = window_size(window).to(points.device)
+    apart = ((points[:, None] - points[None]).abs() / size).amax(-1)
+    return points[~((apart <= MERGE_DISTANCE).tril(-1)).any(-1)]
+
+
+def lattice(window: Window, per_axis: int) -> torch.Tensor:
+    """per_axis² points (m, 2) evenly over the window, corners included."""
+    (x0, x1), (y0, y1) = window
+    xs = torch.linspace(x0, x1, per_axis, dtype=torch.float64)
+    ys = torch.linspace(y0, y1, per_axis, dtype=torch.float64)
+    return torch.cartesian_prod(xs, ys)
+
+
+def stationary_points(fn: Objective, window: Window) -> torch.Tensor:
+    """Where fn's analytic gradient vanishes in the window: the independent oracle for the
+    landscape's search. Newton's method with the analytic gradient and Hessian (no autograd,
+    a pseudo-inverse step) from a dense lattice of starts; kept where ‖∇f‖ ≤
+    STATIONARY_TOLERANCE x the largest ‖∇f‖ on the lattice."""
+    x = lattice(window, ORACLE_STARTS)
+    size = window_size(window)
+    low, high = x.min(0).values - size, x.max(0).values + size
+    scale = gradient_scale(fn.gradient(x))
+    for _ in range(ORACLE_STEPS):
+        g, h = fn.gradient(x), fn.hessian(x)
+        finite = torch.isfinite(g).all(-1) & torch.isfinite(h).flatten(1).all(-1)
+        step = torch.linalg.pinv(torch.where(finite[:, None, None], h, 0.0)) @ \
+            torch.where(finite[:, None], g, 0.0).unsqueeze(-1)
+        x = torch.clamp(x - step.squeeze(-1), low, high)
+    critical = fn.gradient(x).norm(dim=-1) <= STATIONARY_TOLERANCE * scale
+    return distinct(x[critical & inside(x, window)], window)
+
+
+def gradient_scale(gradients: torch.Tensor) -> float:
+    """The function's own gradient scale: the largest finite ‖∇f‖ among `gradients`."""
+    norms = gradients.norm(dim=-1)
+    return norms[torch.isfinite(norms)].max().item() if torch.isfinite(norms).any() else 0.0
 
 
 def rosenbrock(p: torch.Tensor) -> torch.Tensor:
@@ -111,9 +207,16 @@ OBJECTIVES = {
 }
 
 
-def objective(name: str, key: str = "experiment.function") -> Objective:
-    """The objective called `name`, or a ConfigError listing the known ones."""
-    return OBJECTIVES[choice(key, name, OBJECTIVES)]
+def objective(name: str, key: str = "experiment.function",
+              builtins: Mapping[str, Objective] | None = None) -> Objective:
+    """The built-in objective called `name`, else `name` read as an expression of x and y
+    (a ConfigError naming what is not allowed, and the built-in names)."""
+    builtins = OBJECTIVES if builtins is None else builtins
+    if name in builtins:
+        return builtins[name]
+    expression = Expression(str(name), key, " | ".join(builtins))
+    return Objective(expression.text, expression.value, expression.gradient, None,
+                     EXPRESSION_WINDOW, expression.hessian)
 
 
 def notebook_quadratic() -> Objective:
