@@ -136,8 +136,10 @@ class GradientDebugging(Experiment):
 
     def __init__(self, scenario: str = "problematic", input_dim: int = 10,
                  hidden: list[int] = (50, 50, 50), batch_size: int = 16,
-                 vanishing: float = 1e-4, exploding: float = 10.0, imbalance: float = 1e3,
-                 dead_units: float = 0.5):
+                 vanishing: float = Thresholds.vanishing,
+                 exploding: float = Thresholds.exploding,
+                 imbalance: float = Thresholds.imbalance,
+                 dead_units: float = Thresholds.dead_units):
         if isinstance(scenario, float) and math.isnan(scenario):
             scenario = "nan"  # Hydra reads `scenario=nan` on a command line as a float
         self.scenario = choice("experiment.scenario", scenario, SCENARIOS)
@@ -209,9 +211,10 @@ class GradientDebugging(Experiment):
         stats_table(table_ax, diagnosis)
         origin = diagnosis.origin
         if origin:
-            table_ax.set_xlabel(f"first non-finite gradient: {origin.operation} ({origin.kind})"
-                                f"\ncreated at {origin.forward_line}", fontsize=10)
-        plot_layer_norms(norms_ax, {k: math.nan if s.nan_count or s.inf_count else s.norm
+            where = "forward pass" if origin.phase == "forward" else "backward pass, created"
+            table_ax.set_xlabel(f"first NaN/Inf: {origin.operation} ({origin.kind})"
+                                f"\n{where} at {origin.forward_line}", fontsize=10)
+        plot_layer_norms(norms_ax, {k: math.nan if s.nan_count or s.inf_count else s.grad_to_weight
                                     for k, s in diagnosis.grads.items()},
                          diagnosis.found, self.thresholds)
         return fig
@@ -250,11 +253,12 @@ _HIGHLIGHT = {"vanishing": "#fdd9a0", "imbalance": "#fdd9a0", "dead_units": "#fd
               "exploding": "#f4a0a0", "nan_grad": "#f4a0a0", "inf_grad": "#f4a0a0"}
 _LEVEL_COLOUR = {"healthy": "#b7e4b0", "warning": "#fdd9a0", "critical": "#f4a0a0"}
 _COLUMNS = {  # column -> (rule kinds shown in it, value of a layer's stats)
-    "‖grad‖": (("vanishing", "exploding", "imbalance"), lambda g, a: f"{g.norm:.2e}"),
+    "‖grad‖": ((), lambda g, a: f"{g.norm:.2e}"),
     "mean": ((), lambda g, a: f"{g.mean:.1e}"),
     "std": ((), lambda g, a: f"{g.std:.1e}"),
     "zeros": ((), lambda g, a: f"{g.zero_fraction:.0%}"),
-    "‖grad‖/‖W‖": ((), lambda g, a: f"{g.grad_to_weight:.1e}"),
+    "‖grad‖/‖W‖": (("vanishing", "exploding", "imbalance"),
+                   lambda g, a: f"{g.grad_to_weight:.1e}"),
     "dead units": (("dead_units",), lambda g, a: f"{a.dead_fraction:.0%}" if a else "-"),
     "NaN": (("nan_grad",), lambda g, a: str(g.nan_count)),
     "Inf": (("inf_grad",), lambda g, a: str(g.inf_count)),

@@ -46,8 +46,10 @@ class GradientFlow(Experiment):
 
     def __init__(self, input_dim: int = 3, hidden: list[int] = (4, 6, 4), output_dim: int = 2,
                  batch_size: int = 8, activation: str = "relu", init: str = "xavier_normal",
-                 vanishing: float = 1e-5, exploding: float = 100.0, imbalance: float = 1e3,
-                 dead_units: float = 0.5):
+                 vanishing: float = Thresholds.vanishing,
+                 exploding: float = Thresholds.exploding,
+                 imbalance: float = Thresholds.imbalance,
+                 dead_units: float = Thresholds.dead_units):
         self.input_dim = integer("experiment.input_dim", input_dim, minimum=1)
         self.hidden = check_widths("experiment.hidden", hidden)
         self.output_dim = integer("experiment.output_dim", output_dim, minimum=1)

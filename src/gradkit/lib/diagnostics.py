@@ -287,7 +287,7 @@ def dead_units_check(model: nn.Module, x: torch.Tensor,
         on = (~(_backward_slopes(module, z).abs() < SATURATED_SLOPE * peak)).sum(dim=0)
         dead = (on <= (1 - DEAD_SAMPLES) * z.shape[0]).double().mean().item()
         error = max(error, abs(activations[name].dead_fraction - dead))
-    return Check(error, 1 / max(1, min((z.shape[1] for z in inputs.values()), default=1)))
+    return Check(error, 1 / min((z.shape[1] for z in inputs.values()), default=1))
 
 
 def _backward_slopes(activation: nn.Module, z: torch.Tensor, step: float = 1e-7) -> torch.Tensor:
