@@ -70,7 +70,7 @@ def assert_logged_run(run) -> None:
     metrics, tags = run.data.metrics, run.data.tags
     assert run.info.status == "FINISHED"
     assert tags["checks"] == "passed"
-    for check in ("state_restored", "smoothing", "stop_rule", "suggestion"):
+    for check in ("state_restored", "schedule", "smoothing", "stop_rule", "suggestion"):
         assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
     assert (metrics["data.train_size"] + metrics["data.validation_size"],
             metrics["data.test_size"]) == (1437, 360)

@@ -20,6 +20,7 @@ from gradkit.experiments.lr_finder import (
     RangeTest,
     exponential_schedule,
     range_test,
+    schedule_error,
     smoothing_error,
     state_mismatches,
     steepest_descent,
@@ -62,6 +63,16 @@ def test_schedule_is_geometric_from_start_to_end():
     np.testing.assert_allclose(schedule, np.geomspace(1e-7, 10.0, 100), rtol=1e-12)
     assert schedule[0] == 1e-7
     assert schedule[-1] == pytest.approx(10.0, rel=1e-14)
+
+
+def test_schedule_check_sees_a_ramp_that_misses_its_end():
+    assert schedule_error(exponential_schedule(1e-7, 10.0, 100), 1e-7, 10.0, 100) < 1e-12
+    assert schedule_error(exponential_schedule(1e-7, 10.0, 100)[:37], 1e-7, 10.0, 100) < 1e-12
+    short = [1e-7 * 1e8 ** (i / 100) for i in range(100)]  # i / num_iter: ends below 10
+    assert schedule_error(short, 1e-7, 10.0, 100) > 0.1
+    linear = np.linspace(1e-7, 10.0, 100).tolist()
+    assert schedule_error(linear, 1e-7, 10.0, 100) > 0.1
+    assert schedule_error([1e-7] * 101, 1e-7, 10.0, 100) == math.inf
 
 
 def test_range_test_steps_every_lr_regardless_of_dataset_size():
@@ -221,7 +232,8 @@ def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_ap
     assert not [name for name in metrics if name.startswith("test.") and "lr_" in name]
     assert metrics["test.loss"] != metrics["validation.loss.suggested"]
     assert len(result.series["validation_loss"]) == len(result.series["batch_loss"])
-    assert set(result.checks) == {"state_restored", "smoothing", "stop_rule", "suggestion"}
+    assert set(result.checks) == {"state_restored", "schedule", "smoothing", "stop_rule",
+                                  "suggestion"}
     assert result.failed_checks == []
 
 

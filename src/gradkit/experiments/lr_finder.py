@@ -41,7 +41,7 @@ from gradkit.plotting import figure, lean_log_ticks
 
 # The validation runs: the suggestion, ten times lower and ten times higher.
 VALIDATION_FACTORS = {"lr_over_10": 0.1, "suggested": 1.0, "lr_times_10": 10.0}
-RULE_TOLERANCE = 1e-12  # the smoothing recomputed in another order, relative to the curve
+RULE_TOLERANCE = 1e-12  # a rule recomputed in another order, relative to its values
 
 Split = tuple[torch.Tensor, torch.Tensor]  # inputs and labels
 
@@ -115,6 +115,15 @@ def steepest_descent(smoothed: list[float], skip_start: int, skip_end: int) -> i
     if len(window) < 2 or not np.isfinite(slopes := np.gradient(window)).any():
         return None
     return skip_start + int(np.nanargmin(np.where(np.isfinite(slopes), slopes, np.nan)))
+
+
+def schedule_error(lrs: Sequence[float], start_lr: float, end_lr: float, num_iter: int) -> float:
+    """Largest relative gap between the logged learning rates and the first of `num_iter`
+    points spaced evenly in log from `start_lr` to `end_lr` (np.geomspace); inf if more."""
+    if len(lrs) > num_iter:
+        return math.inf
+    expected = np.geomspace(start_lr, end_lr, num_iter)[:len(lrs)]
+    return float(np.max(np.abs(np.asarray(lrs) - expected) / expected, initial=0.0))
 
 
 def smoothing_error(losses: Sequence[float], smoothed: Sequence[float],
@@ -262,10 +271,12 @@ class LrFinder(Experiment):
         )
 
     def checks(self, trace: RangeTest, index: int | None, restored: int) -> dict[str, Check]:
-        """The state put back, and the smoothing, stop and suggestion rules recomputed from the
-        logged curve."""
+        """The state put back, and the schedule, smoothing, stop and suggestion rules
+        recomputed from the logged curve."""
         return {
             "state_restored": Check(float(restored), 0.0),
+            "schedule": Check(schedule_error(trace.lrs, self.start_lr, self.end_lr,
+                                             self.num_iter), RULE_TOLERANCE),
             "smoothing": Check(smoothing_error(trace.losses, trace.smoothed, self.smooth_f),
                                RULE_TOLERANCE),
             "stop_rule": Check(stop_rule_error(trace.smoothed, trace.diverged, self.num_iter,
