@@ -40,3 +40,15 @@ def test_preset_first_jobs_run_as_a_smoke_sweep(cli, store):
     assert [c.data.tags["point_kind"] for c in children] == ["minimum", "not_critical"]
     artifacts = {a.path for a in client_for(store).list_artifacts(parent.info.run_id, "report")}
     assert "report/comparison.png" in artifacts
+
+
+def test_cli_run_of_an_expression_tags_the_monkey_saddle_degenerate(cli, store):
+    code, err = cli("experiment=hessian", "experiment.function='x**3 - 3*x*y**2'",
+                    "experiment.point=[0,0]")
+
+    assert code == 0, err
+    [run] = runs_of(store, "hessian")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["experiment.function"] == "x**3 - 3*x*y**2"
+    assert run.data.tags["point_kind"] == "degenerate"
+    assert run.data.tags["checks"] == "passed"

@@ -64,3 +64,26 @@ def test_preset_first_jobs_run_as_a_smoke_sweep(cli, store):
         "himmelblau", "rosenbrock"]
     artifacts = {a.path for a in client_for(store).list_artifacts(parent.info.run_id, "report")}
     assert "report/comparison.png" in artifacts
+
+
+def test_cli_run_of_an_expression_finds_its_degenerate_point(cli, store):
+    code, err = cli("experiment=landscape", "experiment.function='x**4 - y**4'",
+                    "experiment.resolution=30")
+
+    assert code == 0, err
+    [run] = runs_of(store, "landscape")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["experiment.function"] == "x**4 - y**4"
+    assert "x**4 - y**4" in run.info.run_name
+    assert run.data.metrics["critical_points.degenerate"] == 1.0
+    assert run.data.metrics["check.complete.error"] == 0.0
+    assert run.data.tags["checks"] == "passed"
+
+
+def test_cli_expression_off_the_whitelist_fails_before_any_run(cli, store):
+    code, err = cli("experiment=landscape", "experiment.function='__import__(\"os\")'")
+
+    assert code != 0
+    assert "experiment.function" in err and "'__import__' is not allowed" in err
+    assert "Traceback" not in err
+    assert runs_of(store, "landscape") == []
