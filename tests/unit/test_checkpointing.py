@@ -148,6 +148,19 @@ def test_a_meter_that_misses_allocations_fails_the_run(monkeypatch):
     assert "memory_meter" in run().failed_checks
 
 
+def test_a_peak_below_the_saved_activations_fails_the_run(monkeypatch):
+    real = checkpointing.live_memory
+
+    @contextmanager
+    def peak_is_the_end(device):
+        with real(device) as memory:
+            yield memory
+        memory.peak = memory.final
+
+    monkeypatch.setattr(checkpointing, "live_memory", peak_is_the_end)
+    assert "memory_meter" in run().failed_checks
+
+
 def test_checkpointing_saves_memory_on_the_notebook_chain():
     none, four = run(segments=0, depth=8), run(segments=4, depth=8)
 

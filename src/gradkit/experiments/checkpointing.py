@@ -82,11 +82,18 @@ def kept_bytes(tensors: list[torch.Tensor], granularity: int) -> int:
 
 
 def meter_error(passes: list[Pass], granularity: int) -> float:
-    """How far the live-memory meter is off on passes whose end state is known: what is
-    still allocated must be the output and the gradients (of the input and every parameter),
-    each made during the pass. Largest relative gap."""
-    return max(abs(p.final_bytes - kept_bytes([p.output, *p.grads], granularity))
-               / kept_bytes([p.output, *p.grads], granularity) for p in passes)
+    """How far the live-memory meter is off on what is known of each pass: what is still
+    allocated at the end must be the output and the gradients (of the input and of every
+    parameter), each made during the pass; and the peak cannot be below what the forward
+    saved, less the input (allocated before the pass, and shaped like its gradient). Largest
+    relative gap."""
+    errors = []
+    for p in passes:
+        kept = kept_bytes([p.output, *p.grads], granularity)
+        floor = p.saved_bytes - kept_bytes(p.grads[:1], granularity)
+        errors += [abs(p.final_bytes - kept) / kept,
+                   max(0.0, floor - p.peak_bytes) / max(floor, 1)]
+    return max(errors)
 
 
 def segment_saved_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) -> list[int]:
