@@ -338,3 +338,39 @@ def test_a_replay_stopped_by_a_signal_gives_no_verdict(signum, slow_original, tm
     statuses = {r.info.run_id: r.info.status for r in all_runs(store)}
     assert statuses.pop(original) == "FINISHED"
     assert list(statuses.values()) == ["KILLED"]
+
+
+LOST_IN_GC = """
+import gc, os, signal, time
+from gradkit.core import interrupts
+
+interrupts.install()
+fired = []
+
+def callback(phase, info):
+    if not fired:
+        fired.append(phase)
+        os.kill(os.getpid(), signal.{name})
+        sum(range(100000))  # the handler runs here, where Python cannot raise
+
+gc.callbacks.append(callback)
+try:
+    gc.collect()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        sum(range(1000))
+    print("ran to the end")
+except interrupts.Interrupted as stop:
+    print(f"stopped by {{stop}}")
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_a_garbage_collector_callback_is_not_lost(name):
+    """Python swallows an exception raised in a gc callback ("Exception ignored ..."): the
+    interruption is raised again where it can propagate."""
+    done = subprocess.run([sys.executable, "-c", LOST_IN_GC.format(name=name)],
+                          capture_output=True, text=True, timeout=WAIT, check=False)
+
+    assert done.stdout.strip() == f"stopped by {name}", done.stdout + done.stderr
+    assert "Exception ignored" not in done.stderr

@@ -4,10 +4,15 @@ become one exception that every run handles.
 `install()` turns the first SIGINT, SIGTERM or SIGHUP into `Interrupted` (a KeyboardInterrupt, so
 libraries that clean up on Ctrl-C do so for SIGTERM too); repeats are ignored while the
 runs end. `exit_stopped()` then leaves with the status a shell gives for that signal.
+
+Python swallows an exception raised where it cannot propagate (a garbage-collector callback,
+a `__del__`: "Exception ignored in ..."). An `Interrupted` lost so is raised again: the
+signal is sent again a moment later, and its handler runs at a point that can raise.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -16,6 +21,7 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REDELIVERY_DELAY = 0.01  # seconds before a swallowed interruption's signal is sent again
 
 
 class Interrupted(KeyboardInterrupt):
@@ -42,13 +48,33 @@ def _raise_once(signum: int, frame) -> None:
     raise Interrupted(signum)
 
 
+def _raise_again_if_lost(unraisable) -> None:
+    """`sys.unraisablehook`: an `Interrupted` that Python swallowed is delivered again;
+    anything else is reported as before."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        _reported_before(unraisable)
+        return
+    _received.clear()
+    # sent from a thread a moment later: a handler run from here would be swallowed again
+    again = threading.Timer(REDELIVERY_DELAY, os.kill,
+                            (os.getpid(), unraisable.exc_value.signum))
+    again.daemon = True
+    again.start()
+
+
+_reported_before = sys.unraisablehook
+
+
 def install() -> None:
     """Handle SIGINT, SIGTERM and SIGHUP in this process (only the main thread can)."""
+    global _reported_before
     if threading.current_thread() is not threading.main_thread():
         return
     for signum in HANDLED:
         if signal.getsignal(signum) is not _raise_once:
             signal.signal(signum, _raise_once)
+    if sys.unraisablehook is not _raise_again_if_lost:
+        _reported_before, sys.unraisablehook = sys.unraisablehook, _raise_again_if_lost
 
 
 def exit_stopped(stop: Interrupted, ended: Sequence[str] = ()) -> NoReturn:
