@@ -166,7 +166,18 @@ def test_the_attack_seed_alone_changes_the_random_start(ctx):
     assert runs[0].metrics["l2"] != runs[2].metrics["l2"]
     assert runs[0].metrics["clean_accuracy"] == runs[2].metrics["clean_accuracy"]
     assert Adversarial(**FAST, random_start=False).run(ctx).checks.keys() == {
-        "epsilon_ball", "fgsm_equals_one_step_pgd", "iterates_in_ball"}
+        "epsilon_ball", "fgsm_equals_one_step_pgd", "loss_raised", "iterates_in_ball"}
+
+
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_an_attack_that_descends_the_loss_fails_the_run(attack, ctx, monkeypatch):
+    result = Adversarial(**FAST, attack=attack).run(ctx)
+    assert result.metrics["attacked_loss"] > result.metrics["clean_loss"]
+    assert result.failed_checks == []
+    monkeypatch.setattr(adversarial, "input_gradient",
+                        lambda model, x, y: -input_gradient(model, x, y))
+
+    assert Adversarial(**FAST, attack=attack).run(ctx).failed_checks == ["loss_raised"]
 
 
 def test_ball_check_fails_when_a_perturbation_leaves_the_ball():

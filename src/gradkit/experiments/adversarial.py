@@ -29,6 +29,7 @@ ATTACKS = ("fgsm", "pgd")
 TRAINING_OPTIMIZER = "adam"
 ALPHA_FACTOR = 2.5  # PGD's default step: 2.5 * epsilon / steps, a common rule of thumb
 START_SIGMAS = 5.0  # the random-start check allows this many standard deviations of its mean
+LOSS_ROUNDING = 16  # units of rounding the loss check allows, times the clean loss
 START_MIN_PIXELS = 100  # pixels the start must be free to move in (x ± epsilon in [0, 1])
 
 
@@ -139,9 +140,11 @@ class Adversarial(Experiment):
         identity = (fgsm(model, x, y, self.epsilon) - one_step).abs().max().item()
 
         with torch.no_grad():
-            clean = torch.softmax(model(x), dim=1)
-            attacked = torch.softmax(model(adversarial), dim=1)
-        outcome = Outcome(x, y, adversarial, clean, attacked)
+            clean_logits, attacked_logits = model(x), model(adversarial)
+        clean_loss = F.cross_entropy(clean_logits, y).item()
+        attacked_loss = F.cross_entropy(attacked_logits, y).item()
+        outcome = Outcome(x, y, adversarial, torch.softmax(clean_logits, dim=1),
+                          torch.softmax(attacked_logits, dim=1))
         metrics = {
             "clean_accuracy": outcome.correct.float().mean().item(),
             "robust_accuracy": (outcome.attacked_pred == y).float().mean().item(),
@@ -149,6 +152,8 @@ class Adversarial(Experiment):
             "linf": outcome.linf.mean().item(),
             "l2": outcome.l2.mean().item(),
             "confidence_drop": (outcome.clean_true - outcome.attacked_true).mean().item(),
+            "clean_loss": clean_loss,
+            "attacked_loss": attacked_loss,
         }
         if self.attack == "pgd":
             metrics["alpha"] = self.alpha  # the step size used, default or not
@@ -156,7 +161,9 @@ class Adversarial(Experiment):
             metrics=metrics,
             series={"train_loss": list(entry.payload["epoch_loss"])},
             checks={"epsilon_ball": self.ball_check(outcome, ctx.dtype),
-                    "fgsm_equals_one_step_pgd": Check(identity, 0.0), **checks},
+                    "fgsm_equals_one_step_pgd": Check(identity, 0.0),
+                    "loss_raised": self.loss_check(clean_loss, attacked_loss, ctx.dtype),
+                    **checks},
             figures={"examples": self.plot_examples(outcome),
                      "confusion": self.plot_confusion(outcome, metrics)},
             summary={"test_size": len(y), "train_size": len(data.train_x),
@@ -182,6 +189,13 @@ class Adversarial(Experiment):
             checks["random_start"] = Check(abs(spread - 0.5),
                                            START_SIGMAS * math.sqrt(1 / 12 / count))
         return adversarial, checks
+
+    @staticmethod
+    def loss_check(clean_loss: float, attacked_loss: float, dtype: torch.dtype) -> Check:
+        """The attack does not lower the mean cross-entropy (a step along the loss's signed
+        gradient raises it to first order), up to the rounding of the mean."""
+        return Check(max(clean_loss - attacked_loss, 0.0),
+                     LOSS_ROUNDING * torch.finfo(dtype).eps * clean_loss)
 
     def ball_check(self, outcome: Outcome, dtype: torch.dtype) -> Check:
         """Every perturbation within epsilon (L-infinity) and every input inside [0, 1], up to
