@@ -18,7 +18,7 @@ def test_default_run_end_to_end(cli, store):
             "saved_bytes.full_batch", "saved_bytes.micro_batch", "seconds_per_step.full",
             "seconds_per_step.accumulated", "check.equivalence.error",
             "param_rel_diff.sgd", "check.equivalence_sgd.error", "grad_diff.layer0"} <= set(metrics)
-    for check in ("equivalence", "equivalence_sgd"):
+    for check in ("equivalence", "loss", "equivalence_sgd"):
         assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"] == 1e-6
 
 
