@@ -95,7 +95,7 @@ def test_a_dead_unit_is_found_and_its_layer_gets_no_gradient():
     loss.backward()
 
     grads = layer_gradient_stats(net)
-    found = findings(grads, activations, Thresholds())
+    found = findings(grads, activations, Thresholds(), loss.item())
 
     assert activations["layer0"].dead_fraction == 1.0
     assert grads["layer0"].norm == grads["layer1"].norm == 0.0
@@ -122,7 +122,7 @@ def stats(ratio: float, nan: int = 0, inf: int = 0) -> GradStats:
                                                     ("imbalance", "layer0")], "critical"),
 ])
 def test_rules(grads, kinds, level):
-    found = findings(grads, {}, Thresholds(vanishing=1e-4, exploding=10, imbalance=1e3))
+    found = findings(grads, {}, Thresholds(vanishing=1e-4, exploding=10, imbalance=1e3), 1.0)
 
     assert [(f.kind, f.layer) for f in found] == kinds
     assert health(found) == level
@@ -171,7 +171,7 @@ def test_rules_read_the_gradient_relative_to_the_weights_not_its_norm():
     big_weights = GradStats(50.0, 0, 0, 0, 0, 0, 0.5, 0, 0)  # ‖grad‖ 50, ‖W‖ 100
     small_weights = GradStats(1e-3, 0, 0, 0, 0, 0, 1e-6, 0, 0)  # ‖grad‖ 1e-3, ‖W‖ 1e3
 
-    found = findings({"layer0": big_weights, "layer1": small_weights}, {}, Thresholds())
+    found = findings({"layer0": big_weights, "layer1": small_weights}, {}, Thresholds(), 1.0)
 
     assert [(f.kind, f.layer) for f in found] == [("vanishing", "layer1"),
                                                   ("imbalance", "layer1")]

@@ -170,7 +170,7 @@ class Finding:
 
 
 def findings(grads: dict[str, GradStats], activations: dict[str, ActivationStats],
-             thresholds: Thresholds, loss: float = 0.0) -> list[Finding]:
+             thresholds: Thresholds, loss: float) -> list[Finding]:
     """Apply the rules layer by layer, on r = ‖∂L/∂W‖ / ‖W‖:
 
     - nan_loss: the loss is NaN or Inf, whatever the gradients (layer "loss");
