@@ -12,8 +12,9 @@ import torch
 from matplotlib.figure import Figure
 
 from gradkit.core.validation import ConfigError
+from gradkit.experiments import hessian as hessian_experiment
 from gradkit.experiments.hessian import Hessian, contour_levels, level_decimals
-from gradkit.lib.curvature import definiteness, point_kind
+from gradkit.lib.curvature import definiteness, kind_by_cholesky, point_kind
 from gradkit.lib.derivatives import (
     HESSIANS,
     default_hessian_method,
@@ -43,7 +44,7 @@ def test_rosenbrock_at_its_minimum(ctx):
     assert m["condition_number"] == pytest.approx((1002 + ROOT) / (1002 - ROOT), rel=1e-10)
     assert m["grad_norm"] == 0.0
     assert result.tags == {"definiteness": "positive_definite", "point_kind": "minimum"}
-    assert set(result.checks) == {"rows", "torch_func", "autograd_functional"}
+    assert set(result.checks) == {"rows", "torch_func", "autograd_functional", "classification"}
     assert result.failed_checks == []
     assert {"seconds.rows", "seconds.torch_func", "seconds.autograd_functional"} <= set(m)
     torch.testing.assert_close(torch.tensor(result.summary["hessian"], dtype=torch.float64),
@@ -300,3 +301,32 @@ def test_contour_levels_crowd_a_minimum_inside_the_window_only():
     assert bowl[0] > 0 and np.all(gaps > 0) and gaps[0] < gaps[-1] / 100
     slope = contour_levels(x + 2 * y)  # lowest at a corner: lines spread evenly
     assert np.allclose(np.diff(slope), 6 / 21) and -3 < slope[0] < slope[-1] < 3
+
+
+@pytest.mark.parametrize("eigenvalues", [
+    [1.0, 2.0], [-1.0, -2.0], [-1.0, 2.0], [0.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [1.0, 1e-13],
+    [1.0, 1e-11], [1.0, -1e-11], [-1.0, 1e-13], [3.0, -1e-13, 2.0], [1e-30, 2e-30],
+])
+@pytest.mark.parametrize("curvature_scale", [0.0, 1.0])
+def test_cholesky_classification_agrees_with_the_eigenvalues(eigenvalues, curvature_scale):
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues),
+                                       generator=torch.Generator().manual_seed(3),
+                                       dtype=torch.float64))
+    matrix = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
+
+    for grad_norm in (0.0, 1.0):
+        assert kind_by_cholesky(matrix, grad_norm, 1.0, curvature_scale) == point_kind(
+            eigenvalues, grad_norm, 1.0, curvature_scale)
+
+
+def test_a_wrong_eigenvalue_threshold_fails_the_run(ctx, monkeypatch):
+    # eigenvalues 0 and 0 counted as positive (> replaced by >=): the monkey saddle a minimum
+    def wrong(eigenvalues, grad_norm, gradient_scale, curvature_scale=0.0):
+        kind = point_kind(eigenvalues, grad_norm, gradient_scale, curvature_scale)
+        return "minimum" if kind == "degenerate" else kind
+
+    monkeypatch.setattr(hessian_experiment, "point_kind", wrong)
+
+    result = Hessian(function="x**3 - 3*x*y**2", point=[0, 0]).run(ctx)
+
+    assert result.failed_checks == ["classification"]

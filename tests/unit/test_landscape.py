@@ -14,6 +14,7 @@ from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
 from gradkit.experiments import landscape
 from gradkit.experiments.landscape import Landscape, critical_points, grid
+from gradkit.lib.curvature import point_kind
 from gradkit.lib.derivatives import batched_gradient, gradient_per_point
 
 # Himmelblau's nine stationary points (published to 6 decimals) and their kinds.
@@ -292,3 +293,16 @@ def test_sweep_figure_plots_time_against_grid_size():
 
 def test_sweep_figure_is_none_without_completed_jobs():
     assert Landscape.sweep_figure([job(0, "rosenbrock", 100, None)]) is None
+
+
+def test_a_wrong_classification_fails_the_run(ctx, monkeypatch):
+    def saddles_as_minima(*args, **kwargs):
+        kind = point_kind(*args, **kwargs)
+        return "minimum" if kind == "saddle" else kind
+
+    monkeypatch.setattr(landscape, "point_kind", saddles_as_minima)
+
+    result = Landscape(function="himmelblau", resolution=30).run(ctx)
+
+    assert result.failed_checks == ["classification"]
+    assert result.checks["classification"].error == 4.0

@@ -17,6 +17,7 @@ from gradkit.core.validation import vector as coordinates
 from gradkit.lib.curvature import (
     EIGENVALUE_TOLERANCE,
     definiteness,
+    kind_by_cholesky,
     local_gradient_scale,
     point_kind,
 )
@@ -77,7 +78,9 @@ class Hessian(Experiment):
     """The Hessian of a test function at `point`: three ways checked, eigen-analysed."""
 
     proves = ("row-by-row double backward, torch.func.hessian and autograd.functional.hessian "
-              "each give the analytic Hessian (SymPy's for an expression)")
+              "each give the analytic Hessian (SymPy's for an expression), and the point's kind "
+              "from the eigenvalues is the one Cholesky factorisations of the analytic Hessian "
+              "give")
 
     def __init__(self, function: str = "quadratic", point: list[float] | None = None,
                  matrix: list[list[float]] | None = None, vector: list[float] | None = None,
@@ -133,6 +136,8 @@ class Hessian(Experiment):
         condition = math.inf if singular else (magnitudes.max() / magnitudes.min()).item()
         tags = {"definiteness": definiteness(eig),
                 "point_kind": point_kind(eig, grad_norm, gradient_scale)}
+        independent = kind_by_cholesky(expected.cpu(), grad_norm, gradient_scale)
+        checks["classification"] = Check(float(independent != tags["point_kind"]), 0.0)
         metrics = {
             **{f"eigenvalue.{i}": v for i, v in enumerate(eig)},
             "determinant": torch.linalg.det(hessian).item(),

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, integer, vector
-from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, point_kind
+from gradkit.lib.curvature import KINDS, STATIONARY_TOLERANCE, kind_by_cholesky, point_kind
 from gradkit.lib.derivatives import batched_gradient, batched_hessian, gradient_per_point
 from gradkit.lib.functions import (
     OBJECTIVES,
@@ -37,7 +37,7 @@ MAX_RESOLUTION = 2000
 GRADIENT_TOLERANCE = 1e-12
 LOOP_SAMPLE = 64  # grid points the per-point backward loop recomputes
 NEWTON_STEPS = 200  # Newton converges only linearly at degenerate points (x^4: 2/3 a step)
-NEWTON_STOP = 1e-15  # every step below this fraction of the window: converged
+NEWTON_STOP = 1e-15  # a step below this fraction of the window: that start has converged
 MAX_SEEDS = 1000  # the grid's local minima of |grad f| that seed Newton, smallest first
 SEED_LATTICE = 32  # per axis: further seeds evenly over the window, whatever the resolution
 LINK_SPACINGS = 2  # degenerate points this many seed spacings apart belong to one set
@@ -83,18 +83,22 @@ def seeds(points: torch.Tensor, grads: torch.Tensor, window: Window) -> torch.Te
 
 def newton(fn: Objective, x: torch.Tensor, window: Window) -> torch.Tensor:
     """Newton's method on grad f from each row of x, with autograd's gradients and Hessians
-    (least squares where the Hessian is singular), kept within a window's size of it."""
+    (least squares where the Hessian is singular), kept within a window's size of it; a start
+    stops once its step falls below NEWTON_STOP of the window."""
     size = window_size(window).to(x.device)
     low = torch.tensor([window[0][0], window[1][0]], dtype=x.dtype, device=x.device)
     high = low + size
     gradient = torch.func.vmap(torch.func.grad(fn.value))
+    x, moving = x.clone(), torch.ones(len(x), dtype=torch.bool, device=x.device)
     for _ in range(NEWTON_STEPS):
-        step = torch.linalg.lstsq(batched_hessian(fn.value, x),
-                                  gradient(x).unsqueeze(-1)).solution.squeeze(-1)
-        step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
-        x = torch.clamp(x - step, low - size, high + size)
-        if (step.abs() / size).max() < NEWTON_STOP:
+        if not moving.any():
             break
+        at = x[moving]
+        step = torch.linalg.lstsq(batched_hessian(fn.value, at),
+                                  gradient(at).unsqueeze(-1)).solution.squeeze(-1)
+        step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
+        x[moving] = torch.clamp(at - step, low - size, high + size)
+        moving[moving.clone()] = (step.abs() / size).amax(-1) >= NEWTON_STOP
     return x
 
 
@@ -181,7 +185,8 @@ class Landscape(Experiment):
     """Values and gradients of a 2-D function on a grid; its critical points, classified."""
 
     proves = ("the batched gradient equals the analytic one and the per-point loop on the grid,"
-              " every critical point found is stationary, and none of the oracle's is missed")
+              " every critical point found is stationary and of the kind the analytic Hessian"
+              " says, and none of the oracle's is missed")
 
     def __init__(self, function: str = "rosenbrock", x_range: list[float] | None = None,
                  y_range: list[float] | None = None, resolution: int = 200):
@@ -232,7 +237,8 @@ class Landscape(Experiment):
         a fixed sample; the analytic gradient at every critical point and set member
         (relative to the largest analytic ‖∇f‖ on the grid); the oracle's critical points
         (`stationary_points`: Newton with the analytic derivatives from its own starts), each
-        found or on a found set."""
+        found or on a found set; each point's kind against Cholesky factorisations of the
+        analytic Hessian (`kind_by_cholesky`)."""
         flat_points, flat_grads = points.reshape(-1, 2), grads.reshape(-1, 2)
         analytic = self.objective.gradient(flat_points)
         scale = analytic.abs().max().item() or 1.0
@@ -240,10 +246,16 @@ class Landscape(Experiment):
                                 device=points.device).round().long().unique()
         looped = gradient_per_point(self.objective.value, flat_points[sample])
         at = [[p["x"], p["y"]] for p in found] + [m for s in sets for m in s["members"]]
+        claimed = [p["kind"] for p in found] + ["degenerate" for s in sets for _ in s["members"]]
         at_critical = self.objective.gradient(
             torch.tensor(at, dtype=torch.float64).reshape(-1, 2)).norm(dim=-1)
         norm_scale = gradient_scale(analytic) or 1.0
         oracle = stationary_points(self.objective, self.window)
+        curvature = norm_scale / window_size(self.window).norm().item()
+        hessians = self.objective.hessian(torch.tensor(at, dtype=torch.float64).reshape(-1, 2))
+        disagree = sum(kind != kind_by_cholesky(h, g, norm_scale, curvature)
+                       for kind, h, g in zip(claimed, hessians, at_critical.tolist(),
+                                             strict=True))
         return {
             "gradient": Check((flat_grads - analytic).abs().max().item() / scale,
                               GRADIENT_TOLERANCE),
@@ -252,6 +264,7 @@ class Landscape(Experiment):
             "stationary": Check(at_critical.max().item() / norm_scale if at else 0.0,
                                 STATIONARY_TOLERANCE),
             "complete": Check(float(missed(oracle, found, sets, self.window)), 0.0),
+            "classification": Check(float(disagree), 0.0),
         }
 
     def plot(self, points: torch.Tensor, values: torch.Tensor, grads: torch.Tensor,

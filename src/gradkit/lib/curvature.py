@@ -42,6 +42,30 @@ def point_kind(eigenvalues: Sequence[float], grad_norm: float, gradient_scale: f
                                         "degenerate")
 
 
+def kind_by_cholesky(hessian: torch.Tensor, grad_norm: float, gradient_scale: float,
+                     curvature_scale: float = 0.0) -> str:
+    """`point_kind` recomputed without eigenvalues, as an independent check on it: the signs
+    of H's eigenvalues against the same zero threshold t, by Sylvester's law of inertia, from
+    whether H - tI, -H - tI (all beyond t) and tI - H, tI + H (none beyond t) factorise."""
+    if not grad_norm <= STATIONARY_TOLERANCE * gradient_scale:
+        return "not_critical"
+    norm = torch.linalg.matrix_norm(hessian, 2).item()
+    zero = EIGENVALUE_TOLERANCE * max(curvature_scale, norm)
+    eye = torch.eye(len(hessian), dtype=hessian.dtype, device=hessian.device)
+    slack = (1e-3 * zero + torch.finfo(hessian.dtype).tiny) * eye
+
+    def definite(matrix: torch.Tensor) -> bool:
+        return torch.linalg.cholesky_ex(matrix).info.item() == 0
+
+    if definite(hessian - zero * eye):
+        return "minimum"
+    if definite(-hessian - zero * eye):
+        return "maximum"
+    some_positive = not definite(zero * eye - hessian + slack)
+    some_negative = not definite(zero * eye + hessian + slack)
+    return "saddle" if some_positive and some_negative else "degenerate"
+
+
 def local_gradient_scale(hessian: torch.Tensor, point: torch.Tensor) -> float:
     """‖H‖₂ (‖x‖ + 1): the size of ∇f's change over the point's own length scale, against
     which a gradient counts as vanishing at a single point."""

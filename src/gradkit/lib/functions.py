@@ -97,6 +97,11 @@ def inside(points: torch.Tensor, window: Window) -> torch.Tensor:
 def distinct(points: torch.Tensor, window: Window) -> torch.Tensor:
     """The points (m, 2) with near-duplicates (MERGE_DISTANCE of the window) dropped."""
     size = window_size(window).to(points.device)
+    cells = torch.round(points / (MERGE_DISTANCE * size))  # first one point a cell (cheap),
+    _, cell = torch.unique(cells, dim=0, return_inverse=True)  # then pairs across cell edges
+    order = torch.arange(len(points), device=points.device)
+    first = torch.full_like(cell, len(points)).scatter_reduce(0, cell, order, "amin")
+    points = points[first[first < len(points)].sort().values]
     apart = ((points[:, None] - points[None]).abs() / size).amax(-1)
     return points[~((apart <= MERGE_DISTANCE).tril(-1)).any(-1)]
 
