@@ -237,6 +237,22 @@ def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_ap
     assert result.failed_checks == []
 
 
+def test_the_test_split_is_evaluated_once_after_everything_was_chosen(ctx, monkeypatch):
+    evaluated, original = [], lr_finder.evaluate
+
+    def recording(model, x, y):
+        evaluated.append(len(x))
+        return original(model, x, y)
+
+    monkeypatch.setattr(lr_finder, "evaluate", recording)
+    result = LrFinder(num_iter=40, skip_start=5, skip_end=3, validation_steps=5).run(ctx)
+
+    validation, test = result.metrics["data.validation_size"], result.metrics["data.test_size"]
+    assert evaluated[-1] == test and evaluated.count(test) == 1
+    assert set(evaluated[:-1]) == {validation}
+    assert len(evaluated) == result.metrics["iterations_run"] + 3 + 1
+
+
 def test_model_and_optimizer_state_are_restored_bit_for_bit():
     model, loader = tiny_problem()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
