@@ -49,12 +49,25 @@ class AbsAsSqrt(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return torch.sqrt(z * z)
 
+    @staticmethod
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        """A padding row first: its pre-activations are exactly the (zero) biases."""
+        x[0] = 0.0
+        return x
+
 
 class LogInputs(nn.Module):
     """Log-scaled features: NaN in the forward pass wherever an input is negative."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log(x)
+
+    @staticmethod
+    def batch(x: torch.Tensor) -> torch.Tensor:
+        """Positive features, but one negative."""
+        x = x.abs() + 0.1
+        x[0, 0] = -1.0
+        return x
 
 
 @dataclass(frozen=True)
@@ -64,7 +77,7 @@ class Scenario:
     init: str
     expected: str | None
     hidden_bias: float = 0.0
-    planted: type[nn.Module] | None = None  # inserted at `planted_at`
+    planted: type[AbsAsSqrt | LogInputs] | None = None  # inserted at `planted_at`
     planted_at: int = 0
     origin: str | None = None  # the operation the non-finite origin must name
     description: str = ""
@@ -85,8 +98,6 @@ SCENARIOS = {
                             origin="torch.log",
                             description="log-scaled inputs, one of them negative"),
 }
-
-
 
 
 @dataclass
@@ -165,11 +176,8 @@ class GradientDebugging(Experiment):
         model = self.build(ctx.generator).to(ctx.device, ctx.dtype)
         x, y = regression_batch(self.batch_size, self.input_dim, 1, ctx.generator,
                                 dtype=ctx.dtype)
-        if spec.planted is AbsAsSqrt:
-            x[0] = 0.0  # a padding row: its pre-activations are exactly the (zero) biases
-        if spec.planted is LogInputs:
-            x = x.abs() + 0.1
-            x[0, 0] = -1.0  # one negative feature
+        if spec.planted:
+            x = spec.planted.batch(x)  # the inputs that trigger the planted fault
         x, y = x.to(ctx.device), y.to(ctx.device)
         diagnosis = diagnose(model, x, y, self.thresholds)
         health_metrics, tags = verdict(diagnosis.found)
