@@ -98,9 +98,16 @@ def autograd_slopes(activation: nn.Module, z: torch.Tensor) -> torch.Tensor:
         return torch.autograd.grad(activation.forward(z).sum(), z)[0]
 
 
+_PEAKS: dict[str, float] = {}  # by the activation module's repr (its kind and settings)
+
+
 def peak_slope(activation: nn.Module) -> float:
     """The largest |slope| of `activation` on [-10, 10] (relu 1, sigmoid 0.25, gelu 1.13)."""
-    return autograd_slopes(activation, torch.linspace(-10, 10, 20001)).abs().max().item()
+    key = repr(activation)
+    if key not in _PEAKS:
+        grid = torch.linspace(-10, 10, 20001)
+        _PEAKS[key] = autograd_slopes(activation, grid).abs().max().item()
+    return _PEAKS[key]
 
 
 def activation_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -305,13 +312,14 @@ def rules_check(thresholds: Thresholds) -> Check:
     middle = math.sqrt(thresholds.vanishing * thresholds.exploding)
     calm = {f"layer{i}": GradStats(middle, 0, 0, 0, 0, 0, middle, 0, 0) for i in range(3)}
     alive = {"layer0": ActivationStats(0.0, 1.0, 0.0)}
-    far = 10 * math.sqrt(thresholds.exploding / thresholds.vanishing)
-    tilted = {"vanishing", "imbalance"} if far > thresholds.imbalance else {"vanishing"}
+    spread = 10 * math.sqrt(thresholds.exploding / thresholds.vanishing)  # max/min of a tilt
+    imbalanced = {"imbalance"} if spread > thresholds.imbalance else set()
     probes = [
         (calm, alive, 0.0, set()),
-        ({**calm, "layer1": _with_ratio(thresholds.vanishing / 10)}, alive, 0.0, tilted),
+        ({**calm, "layer1": _with_ratio(thresholds.vanishing / 10)}, alive, 0.0,
+         {"vanishing"} | imbalanced),
         ({**calm, "layer1": _with_ratio(thresholds.exploding * 10)}, alive, 0.0,
-         tilted - {"vanishing"} | {"exploding"}),
+         {"exploding"} | imbalanced),
         (calm, {"layer0": ActivationStats(0.0, 0.0, 1.0)}, 0.0, {"dead_units"}),
         (calm, alive, math.nan, {"nan_loss"}),
     ]
