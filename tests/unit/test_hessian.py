@@ -330,3 +330,12 @@ def test_a_wrong_eigenvalue_threshold_fails_the_run(ctx, monkeypatch):
     result = Hessian(function="x**3 - 3*x*y**2", point=[0, 0]).run(ctx)
 
     assert result.failed_checks == ["classification"]
+
+
+def test_zero_eigenvalues_are_drawn_as_neither_sign(ctx):
+    fig = Hessian(function="x**3 - 3*x*y**2", point=[0, 0]).run(ctx).figures["hessian"]
+
+    labels = {t.get_text() for t in fig.axes[0].get_legend().get_texts()}
+    assert "eigenvector, λ ≈ 0" in labels
+    arrows = [a.get_text() for a in fig.axes[0].texts if a.get_text()]
+    assert arrows == ["λ = 0", "λ = 0"]  # no "-0"

@@ -40,7 +40,7 @@ REPEATS = 3  # each method is timed as the best of this many calls, after a warm
 MIN_ARROW = 0.15  # shortest eigenvector arrow, as a fraction of the longest
 LEVEL_DECIMALS = 6  # most decimals on a contour colour bar; beyond, %.3g
 HEATMAP_MAX_DIM = 10  # larger Hessians are shown by their spectrum
-ARROW_COLOURS = {True: "tab:blue", False: "tab:red"}  # positive / negative eigenvalue
+ARROW_COLOURS = {1: "tab:blue", -1: "tab:red", 0: "tab:gray"}  # by the eigenvalue's sign
 
 
 def square_symmetric(key: str, value: Any, dim: int) -> torch.Tensor:
@@ -228,6 +228,7 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
     origin = point[:2].numpy() if dim == 2 else np.zeros(2)
     grid_x, grid_y = s.numpy() + origin[0], t.numpy() + origin[1]
     largest = eigenvalues.abs().max().item() or 1.0
+    zero = EIGENVALUE_TOLERANCE * eigenvalues.abs().max().item()
     for ax, z, what in ((axes[0], values, "f"), (axes[1], taylor, "Taylor model")):
         lines = ax.contour(grid_x, grid_y, z.numpy(), levels=levels, cmap="viridis")
         fig.colorbar(lines, ax=ax, label="f − f(point) (same levels in both panels)",
@@ -239,14 +240,17 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
                 continue
             length = max(abs(value) / largest, MIN_ARROW) * 0.8 * radius
             tip = origin + direction * length
-            ax.annotate("", tip, origin, arrowprops={
-                "arrowstyle": "-|>", "color": ARROW_COLOURS[value > 0], "lw": 2.5})
-            ax.annotate(f"λ = {value:.4g}", tip, textcoords="offset points", xytext=(4, 4),
-                        fontsize=9, color=ARROW_COLOURS[value > 0],
+            colour = ARROW_COLOURS[sign(value, zero)]
+            ax.annotate("", tip, origin, arrowprops={"arrowstyle": "-|>", "color": colour,
+                                                     "lw": 2.5})
+            ax.annotate(f"λ = {value + 0.0:.4g}", tip, textcoords="offset points",
+                        xytext=(4, 4), fontsize=9, color=colour,
                         bbox={"boxstyle": "round", "fc": "white", "alpha": 0.8, "lw": 0})
         ax.plot([], [], color="tab:blue", lw=2.5,
                 label=f"eigenvector, λ > 0 (length ∝ |λ|, at least {MIN_ARROW:.0%})")
         ax.plot([], [], color="tab:red", lw=2.5, label="eigenvector, λ < 0")
+        if any(sign(v, zero) == 0 for v in eigenvalues.tolist()):
+            ax.plot([], [], color="tab:gray", lw=2.5, label="eigenvector, λ ≈ 0")
         ax.set(title=f"{what} around the point", xlabel=names[0], ylabel=names[1])
         ax.set_aspect("equal")
         ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
@@ -256,6 +260,11 @@ def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
     else:
         _spectrum(axes[2], eigenvalues.numpy())
     return fig
+
+
+def sign(value: float, zero: float) -> int:
+    """1, -1, or 0 for an eigenvalue within `zero` of 0."""
+    return 0 if abs(value) <= zero else (1 if value > 0 else -1)
 
 
 def contour_levels(*surfaces: torch.Tensor, count: int = 20) -> np.ndarray:
@@ -287,7 +296,7 @@ def _heatmap(fig: Figure, ax, hessian: np.ndarray) -> None:
     image = ax.imshow(hessian, cmap="RdBu_r", vmin=-limit, vmax=limit)
     fig.colorbar(image, ax=ax, label="∂²f/∂xᵢ∂xⱼ")
     for (i, j), value in np.ndenumerate(hessian):
-        ax.text(j, i, f"{value:.4g}", ha="center", va="center", fontsize=11,
+        ax.text(j, i, f"{value + 0.0:.4g}", ha="center", va="center", fontsize=11,
                 color="white" if abs(value) > 0.6 * limit else "black")
     ticks = range(len(hessian))
     ax.set_xticks(ticks, [f"x{j}" for j in ticks])
