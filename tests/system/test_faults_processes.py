@@ -374,3 +374,32 @@ def test_a_signal_during_a_garbage_collector_callback_is_not_lost(name):
 
     assert done.stdout.strip() == f"stopped by {name}", done.stdout + done.stderr
     assert "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stopped_submitit_local_sweep_stops_its_jobs(signum, store, tmp_path):
+    """Ctrl-C (to the process group) or SIGTERM (to gradkit alone) stops submitit's local
+    job processes too: their runs end KILLED and stay so, and nothing prints a traceback."""
+    sweep_dir = tmp_path / "sweep"
+    process = start("--multirun", *ENDLESS, "experiment.learning_rate=1e-4,2e-4",
+                    "hydra/launcher=submitit_local", f"tracking.root={store}",
+                    f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, new_session=True)
+    wait_for_running(store, children=2)
+    workers = descendants(process.pid)
+    assert any(b"submitit" in _read(Path(f"/proc/{pid}/cmdline")) for pid in workers)
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
+    code, err = finish(process)
+
+    assert code == 128 + signum
+    assert "Traceback" not in err
+    name = signal.Signals(signum).name
+    assert err.strip().splitlines()[-1].startswith(f"gradkit: stopped by {name}")
+    assert not [pid for pid in workers if alive(pid)]  # no job left to finish later
+    parent, children = family(store, "gradient_descent")
+    assert parent.info.status == "FAILED"
+    assert [c.info.status for c in children] == ["KILLED", "KILLED"]
+    assert [row["status"] for row in report_rows(sweep_dir, "gradient_descent")] == [
+        "KILLED", "KILLED"]

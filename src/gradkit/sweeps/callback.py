@@ -25,12 +25,13 @@ from omegaconf import DictConfig
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import read_settings
 from gradkit.core.validation import ConfigError
-from gradkit.sweeps import closing
+from gradkit.sweeps import closing, submitit_compat
 from gradkit.sweeps.plan import plan_jobs, swept_experiments
 from gradkit.sweeps.report import COMPLETED, report_sweep
 from gradkit.tracking.store import Tracker, run_name
 
 log = logging.getLogger("gradkit")
+SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
 STATE_DIR = ".gradkit"
 
 
@@ -112,6 +113,8 @@ class SweepTracker(Callback):
         tags = {**fingerprint(Path(config.hydra.runtime.cwd)), "sweep_id": sweep_id,
                 "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
+        if config.hydra.launcher.get("_target_") == SUBMITIT_LOCAL:
+            submitit_compat.isolate_controllers()
         try:
             settings = read_settings(config)
             jobs = plan_jobs(config)
@@ -167,6 +170,8 @@ class SweepTracker(Callback):
         about the whole sweep (its one-job experiments have no parent to say it)."""
         if self._sweep is None or self not in _open_sweeps:
             return []
+        if interrupted:  # the jobs still running in submitit's local processes end first
+            submitit_compat.stop_controllers()
         closing.close_open()  # the last jobs' runs, before the report reads them
         _open_sweeps.remove(self)
         sweep = self._sweep
