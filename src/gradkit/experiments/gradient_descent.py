@@ -188,16 +188,15 @@ class GradientDescent(Experiment):
     def replay(self, trace: Descent) -> tuple[torch.Tensor, torch.Tensor]:
         """The heavy-ball steps lr·v_k from the recorded points with the analytic gradient,
         and the size lr·Σ β^(k-j) ‖g_j‖ of the terms each sums."""
-        points = torch.tensor(trace.points, dtype=torch.float64)
-        grads = self.objective.gradient(points)
-        velocity, size = torch.zeros(2, dtype=torch.float64), 0.0
+        grads = self.objective.gradient(torch.tensor(trace.points, dtype=torch.float64))
+        (vx, vy), size, beta, lr = (0.0, 0.0), 0.0, self.momentum, self.learning_rate
         steps, sizes = [], []
-        for g in grads:
-            velocity = self.momentum * velocity + g
-            size = self.momentum * size + g.norm().item()
-            steps.append(self.learning_rate * velocity)
-            sizes.append(self.learning_rate * size)
-        return torch.stack(steps), torch.tensor(sizes, dtype=torch.float64)
+        for gx, gy in grads.tolist():  # floats: a recurrence of 1e5 steps in well under 1 s
+            vx, vy, size = beta * vx + gx, beta * vy + gy, beta * size + math.hypot(gx, gy)
+            steps.append((lr * vx, lr * vy))
+            sizes.append(lr * size)
+        return (torch.tensor(steps, dtype=torch.float64).reshape(-1, 2),
+                torch.tensor(sizes, dtype=torch.float64))
 
     def trajectory_check(self, trace: Descent) -> Check:
         """Each recorded step against the one replayed with the analytic gradient, relative
