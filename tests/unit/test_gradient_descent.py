@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -432,3 +433,11 @@ def test_sweep_figure_draws_the_stability_limit_of_each_momentum():
               if line.get_label().startswith("stability")}
     assert sorted(limits.values()) == pytest.approx(
         [2 / rosenbrock_sharpness(), 3.8 / rosenbrock_sharpness()], rel=1e-12)
+
+
+def test_a_wrong_analytic_hessian_fails_the_stability_check(ctx):
+    experiment = GradientDescent(max_iterations=5)
+    right = experiment.objective
+    experiment.objective = dataclasses.replace(right, hessian=lambda p: 2 * right.hessian(p))
+
+    assert experiment.run(ctx).failed_checks == ["stability_limit"]

@@ -306,3 +306,11 @@ def test_a_wrong_classification_fails_the_run(ctx, monkeypatch):
 
     assert result.failed_checks == ["classification"]
     assert result.checks["classification"].error == 4.0
+
+
+def test_a_wrong_analytic_hessian_fails_the_hessian_check(ctx):
+    experiment = Landscape(function="himmelblau", resolution=30)
+    right = experiment.objective
+    experiment.objective = dataclasses.replace(right, hessian=lambda p: 2 * right.hessian(p))
+
+    assert experiment.run(ctx).failed_checks == ["hessian"]  # the kinds are still right

@@ -239,9 +239,11 @@ class GradientDescent(Experiment):
 
     def stability_check(self) -> Check:
         """At lr = stability_limit the heavy-ball iteration on the quadratic model at the
-        sharpest minimum is marginal: its spectral radius is 1."""
+        sharpest minimum (autograd's Hessian, not the analytic one the limit comes from) is
+        marginal: its spectral radius is 1."""
         minima = torch.tensor(self.objective.minima, dtype=torch.float64)
-        eigenvalues = torch.linalg.eigvalsh(self.objective.hessian(minima)).flatten()
+        hessians = torch.func.vmap(torch.func.hessian(self.objective.value))(minima)
+        eigenvalues = torch.linalg.eigvalsh(hessians).flatten()
         lr, beta = self.objective.stability_limit(self.momentum), self.momentum
         radius = max(spectral_radius(lr * e, beta) for e in eigenvalues.tolist())
         return Check(abs(radius - 1), RADIUS_TOLERANCE)

@@ -35,6 +35,7 @@ from gradkit.plotting import colorbar, figure, lean_log_ticks
 
 MAX_RESOLUTION = 2000
 GRADIENT_TOLERANCE = 1e-12
+HESSIAN_TOLERANCE = 1e-10  # autograd vs analytic Hessian at the critical points, relative
 LOOP_SAMPLE = 64  # grid points the per-point backward loop recomputes
 NEWTON_STEPS = 200  # Newton converges only linearly at degenerate points (x^4: 2/3 a step)
 NEWTON_STOP = 1e-15  # a step below this fraction of the window: that start has converged
@@ -234,37 +235,48 @@ class Landscape(Experiment):
     def checks(self, points: torch.Tensor, grads: torch.Tensor, found: list[dict[str, Any]],
                sets: list[dict[str, Any]]) -> dict[str, Check]:
         """Batched autograd vs the analytic gradient everywhere and vs the per-point loop on
-        a fixed sample; the analytic gradient at every critical point and set member
-        (relative to the largest analytic ‖∇f‖ on the grid); the oracle's critical points
-        (`stationary_points`: Newton with the analytic derivatives from its own starts), each
-        found or on a found set; each point's kind against Cholesky factorisations of the
-        analytic Hessian (`kind_by_cholesky`)."""
+        a fixed sample, then the checks of the critical points."""
         flat_points, flat_grads = points.reshape(-1, 2), grads.reshape(-1, 2)
         analytic = self.objective.gradient(flat_points)
         scale = analytic.abs().max().item() or 1.0
         sample = torch.linspace(0, len(flat_points) - 1, LOOP_SAMPLE,
                                 device=points.device).round().long().unique()
         looped = gradient_per_point(self.objective.value, flat_points[sample])
-        at = [[p["x"], p["y"]] for p in found] + [m for s in sets for m in s["members"]]
-        claimed = [p["kind"] for p in found] + ["degenerate" for s in sets for _ in s["members"]]
-        at_critical = self.objective.gradient(
-            torch.tensor(at, dtype=torch.float64).reshape(-1, 2)).norm(dim=-1)
-        norm_scale = gradient_scale(analytic) or 1.0
-        oracle = stationary_points(self.objective, self.window)
-        curvature = norm_scale / window_size(self.window).norm().item()
-        hessians = self.objective.hessian(torch.tensor(at, dtype=torch.float64).reshape(-1, 2))
-        disagree = sum(kind != kind_by_cholesky(h, g, norm_scale, curvature)
-                       for kind, h, g in zip(claimed, hessians, at_critical.tolist(),
-                                             strict=True))
         return {
             "gradient": Check((flat_grads - analytic).abs().max().item() / scale,
                               GRADIENT_TOLERANCE),
             "loop_agreement": Check((looped - flat_grads[sample]).abs().max().item() / scale,
                                     GRADIENT_TOLERANCE),
-            "stationary": Check(at_critical.max().item() / norm_scale if at else 0.0,
+            **self.critical_checks(found, sets, gradient_scale(analytic.cpu()) or 1.0),
+        }
+
+    def critical_checks(self, found: list[dict[str, Any]], sets: list[dict[str, Any]],
+                        scale: float) -> dict[str, Check]:
+        """At every critical point and set member: the analytic gradient, relative to `scale`
+        (the largest analytic ‖∇f‖ on the grid); autograd's Hessian against the analytic one;
+        the kind against Cholesky factorisations of the analytic Hessian (`kind_by_cholesky`).
+        And every critical point of the oracle (`stationary_points`: Newton with the analytic
+        derivatives from its own starts) found, or on a found set."""
+        fn = self.objective
+        at = torch.tensor([[p["x"], p["y"]] for p in found]
+                          + [m for s in sets for m in s["members"]],
+                          dtype=torch.float64).reshape(-1, 2)
+        claimed = [p["kind"] for p in found] + ["degenerate" for s in sets for _ in s["members"]]
+        grad_norms, hessians = fn.gradient(at).norm(dim=-1), fn.hessian(at)
+        autograd = batched_hessian(fn.value, at) if len(at) else hessians
+        curvature = scale / window_size(self.window).norm().item()
+        hessian_scale = max([curvature, *hessians.abs().flatten().tolist()])
+        disagree = sum(kind != kind_by_cholesky(h, g, scale, curvature)
+                       for kind, h, g in zip(claimed, hessians, grad_norms.tolist(),
+                                             strict=True))
+        oracle = stationary_points(fn, self.window)
+        return {
+            "stationary": Check(grad_norms.max().item() / scale if len(at) else 0.0,
                                 STATIONARY_TOLERANCE),
-            "complete": Check(float(missed(oracle, found, sets, self.window)), 0.0),
+            "hessian": Check((autograd - hessians).abs().max().item() / hessian_scale
+                             if len(at) else 0.0, HESSIAN_TOLERANCE),
             "classification": Check(float(disagree), 0.0),
+            "complete": Check(float(missed(oracle, found, sets, self.window)), 0.0),
         }
 
     def plot(self, points: torch.Tensor, values: torch.Tensor, grads: torch.Tensor,
