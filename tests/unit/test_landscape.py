@@ -314,3 +314,12 @@ def test_a_wrong_analytic_hessian_fails_the_hessian_check(ctx):
     experiment.objective = dataclasses.replace(right, hessian=lambda p: 2 * right.hessian(p))
 
     assert experiment.run(ctx).failed_checks == ["hessian"]  # the kinds are still right
+
+
+def test_the_complete_check_fails_on_points_the_oracle_does_not_confirm(ctx, monkeypatch):
+    monkeypatch.setattr(landscape, "stationary_points", lambda fn, window: torch.zeros(0, 2))
+
+    result = Landscape(function="himmelblau", resolution=30).run(ctx)
+
+    assert result.failed_checks == ["complete"]
+    assert result.checks["complete"].error == 9.0
