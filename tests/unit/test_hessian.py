@@ -247,6 +247,8 @@ def test_a_wrong_sympy_hessian_fails_the_run(ctx, monkeypatch):
     ({"dim": 1}, "experiment.dim"),
     ({"constant": float("inf")}, "experiment.constant"),
     ({"function": "sphere"}, "experiment.function"),
+    ({"function": "x.real"}, "experiment.function"),
+    ({"function": "log(x)", "point": [-1, 0]}, "experiment.point"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else None)
 def test_invalid_parameter_names_its_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as raised:

@@ -258,6 +258,8 @@ def test_the_stationary_check_is_relative_to_the_functions_scale(ctx):
     ({"y_range": [1, 1]}, "experiment.y_range"),
     ({"x_range": [0, 1, 2]}, "experiment.x_range"),
     ({"function": "sphere"}, "experiment.function"),
+    ({"function": "log(x)"}, "experiment.function"),  # NaN on half the window
+    ({"function": "__import__('os')"}, "experiment.function"),
 ], ids=lambda v: str(v) if isinstance(v, dict) else None)
 def test_invalid_parameter_names_its_key(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as raised:

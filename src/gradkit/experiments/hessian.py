@@ -103,6 +103,11 @@ class Hessian(Experiment):
                        else NOTEBOOK_QUADRATIC["vector"] if self.dim == 2 else None)
         self.point = (coordinates("experiment.point", point, self.dim) if point is not None
                       else NOTEBOOK_POINT if self.dim == 2 else None)
+        if self.function != "quadratic":
+            value = self.given.value(torch.tensor(self.point, dtype=torch.float64)).item()
+            if not math.isfinite(value):
+                raise ConfigError(f"experiment.point={list(self.point)}: {function} = {value} "
+                                  "there; choose a point where it is defined")
 
     def objective(self, generator: torch.Generator) -> Objective:
         """The function, its quadratic's random parts drawn from `generator` when dim > 2."""

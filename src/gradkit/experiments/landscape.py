@@ -202,6 +202,19 @@ class Landscape(Experiment):
         self.resolution = integer("experiment.resolution", resolution, minimum=2)
         if self.resolution > MAX_RESOLUTION:
             raise ConfigError(f"experiment.resolution={resolution} must be <= {MAX_RESOLUTION}")
+        self.require_finite(function)
+
+    def require_finite(self, function: str) -> None:
+        """A ConfigError unless f is finite at every grid point of the window."""
+        points = grid(self.x_range, self.y_range, self.resolution, torch.device("cpu"))
+        bad = ~torch.isfinite(self.objective.value(points))
+        if bad.any():
+            x, y = points[bad][0].tolist()
+            raise ConfigError(
+                f"experiment.function={function!r} is not finite at {int(bad.sum())} of "
+                f"{bad.numel()} grid points of [{self.x_range[0]:g}, {self.x_range[1]:g}] x "
+                f"[{self.y_range[0]:g}, {self.y_range[1]:g}] (e.g. ({x:g}, {y:g})); choose "
+                "experiment.x_range and experiment.y_range where it is defined")
 
     def run(self, ctx: RunContext) -> Result:
         fn = self.objective
