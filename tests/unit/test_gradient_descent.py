@@ -441,3 +441,22 @@ def test_a_wrong_analytic_hessian_fails_the_stability_check(ctx):
     experiment.objective = dataclasses.replace(right, hessian=lambda p: 2 * right.hessian(p))
 
     assert experiment.run(ctx).failed_checks == ["stability_limit"]
+
+
+def test_a_divergence_at_the_first_step_is_certified(ctx):
+    result = GradientDescent(learning_rate=1.0).run(ctx)
+
+    assert result.tags == {"status": "diverged"}
+    assert result.metrics["iterations"] == 1 and len(result.series["loss"]) == 1
+    assert result.failed_checks == []
+
+
+def test_wrong_step_sizes_fail_the_trajectory_check(ctx, monkeypatch):
+    def long_steps(*args, **kwargs):
+        trace = descend(*args, **kwargs)
+        trace.step_sizes = [2 * s for s in trace.step_sizes]
+        return trace
+
+    monkeypatch.setattr(gradient_descent, "descend", long_steps)
+
+    assert GradientDescent(max_iterations=20).run(ctx).failed_checks == ["trajectory"]

@@ -44,7 +44,8 @@ def test_rosenbrock_at_its_minimum(ctx):
     assert m["condition_number"] == pytest.approx((1002 + ROOT) / (1002 - ROOT), rel=1e-10)
     assert m["grad_norm"] == 0.0
     assert result.tags == {"definiteness": "positive_definite", "point_kind": "minimum"}
-    assert set(result.checks) == {"rows", "torch_func", "autograd_functional", "classification"}
+    assert set(result.checks) == {"rows", "torch_func", "autograd_functional", "gradient",
+                                  "classification"}
     assert result.failed_checks == []
     assert {"seconds.rows", "seconds.torch_func", "seconds.autograd_functional"} <= set(m)
     torch.testing.assert_close(torch.tensor(result.summary["hessian"], dtype=torch.float64),
@@ -341,3 +342,11 @@ def test_zero_eigenvalues_are_drawn_as_neither_sign(ctx):
     assert "eigenvector, λ ≈ 0" in labels
     arrows = [a.get_text() for a in fig.axes[0].texts if a.get_text()]
     assert arrows == ["λ = 0", "λ = 0"]  # no "-0"
+
+
+def test_a_wrong_analytic_gradient_fails_the_run(ctx):
+    experiment = Hessian(function="x**2 * y + sin(y)", point=[1.5, 0.5])
+    fn = experiment.given
+    experiment.given = dataclasses.replace(fn, gradient=lambda p: -fn.gradient(p))
+
+    assert experiment.run(ctx).failed_checks == ["gradient"]

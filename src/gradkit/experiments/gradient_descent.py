@@ -199,14 +199,17 @@ class GradientDescent(Experiment):
                 torch.tensor(sizes, dtype=torch.float64))
 
     def trajectory_check(self, trace: Descent) -> Check:
-        """Each recorded step against the one replayed with the analytic gradient, relative
-        to the largest step's terms."""
-        if trace.iterations == 0:
+        """Each recorded step and step size against the step replayed with the analytic
+        gradient, relative to the largest step's terms."""
+        if len(trace.points) < 2:  # no step, or the first one diverged (see `outcome`)
             return Check(0.0, TRAJECTORY_TOLERANCE)
         steps, sizes = self.replay(trace)
         points = torch.tensor(trace.points, dtype=torch.float64)
         taken = points[:-1] - points[1:]
-        error = (taken - steps[:len(taken)]).norm(dim=-1).max().item()
+        replayed = steps[:len(taken)]
+        recorded = torch.tensor(trace.step_sizes[:len(taken)], dtype=torch.float64)
+        error = max((taken - replayed).norm(dim=-1).max().item(),
+                    (recorded - replayed.norm(dim=-1)).abs().max().item())
         return Check(error / (sizes.max().item() or 1.0), TRAJECTORY_TOLERANCE)
 
     def outcome(self, trace: Descent) -> str:

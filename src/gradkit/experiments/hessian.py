@@ -78,7 +78,8 @@ class Hessian(Experiment):
     """The Hessian of a test function at `point`: three ways checked, eigen-analysed."""
 
     proves = ("row-by-row double backward, torch.func.hessian and autograd.functional.hessian "
-              "each give the analytic Hessian (SymPy's for an expression), and the point's kind "
+              "each give the analytic Hessian (SymPy's for an expression), autograd the analytic "
+              "gradient, and the point's kind "
               "from the eigenvalues is the one Cholesky factorisations of the analytic Hessian "
               "give")
 
@@ -134,7 +135,9 @@ class Hessian(Experiment):
         hessian = hessians[default].cpu()
         eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
         eig = eigenvalues.tolist()
-        grad_norm = fn.gradient(x).norm().item()
+        analytic_gradient = fn.gradient(x)
+        grad_norm = analytic_gradient.norm().item()
+        checks["gradient"] = gradient_check(fn, x, analytic_gradient)
         gradient_scale = local_gradient_scale(expected.cpu(), point)
         magnitudes = eigenvalues.abs()
         singular = magnitudes.min() <= EIGENVALUE_TOLERANCE * magnitudes.max()
@@ -205,6 +208,16 @@ class Hessian(Experiment):
                title="green minimum, red maximum, orange saddle, grey not critical"
                + (f"; {not_done} jobs not completed" if not_done else ""))
         return fig
+
+
+def gradient_check(fn: Objective, x: torch.Tensor, analytic: torch.Tensor) -> Check:
+    """Autograd's gradient at x against the analytic one that decides whether x is critical,
+    relative to the larger of its size and the Hessian's times (‖x‖ + 1)."""
+    at = x.detach().requires_grad_(True)
+    (autograd,) = torch.autograd.grad(fn.value(at), at)
+    scale = max(analytic.abs().max().item(),
+                local_gradient_scale(fn.hessian(x).cpu(), x.cpu())) or 1.0
+    return Check((autograd - analytic).abs().max().item() / scale, TOLERANCE)
 
 
 def plot_hessian(fn: Objective, point: torch.Tensor, hessian: torch.Tensor,
