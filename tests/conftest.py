@@ -8,9 +8,12 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+# runs left open by a failing store are remembered here, not in the user's ~/.local/state
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gradkit-state-")
 
 import matplotlib.pyplot as plt
 import pytest

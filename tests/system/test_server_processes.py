@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -33,13 +35,20 @@ def server(tmp_path_factory, empty_store):
     """The URI of a running tracking server."""
     root = tmp_path_factory.mktemp("server")
     shutil.copy(empty_store, root / "server.db")  # its tables are made: the server starts faster
-    uri = f"http://127.0.0.1:{free_port()}"
+    with serving(root, free_port()) as uri:
+        yield uri
+
+
+@contextmanager
+def serving(root: Path, port: int) -> Iterator[str]:
+    """`mlflow server` on `root/server.db` at `port` while the block runs: its URI."""
+    uri = f"http://127.0.0.1:{port}"
     command = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
-               "--port", uri.rsplit(":", 1)[1], "--workers", "1",
+               "--port", str(port), "--workers", "1",
                "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
                "--artifacts-destination", str(root / "artifacts")]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with (root / "server.log").open("w") as log:
+    with (root / "server.log").open("a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     try:
@@ -162,3 +171,45 @@ def test_reproduce_and_report_on_the_server(server, on_server, tmp_path, capsys)
     [summary] = runs_where(server, report.REPORT_EXPERIMENT, "")[:1]
     assert "report.html" in {a.path for a in MlflowClient(server).list_artifacts(
         summary.info.run_id)}
+
+
+def test_runs_left_open_by_a_server_outage_are_ended_once_it_is_back(empty_store, tmp_path):
+    """The server dies mid-sweep; the sweep is stopped: its last line names the runs it could
+    not end, and the next command that reaches the server ends them."""
+    root = tmp_path / "server"
+    root.mkdir()
+    shutil.copy(empty_store, root / "server.db")
+    port = free_port()
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    store = ["tracking=server", f"tracking.uri=http://127.0.0.1:{port}"]
+    with serving(root, port) as uri:
+        sweep = subprocess.Popen(
+            [sys.executable, "-m", "gradkit", "run", "--multirun", "experiment=gradient_descent",
+             "experiment.max_iterations=100000000", "experiment.tolerance=1e-300",
+             "experiment.learning_rate=1e-4,2e-4", "plotting.figures=false", *store,
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while len(runs_where(uri, "gradient_descent", "attributes.status = 'RUNNING'")) < 2:
+            assert time.monotonic() < deadline and sweep.poll() is None, "no job started"
+            time.sleep(0.3)
+    sweep.send_signal(signal.SIGTERM)  # the server is gone: nothing can be ended now
+    _, err = sweep.communicate(timeout=READY_TIMEOUT)
+
+    assert sweep.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "Retrying" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("gradkit: could not end run ") and "sweep parent of" in last
+    assert last.endswith("until the next gradkit command that reaches the store ends them")
+
+    with serving(root, port) as uri:
+        assert runs_where(uri, "gradient_descent", "attributes.status = 'RUNNING'")
+        done = subprocess.run([sys.executable, "-m", "gradkit", "run",
+                               "experiment=basic_gradients", *store,
+                               f"hydra.run.dir={tmp_path / 'next'}"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=READY_TIMEOUT, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "(left open by an earlier command)" in done.stdout + done.stderr
+        runs = runs_where(uri, "gradient_descent", "")
+        assert sorted(r.info.status for r in runs) == ["FAILED", "KILLED"]
+        assert all("left open" in r.data.tags["error"] for r in runs)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gradkit import __version__
-from gradkit.cli.commands import fail, run_command, split_config_dirs
+from gradkit.cli.commands import fail, run_command, say_left_open, split_config_dirs
 from gradkit.core import interrupts
 from gradkit.core.names import sqlite_uri
 
@@ -64,6 +64,8 @@ def _stoppable(command: Callable[[list[str]], None], args: list[str]) -> None:
         command(args)
     except interrupts.Interrupted as stop:
         interrupts.exit_stopped(stop)
+    finally:
+        say_left_open()
 
 
 def _ui(args: list[str]) -> None:

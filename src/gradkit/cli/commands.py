@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gradkit.core import configs
 from gradkit.core.errors import one_line
 from gradkit.core.validation import ConfigError
+from gradkit.tracking import unclosed
 
 
 def run_command(main: Callable[[], None]) -> None:
@@ -24,6 +25,12 @@ def run_command(main: Callable[[], None]) -> None:
         main()
     finally:
         gc.freeze()
+
+
+def say_left_open() -> None:
+    """The runs the command could not end (its store stopped answering), as its last line."""
+    if left := unclosed.take_left_open():
+        print(f"gradkit: {left}", file=sys.stderr)
 
 
 def compose_config(name: str, overrides: list[str], config_dirs: Sequence[str] = ()

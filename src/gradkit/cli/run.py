@@ -13,6 +13,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from gradkit.cli.commands import say_left_open
 from gradkit.core import interrupts
 from gradkit.core.configs import SEARCH_PATH
 from gradkit.core.errors import explain
@@ -67,6 +68,7 @@ def main() -> None:
     finally:  # Hydra skips on_multirun_end when a job raises
         for line in ended_sweeps(interrupted=False):
             print(f"gradkit: {line}", file=sys.stderr)
+        say_left_open()
         if full_error is None:
             del os.environ["HYDRA_FULL_ERROR"]
         else:

@@ -105,18 +105,25 @@ def _job(cfg: DictConfig) -> closing.Job:
                                         figures=settings.figures)
                     log.info("%s: objective=%.6g checks=%s", option, result.objective,
                              describe_checks(result))
-                finally:  # a failed or interrupted job keeps its params, config and log
-                    tracker.log_result(run_id, params, result, settings.max_series_points)
+                except BaseException:  # a failed or interrupted job keeps its params, config
+                    with tracker.unless_failing():  # and log, if the store lets it
+                        tracker.log_result(run_id, params, result, settings.max_series_points)
+                    raise
+                tracker.log_result(run_id, params, result, settings.max_series_points)
                 if result.failed_checks:
                     raise ChecksFailed(f"{option}: checks failed: "
                                        f"{describe_checks(result)}; run {run_id}")
                 log.info(tracker.describe(run_id, option))
                 tracker.done(run_id)
                 yield result.objective, f"run {run_id} ({option} {name})"
-            finally:  # and always its folder, once its PNGs are written: the run is closed
-                tracker.log_files(run_id, output_dir, pngs)
+            except BaseException:  # and always its folder, once its PNGs are written
+                with tracker.unless_failing():
+                    tracker.log_files(run_id, output_dir, pngs)
+                raise
+            tracker.log_files(run_id, output_dir, pngs)  # the run is closed
     except StoreError as error:
         raise StoreFailed(str(error)) from None
+
 
 
 def describe_checks(result: Result) -> str:

@@ -13,7 +13,7 @@ from hydra.utils import get_class
 
 from gradkit.core.experiment import Experiment
 from gradkit.plotting import save
-from gradkit.tracking.store import Tracker
+from gradkit.tracking.store import Tracker, store_reason
 
 COMPLETED = JobStatus.COMPLETED.name
 
@@ -33,9 +33,8 @@ def report_sweep(tracker: Tracker, parents: dict[str, str], plan: list[dict[str,
             lines.append(_report_parent(tracker, experiment, parent, plan, records, sweep_dir,
                                         dpi, interrupted))
         except Exception as error:  # e.g. a failing store: say so, the other parents still end
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             lines.append(f"sweep parent {parent} ({experiment}) could not be reported: "
-                         f"{type(error).__name__}: {reason}")
+                         f"{type(error).__name__}: {store_reason(error)}")
     return lines
 
 
@@ -60,7 +59,7 @@ def _report_parent(tracker: Tracker, experiment: str, parent: str,
                                       else "a job failed"})
     finally:  # a parent never stays RUNNING, even if its report cannot be made
         status = "FINISHED" if jobs and not failed else "FAILED"
-        tracker.end(parent, status)
+        tracker.end(parent, status, f"sweep parent of {experiment}")
     return (f"sweep parent {parent} ({experiment}) ended {status}: {len(jobs) - len(failed)} "
             f"of {len(jobs)} jobs completed, {len(missing)} killed or not run")
 
@@ -89,7 +88,7 @@ def _job_rows(tracker: Tracker, experiment: str, parent: str,
         error = job.get("error", "")
         if run and run.status == "RUNNING":
             tracker.set_tags(run.id, {"error": "stopped with the sweep"})
-            tracker.end(run.id, "KILLED")
+            tracker.end(run.id, "KILLED", run.name)
             status = "KILLED"
         elif run and run.status == "FAILED" and status == COMPLETED:  # failed closing
             status, error = "FAILED", run.tags.get("error", "")

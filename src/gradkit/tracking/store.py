@@ -30,6 +30,7 @@ from gradkit.core.names import file_name, sqlite_uri
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import discard
 from gradkit.plotting.pngs import PNGs
+from gradkit.tracking import unclosed
 
 PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
 ENTRIES_PER_CALL = 1000  # and params, tags and metrics together
@@ -48,10 +49,14 @@ SERVER_TIMEOUT = 3.0  # seconds to wait for a tracking server to answer before a
 for _key, _value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                      "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                      "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+                     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",  # gradkit says where
                      "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():  # no bars in logs
     os.environ.setdefault(_key, _value)
-# MLflow logs every SQL error with its traceback before raising it; gradkit says it in one line.
+# MLflow logs every SQL error with its traceback before raising it, urllib3 every retry of a
+# server that does not answer; gradkit says what failed in one line.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+log = logging.getLogger("gradkit")
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,9 @@ class Tracker:
                                          tags=tags)
         except MlflowException as error:
             raise self.failed(error) from None
+        if unclosed.pending(self.uri):  # the store answers again: end what was left open
+            for line in unclosed.end_left_open(self.uri, self._end_left_open):
+                log.info("%s (left open by an earlier command)", line)
         return run.info.run_id
 
     @property
@@ -228,6 +236,14 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
+    @contextmanager
+    def unless_failing(self) -> Iterator[None]:
+        """The block's store failures suppressed: for what a failed or stopped job logs on
+        its way out, so that its own error (an interruption stays one) is what is reported,
+        not the store's."""
+        with suppress(MlflowException, StoreError, OSError):
+            yield
+
     def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None) -> None:
         self.client.log_artifacts(run_id, str(folder), artifact_path)
 
@@ -236,8 +252,21 @@ class Tracker:
         later the run is closed (after the next job of a sweep has computed)."""
         self._done_at[run_id] = int(time.time() * 1000)
 
-    def end(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status, end_time=self._done_at.pop(run_id, None))
+    def end(self, run_id: str, status: str, name: str = "") -> None:
+        """End the run `status`; if the store cannot be written, the run is remembered
+        (`gradkit.tracking.unclosed`) for a later command to end, and the error raised."""
+        try:
+            self.client.set_terminated(run_id, status, end_time=self._done_at.pop(run_id, None))
+        except MlflowException:
+            unclosed.remember(self.uri, run_id, name, status)
+            raise
+
+    def _end_left_open(self, run_id: str, status: str) -> None:
+        """End a run an earlier command could not, unless something else has since."""
+        if self.client.get_run(run_id).info.status == "RUNNING":
+            self.client.set_terminated(run_id, status)
+            self.set_tags(run_id, {"error": "left open: its store stopped answering when its "
+                                            "command ended"})
 
     @contextmanager
     def run(self, experiment: str, name: str, tags: Mapping[str, str],
@@ -249,29 +278,28 @@ class Tracker:
             yield run_id
         except BaseException as error:
             status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
-            ended = self._end_after(run_id, status, error)
-            left = f"run {run_id} ({name}) " + (f"ended {status}" if ended else
-                                                 "could not be ended: it still shows RUNNING")
+            ended = self._end_after(run_id, status, error, name)
             if isinstance(error, interrupts.Interrupted):
-                error.ended.append(left)
+                if ended:  # if not, the command's last line names it (`unclosed`)
+                    error.ended.append(f"run {run_id} ({name}) ended {status}")
                 raise
             if not ended:
                 raise StoreError(f"{store_reason(error)}; the store at {self.uri} could not be "
-                                 f"written either: {left}") from None
+                                 "written either") from None
             if isinstance(error, MlflowException):
                 raise self.failed(error) from None
             raise
         try:
             with interrupts.held():  # a signal now is taken once the run has ended
-                self.end(run_id, "FINISHED")
+                self.end(run_id, "FINISHED", name)
         except MlflowException as error:
             raise self.failed(error) from None
 
-    def _end_after(self, run_id: str, status: str, error: BaseException) -> bool:
+    def _end_after(self, run_id: str, status: str, error: BaseException, name: str) -> bool:
         """End the run `status` with an `error` tag; False if the store cannot be written
         (full, read-only, unreachable: the store itself may be what failed)."""
         try:
-            self.end(run_id, status)
+            self.end(run_id, status, name)
         except MlflowException:
             return False
         with suppress(MlflowException):
@@ -426,9 +454,14 @@ def _no_stray_folder(database: Path) -> Iterator[None]:
 
 
 def store_reason(error: BaseException) -> str:
-    """The first line of an error's message (MLflow's SQL errors span many), its type when
-    it has none; SQLite's reason without SQLAlchemy's advice."""
-    lines = str(error).strip().splitlines()
+    """What went wrong with the store, in a few words: a server that does not answer,
+    SQLite's reason without SQLAlchemy's advice, or the first line of the message (MLflow's
+    span many), its type when it has none."""
+    text = str(error)
+    if "Max retries exceeded" in text or "NewConnectionError" in text:
+        return "the server does not answer" + (" (connection refused)" if "refused" in text
+                                               else "")
+    lines = text.strip().splitlines()
     sqlite = [line for line in lines if line.startswith("(sqlite3.")]
     return (sqlite or lines or [type(error).__name__])[0]
 
