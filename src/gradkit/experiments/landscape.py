@@ -138,7 +138,7 @@ def split_sets(rows: list[dict[str, Any]], window: Window
     seed spacings of each other: a non-isolated critical set, each summarised once."""
     degenerate = [r for r in rows if r["kind"] == "degenerate"]
     at = torch.tensor([[r["x"], r["y"]] for r in degenerate], dtype=torch.float64)
-    linked = torch.cdist(at, at) <= link_distance(window) if degenerate else None
+    linked = distances(at, at) <= link_distance(window) if degenerate else None
     group = torch.arange(len(degenerate))
     while degenerate:  # each point takes the smallest label it links to, until none changes
         smaller = torch.where(linked, group[None], len(degenerate)).amin(-1)
@@ -166,24 +166,33 @@ def summarise_set(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "members": [[x, y] for x, y in zip(xs, ys, strict=True)]}
 
 
+def distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Euclidean distances between the rows of a and b, exactly (no matrix-product shortcut,
+    which rounds distances below ~1e-8 of the coordinates to 0)."""
+    return torch.cdist(a, b, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def disagreements(oracle: torch.Tensor, found: list[dict[str, Any]],
                   sets: list[dict[str, Any]], window: Window) -> int:
     """How far the search and the oracle disagree, both ways: oracle points neither within
-    MATCH_DISTANCE of a found point nor within a link of a found set's point, plus found
-    points with no oracle point that near, plus found sets with no oracle point on them."""
-    size = window_size(window)
+    MATCH_DISTANCE of a found point nor within a link of a found set's point; found points
+    with no oracle point that near; found sets with no oracle point on them; and degenerate
+    points called isolated with another oracle point within a link (on a set, then)."""
+    size, link = window_size(window), link_distance(window)
     points = torch.tensor([[r["x"], r["y"]] for r in found], dtype=torch.float64).reshape(-1, 2)
     oracle = oracle.cpu().reshape(-1, 2)
     near = ((points[:, None] - oracle[None]).abs() / size).amax(-1) <= MATCH_DISTANCE
+    degenerate = torch.tensor([r["kind"] == "degenerate" for r in found], dtype=torch.bool)
+    crowded = ((distances(points, oracle) <= link) & ~near).any(-1) & degenerate
     on_sets = torch.zeros(len(oracle), dtype=torch.bool)
     unconfirmed_sets = 0
     for s in sets:
-        members = torch.tensor(s["members"], dtype=torch.float64)
-        on_set = (torch.cdist(oracle, members) <= link_distance(window)).any(-1)
+        on_set = (distances(oracle, torch.tensor(s["members"], dtype=torch.float64))
+                  <= link).any(-1)
         on_sets |= on_set
         unconfirmed_sets += not bool(on_set.any())
     missed = int((~(near.any(0) | on_sets)).sum())
-    return missed + int((~near.any(1)).sum()) + unconfirmed_sets
+    return missed + int((~near.any(1)).sum()) + unconfirmed_sets + int(crowded.sum())
 
 
 class Landscape(Experiment):
