@@ -325,3 +325,12 @@ def test_the_complete_check_fails_on_points_the_oracle_does_not_confirm(ctx, mon
 
     assert result.failed_checks == ["complete"]
     assert result.checks["complete"].error == 9.0
+
+
+def test_a_critical_set_reported_as_isolated_points_fails_the_run(ctx, monkeypatch):
+    monkeypatch.setattr(landscape, "split_sets", lambda rows, window: (rows, []))
+
+    result = Landscape(function="(x**2 + y**2 - 1)**2", resolution=30).run(ctx)
+
+    assert result.metrics["critical_points.degenerate"] > 20
+    assert result.failed_checks == ["complete"]
