@@ -27,6 +27,8 @@ from gradkit.core.names import sqlite_uri
 from gradkit.core.parameters import register_builtins
 from gradkit.tracking.store import Tracker
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has a core: more torch threads
+    torch.set_num_threads(1)  # would only contend with the other workers (10-100x slower)
 CONF_DIR = Path(str(importlib.resources.files(CONFIG_MODULE)))  # the checkout's conf/
 register_builtins()  # the experiments' generated configs, for tests that compose directly
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
