@@ -3,6 +3,8 @@ measured on any device."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,8 +88,14 @@ def live_memory(device: torch.device) -> Iterator[LiveMemory]:
         found.peak = float(torch.cuda.max_memory_allocated(device) - start)
         found.final = float(torch.cuda.memory_allocated(device) - start)
         return
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _native_stderr_silenced():
+        prof.start()
+    try:
         yield found
+    finally:
+        with _native_stderr_silenced():
+            prof.stop()
     events = sorted((e for e in prof.profiler.kineto_results.events()
                      if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
                     key=lambda e: e.start_ns())
@@ -96,3 +104,18 @@ def live_memory(device: torch.device) -> Iterator[LiveMemory]:
         live += event.nbytes()
         found.peak = max(found.peak, float(live))
     found.final = float(live)
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 sent to /dev/null over the block: the profiler's native code prints
+    `USDT: ... profiler_start` (and `_stop`) there each time it starts and stops."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
