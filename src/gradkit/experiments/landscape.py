@@ -129,7 +129,8 @@ def critical_points(fn: Objective, points: torch.Tensor, grads: torch.Tensor, wi
                      "kind": point_kind(eig.tolist(), grad_norm, scale, curvature),
                      "eigenvalues": eig.tolist(), "grad_norm": grad_norm})
     isolated, sets = split_sets(rows, window)
-    return sorted(isolated, key=lambda r: (KINDS.index(r["kind"]), r["x"], r["y"])), sets
+    order = {kind: i for i, kind in enumerate(KINDS)}  # anything else (a bug) last, for checks
+    return sorted(isolated, key=lambda r: (order.get(r["kind"], len(KINDS)), r["x"], r["y"])), sets
 
 
 def split_sets(rows: list[dict[str, Any]], window: Window
