@@ -84,8 +84,8 @@ def seeds(points: torch.Tensor, grads: torch.Tensor, window: Window) -> torch.Te
 
 def newton(fn: Objective, x: torch.Tensor, window: Window) -> torch.Tensor:
     """Newton's method on grad f from each row of x, with autograd's gradients and Hessians
-    (least squares where the Hessian is singular), kept within a window's size of it; a start
-    stops once its step falls below NEWTON_STOP of the window."""
+    (least squares where the Hessian is singular); a start stops once it moves less than
+    NEWTON_STOP of the window in a step, or strays a window's size beyond the window."""
     size = window_size(window).to(x.device)
     low = torch.tensor([window[0][0], window[1][0]], dtype=x.dtype, device=x.device)
     high = low + size
@@ -99,7 +99,9 @@ def newton(fn: Objective, x: torch.Tensor, window: Window) -> torch.Tensor:
                                   gradient(at).unsqueeze(-1)).solution.squeeze(-1)
         step = torch.nan_to_num(step, nan=0.0, posinf=0.0, neginf=0.0)
         x[moving] = torch.clamp(at - step, low - size, high + size)
-        moving[moving.clone()] = (step.abs() / size).amax(-1) >= NEWTON_STOP
+        moved = ((x[moving] - at).abs() / size).amax(-1)
+        astray = ((x[moving] == low - size) | (x[moving] == high + size)).any(-1)
+        moving[moving.clone()] = (moved >= NEWTON_STOP) & ~astray
     return x
 
 

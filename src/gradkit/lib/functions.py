@@ -117,18 +117,24 @@ def lattice(window: Window, per_axis: int) -> torch.Tensor:
 def stationary_points(fn: Objective, window: Window) -> torch.Tensor:
     """Where fn's analytic gradient vanishes in the window: the independent oracle for the
     landscape's search. Newton's method with the analytic gradient and Hessian (no autograd,
-    a pseudo-inverse step) from a dense lattice of starts; kept where ‖∇f‖ ≤
+    a pseudo-inverse step) from a dense lattice of starts, each until it stops moving; kept
+    where ‖∇f‖ ≤
     STATIONARY_TOLERANCE x the largest ‖∇f‖ on the lattice."""
     x = lattice(window, ORACLE_STARTS)
     size = window_size(window)
     low, high = x.min(0).values - size, x.max(0).values + size
     scale = gradient_scale(fn.gradient(x))
+    moving = torch.ones(len(x), dtype=torch.bool)
     for _ in range(ORACLE_STEPS):
-        g, h = fn.gradient(x), fn.hessian(x)
+        at = x[moving]
+        g, h = fn.gradient(at), fn.hessian(at)
         finite = torch.isfinite(g).all(-1) & torch.isfinite(h).flatten(1).all(-1)
         step = torch.linalg.pinv(torch.where(finite[:, None, None], h, 0.0)) @ \
             torch.where(finite[:, None], g, 0.0).unsqueeze(-1)
-        x = torch.clamp(x - step.squeeze(-1), low, high)
+        x[moving] = torch.clamp(at - step.squeeze(-1), low, high)
+        moving[moving.clone()] = ((x[moving] - at).abs() / size).amax(-1) > 0
+        if not moving.any():
+            break
     critical = fn.gradient(x).norm(dim=-1) <= STATIONARY_TOLERANCE * scale
     return distinct(x[critical & inside(x, window)], window)
 
