@@ -180,7 +180,8 @@ def test_runs_left_open_by_a_server_outage_are_ended_once_it_is_back(empty_store
     root.mkdir()
     shutil.copy(empty_store, root / "server.db")
     port = free_port()
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # a dead server fails at once
     store = ["tracking=server", f"tracking.uri=http://127.0.0.1:{port}"]
     with serving(root, port) as uri:
         sweep = subprocess.Popen(
