@@ -113,8 +113,11 @@ class SweepTracker(Callback):
         tags = {**fingerprint(Path(config.hydra.runtime.cwd)), "sweep_id": sweep_id,
                 "sweep_dir": str(sweep_dir),
                 "overrides": " ".join(config.hydra.overrides.task)}
-        if config.hydra.launcher.get("_target_") == SUBMITIT_LOCAL:
-            submitit_compat.isolate_controllers()
+        if config.hydra.launcher.get("_target_") == SUBMITIT_LOCAL and \
+                not submitit_compat.isolate_controllers():
+            log.warning("this submitit version's local jobs are not stopped with the command "
+                        "(gradkit knows submitit %s): stop them by hand if you stop it",
+                        " ".join(submitit_compat.SUPPORTED))
         try:
             settings = read_settings(config)
             jobs = plan_jobs(config)
