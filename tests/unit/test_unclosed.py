@@ -14,6 +14,7 @@ URI = "http://127.0.0.1:9"
 def _own_state(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     monkeypatch.setattr(unclosed, "_remembered", [])
+    monkeypatch.delenv(unclosed.COMMAND, raising=False)
 
 
 def test_runs_left_open_are_ended_by_the_next_command_that_reaches_the_store():
@@ -50,3 +51,18 @@ def test_runs_that_still_cannot_be_ended_stay_remembered():
     assert unclosed.end_left_open(URI, lambda *_: None) == [
         f"run {'b' * 32} (second) ended FAILED"]
     assert not unclosed.pending(URI)
+
+
+def test_the_last_line_names_the_runs_the_commands_workers_could_not_end(monkeypatch):
+    """A joblib or submitit worker remembers in its own process; the command finds its
+    workers' runs in the journal by the command id they inherited."""
+    unclosed.begin_command()
+    unclosed.remember(URI, "a" * 32, "#0 in a worker", "FAILED")
+    monkeypatch.setattr(unclosed, "_remembered", [])  # as if remembered in another process
+    unclosed.remember("http://other:5000", "b" * 32, "parent", "FAILED")
+
+    assert unclosed.take_left_open() == (
+        f"could not end run {'b' * 32} (parent), run {'a' * 32} (#0 in a worker): they show "
+        "RUNNING until the next gradkit command that reaches the store ends them")
+    unclosed.begin_command()  # the next command: earlier commands' runs are not its own
+    assert unclosed.take_left_open() == ""

@@ -13,6 +13,7 @@ from gradkit import __version__
 from gradkit.cli.commands import fail, run_command, say_left_open, split_config_dirs
 from gradkit.core import interrupts
 from gradkit.core.names import sqlite_uri
+from gradkit.tracking import unclosed
 
 USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
 
@@ -60,6 +61,7 @@ def _stoppable(command: Callable[[list[str]], None], args: list[str]) -> None:
     """`command(args)` ended by Ctrl-C, SIGTERM or SIGHUP in one line, with the status a shell
     gives for the signal (a run it had open ends KILLED on the way)."""
     interrupts.install()
+    unclosed.begin_command()
     try:
         command(args)
     except interrupts.Interrupted as stop:

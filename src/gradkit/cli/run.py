@@ -19,6 +19,7 @@ from gradkit.core.configs import SEARCH_PATH
 from gradkit.core.errors import explain
 from gradkit.core.parameters import register_builtins
 from gradkit.sweeps.hydra_compat import register_sweeper
+from gradkit.tracking import unclosed
 
 
 @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="config")
@@ -47,6 +48,7 @@ def main() -> None:
     """`gradkit run ARGS` (ARGS in `sys.argv[1:]`): errors in one line; Ctrl-C or SIGTERM
     end every open run."""
     interrupts.install()
+    unclosed.begin_command()
     register_sweeper()
     register_builtins()
     full_error = os.environ.get("HYDRA_FULL_ERROR")

@@ -13,17 +13,30 @@ import fcntl
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+COMMAND = "GRADKIT_COMMAND_ID"  # names the command in its workers' environment too
 _remembered: list[str] = []  # runs this process could not end: "run ID (NAME)"
+
+
+def begin_command() -> None:
+    """A new command starts in this process: runs its workers (joblib, submitit) cannot end
+    are named in its last line too."""
+    os.environ[COMMAND] = uuid.uuid4().hex
+
+
+def journals() -> Path:
+    """The folder of the journals, one per store."""
+    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return state / "gradkit" / "unclosed"
 
 
 def journal(uri: str) -> Path:
     """The journal file of the store at `uri`."""
-    state = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
-    return state / "gradkit" / "unclosed" / f"{hashlib.sha1(uri.encode()).hexdigest()[:16]}.jsonl"
+    return journals() / f"{hashlib.sha1(uri.encode()).hexdigest()[:16]}.jsonl"
 
 
 def remember(uri: str, run_id: str, name: str, status: str) -> None:
@@ -34,7 +47,8 @@ def remember(uri: str, run_id: str, name: str, status: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _locked(path), path.open("a") as handle:
             handle.write(json.dumps({"uri": uri, "run_id": run_id, "name": name,
-                                     "status": status}) + "\n")
+                                     "status": status,
+                                     "command": os.environ.get(COMMAND, "")}) + "\n")
     except OSError:
         pass  # this disk is full too: the final line still names the run
 
@@ -72,13 +86,30 @@ def end_left_open(uri: str, end: Callable[[str, str], None]) -> list[str]:
 
 
 def take_left_open() -> str:
-    """One line naming the runs this process could not end since the last call, or ''."""
-    if not _remembered:
-        return ""
-    runs = ", ".join(_remembered)
+    """One line naming the runs this command (this process and its workers) could not end
+    and are still open, or ''."""
+    runs = list(dict.fromkeys([*_remembered, *_journalled(os.environ.get(COMMAND))]))
     _remembered.clear()
-    return (f"could not end {runs}: they show RUNNING until the next gradkit command that "
-            "reaches the store ends them")
+    if not runs:
+        return ""
+    return (f"could not end {', '.join(runs)}: they show RUNNING until the next gradkit "
+            "command that reaches the store ends them")
+
+
+def _journalled(command: str | None) -> list[str]:
+    """The runs still in any journal that command `command` could not end."""
+    if not command:
+        return []
+    found = []
+    for path in sorted(journals().glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("command") == command:
+                found.append(f"run {entry['run_id']} ({entry['name']})")
+    return found
 
 
 @contextmanager
