@@ -13,7 +13,9 @@ local = pytest.importorskip("submitit.local.local")
 
 @pytest.fixture(autouse=True)
 def _restore(monkeypatch):
-    monkeypatch.setattr(local, "subprocess", local.subprocess)
+    """submitit's own module to start from (an in-process sweep may have isolated it), put
+    back as it was after the test."""
+    monkeypatch.setattr(local, "subprocess", subprocess)
 
 
 def test_a_known_submitit_gets_controllers_in_sessions_of_their_own():
