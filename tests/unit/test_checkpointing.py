@@ -135,29 +135,25 @@ def test_a_missing_zero_grad_fails_the_run_of_the_parameter_free_chain(monkeypat
     assert "memory_meter" in result.failed_checks
 
 
-def test_a_meter_that_misses_allocations_fails_the_run(monkeypatch):
+def _only_the_forward(memory) -> None:
+    memory.final = memory.peak  # as if only the forward's allocations were seen
+
+
+def _peak_is_the_end(memory) -> None:
+    memory.peak = memory.final  # a peak below the saved activations
+
+
+@pytest.mark.parametrize("spoil", [_only_the_forward, _peak_is_the_end])
+def test_a_meter_that_misreads_the_passes_fails_the_run(spoil, monkeypatch):
     real = checkpointing.live_memory
 
     @contextmanager
-    def without_the_backward(device):
+    def spoilt(device):
         with real(device) as memory:
             yield memory
-        memory.final = memory.peak  # as if only the forward's allocations were seen
+        spoil(memory)
 
-    monkeypatch.setattr(checkpointing, "live_memory", without_the_backward)
-    assert "memory_meter" in run().failed_checks
-
-
-def test_a_peak_below_the_saved_activations_fails_the_run(monkeypatch):
-    real = checkpointing.live_memory
-
-    @contextmanager
-    def peak_is_the_end(device):
-        with real(device) as memory:
-            yield memory
-        memory.peak = memory.final
-
-    monkeypatch.setattr(checkpointing, "live_memory", peak_is_the_end)
+    monkeypatch.setattr(checkpointing, "live_memory", spoilt)
     assert "memory_meter" in run().failed_checks
 
 
