@@ -104,4 +104,6 @@ def main(argv: list[str] | None = None) -> None:
     command = COMMANDS.get(args[0])
     if command is None:
         fail(f"{args[0]!r} is not a gradkit command; choose one of: {', '.join(COMMANDS)}", 2)
+    if "" not in sys.path and os.getcwd() not in sys.path:  # like `python -m`: the folder's
+        sys.path.insert(0, os.getcwd())                     # modules are importable targets
     run_command(lambda: command(args[1:]))

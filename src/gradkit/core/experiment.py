@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from matplotlib.figure import Figure
 
+from gradkit.core.components import Components
 from gradkit.plotting import objective_by_job
 
 # How closely two computations of one network quantity must agree, relative to its size, in
@@ -66,6 +67,7 @@ class RunContext:
     log: logging.Logger
     threads: int = 1
     cache_dir: Path | None = None  # where trained weights are kept between runs (None: nowhere)
+    components: Components = field(default_factory=Components)  # the chosen model, data, loss
 
 
 class Experiment(ABC):
@@ -79,6 +81,11 @@ class Experiment(ABC):
     """
 
     proves: str = ""  # what its checks prove, in one sentence
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Load and check what `run` needs (data, model, loss) before the run opens: a
+        ConfigError here refuses the job in one line and leaves no run in the store."""
+        return None
 
     @abstractmethod
     def run(self, ctx: RunContext) -> Result:

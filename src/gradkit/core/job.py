@@ -12,6 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit.core import interrupts
+from gradkit.core.components import Components
 from gradkit.core.errors import UNEXPECTED, not_a_parameter
 from gradkit.core.experiment import Experiment, Result
 from gradkit.core.reproducibility import fingerprint
@@ -81,15 +82,17 @@ def _job(cfg: DictConfig) -> closing.Job:
     try:
         settings = read_settings(cfg)
         tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
+        components = Components.from_config(cfg, hydra_cfg.runtime.choices)
+        ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None,
+                            tracker.cache_dir, components)
+        experiment.prepare(ctx)
     except ConfigError as error:
         raise BadConfig(str(error)) from None
-    ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None,
-                        tracker.cache_dir)
 
     overrides = list(hydra_cfg.overrides.task)
     tags = {**fingerprint(Path(hydra_cfg.runtime.cwd)), "overrides": " ".join(overrides),
             "seed": settings.seed, "device": str(ctx.device), "dtype": settings.dtype,
-            "threads": ctx.threads, **(sweep.tags if sweep else {})}
+            "threads": ctx.threads, **components.names, **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(option) if sweep else None
     params = flatten(OmegaConf.to_container(cfg, resolve=True))

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from gradkit.core.components import Components
 from gradkit.core.experiment import RunContext
 from gradkit.core.reproducibility import seed_everything
 from gradkit.core.validation import ConfigError, boolean, choice, integer
@@ -77,11 +78,12 @@ def read_settings(cfg: Any) -> Settings:
 
 
 def build_context(settings: Settings, output_dir: Path, parallel_jobs: int | None = None,
-                  cache_dir: Path | None = None) -> RunContext:
+                  cache_dir: Path | None = None,
+                  components: Components | None = None) -> RunContext:
     """Seed everything, set the torch threads and return the run's context."""
     threads = resolve_threads(settings.threads, parallel_jobs)
     torch.set_num_threads(threads)
     generator = seed_everything(settings.seed, settings.deterministic)
     return RunContext(device=settings.device, dtype=DTYPES[settings.dtype], generator=generator,
                       output_dir=output_dir, log=logging.getLogger("gradkit"), threads=threads,
-                      cache_dir=cache_dir)
+                      cache_dir=cache_dir, components=components or Components())

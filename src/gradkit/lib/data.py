@@ -1,12 +1,16 @@
-"""Seeded synthetic batches: every dataset a demonstration trains or probes on lives here."""
+"""Every built-in dataset: seeded synthetic batches and the bundled digits, as tensors and
+as the datasets of the `data` config group."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import TensorDataset
 
 from gradkit.lib.cache import cached
 
@@ -45,6 +49,7 @@ class Digits:
 
 DIGIT_CLASSES = 10
 DIGIT_MAX = 16.0  # the bundled images hold integers 0..16
+DIGITS_CSV = Path("datasets", "data", "digits.csv.gz")  # inside the scikit-learn package
 
 
 def digits(seed: int, test_fraction: float = 0.2, dtype: torch.dtype = torch.float32,
@@ -88,3 +93,29 @@ def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
             "train_y": torch.as_tensor(train_y, dtype=torch.long),
             "test_x": torch.as_tensor(test_x, dtype=torch.uint8),
             "test_y": torch.as_tensor(test_y, dtype=torch.long)}
+
+
+def digits_dataset() -> TensorDataset:
+    """scikit-learn's bundled 8x8 digits (1797 images, no download) as (N, 1, 8, 8) images in
+    [0, 1] and integer labels; read from its CSV without importing scikit-learn."""
+    package = importlib.util.find_spec("sklearn")
+    if package is None or not package.submodule_search_locations:
+        raise ModuleNotFoundError("data=digits needs scikit-learn (pip install scikit-learn)")
+    table = np.loadtxt(Path(package.submodule_search_locations[0]) / DIGITS_CSV,
+                       delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :-1].astype(np.float32) / DIGIT_MAX)
+    return TensorDataset(images.reshape(-1, 1, 8, 8), torch.from_numpy(table[:, -1]).long())
+
+
+def synthetic_regression(size: int = 512, input_dim: int = 10, output_dim: int = 1,
+                         noise: float = 0.1, seed: int = 0) -> TensorDataset:
+    """`size` samples of `regression_batch`, drawn from a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(*regression_batch(size, input_dim, output_dim, generator, noise=noise))
+
+
+def synthetic_classification(size: int = 512, input_dim: int = 10, classes: int = 3,
+                             seed: int = 0) -> TensorDataset:
+    """`size` samples of `classification_batch`, drawn from a generator seeded with `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return TensorDataset(*classification_batch(size, input_dim, classes, generator))

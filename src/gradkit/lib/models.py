@@ -1,7 +1,9 @@
-"""Small networks seeded from the run's generator: an MLP with selectable activation and init."""
+"""Built-in networks: an MLP with selectable activation and init, a small conv net; seeded
+from the run's generator, and sized to the data as options of the `model` config group."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from itertools import pairwise
 
@@ -90,15 +92,27 @@ def _initialise(linear: nn.Linear, init: str, position: str,
 CLASSIFIERS = ("cnn", "mlp")
 
 
-def digits_cnn(classes: int = 10, generator: torch.Generator | None = None) -> nn.Sequential:
-    """A small CNN for 1x8x8 images: two conv-ReLU-pool blocks (8 -> 4 -> 2), a Linear head.
+def conv_net(input_shape: Sequence[int], outputs: int, channels: Sequence[int] = (16, 32),
+             generator: torch.Generator | None = None) -> nn.Sequential:
+    """Conv3x3-ReLU-MaxPool2 blocks of `channels` over (C, H, W) inputs, then a Linear head.
 
-    Kaiming-normal conv weights and a Xavier-normal head drawn from `generator`, zero biases.
+    Kaiming-normal conv weights and a Xavier-normal head drawn from `generator` (the global
+    generator when None), zero biases. H and W must be divisible by 2 ** len(channels).
     """
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 2 * 2, classes))
+    if len(input_shape) != 3:
+        raise ConfigError(f"model=cnn takes (channels, height, width) inputs; the data's "
+                          f"inputs have shape {list(input_shape)}")
+    in_channels, height, width = input_shape
+    shrink = 2 ** len(channels)
+    if height % shrink or width % shrink:
+        raise ConfigError(f"model.channels={list(channels)} halves the {height}x{width} "
+                          f"inputs {len(channels)} times; they must be divisible by {shrink}")
+    layers: list[nn.Module] = []
+    for fan_in, fan_out in pairwise([in_channels, *channels]):
+        layers += [nn.Conv2d(fan_in, fan_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    model = nn.Sequential(*layers, nn.Flatten(),
+                          nn.Linear(channels[-1] * (height // shrink) * (width // shrink),
+                                    outputs))
     with torch.no_grad():
         for layer in model:
             if isinstance(layer, nn.Conv2d):
@@ -106,6 +120,24 @@ def digits_cnn(classes: int = 10, generator: torch.Generator | None = None) -> n
                 layer.bias.zero_()
         _initialise(model[-1], "xavier_normal", "output", generator)
     return model
+
+
+def mlp_for(input_shape: Sequence[int], outputs: int, hidden: Sequence[int] = (64,),
+            activation: str = "relu", init: str = "xavier_normal", batch_norm: bool = False,
+            dropout: float = 0.0) -> nn.Sequential:
+    """`mlp` sized to the data: inputs of any shape flattened, `outputs` units at the head."""
+    widths = check_widths("model.hidden", hidden)
+    check_activation("model.activation", activation)
+    check_init("model.init", init)
+    features = math.prod(input_shape)
+    body = mlp(features, widths, outputs, activation=activation, init=init,
+               batch_norm=batch_norm, dropout=dropout)
+    return nn.Sequential(nn.Flatten(), *body) if len(input_shape) > 1 else body
+
+
+def digits_cnn(classes: int = 10, generator: torch.Generator | None = None) -> nn.Sequential:
+    """A small CNN for 1x8x8 images: two conv-ReLU-pool blocks (8 -> 4 -> 2), a Linear head."""
+    return conv_net((1, 8, 8), classes, generator=generator)
 
 
 def image_classifier(kind: str, classes: int = 10, generator: torch.Generator | None = None

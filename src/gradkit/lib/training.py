@@ -4,7 +4,8 @@ trained model a run reuses from the weight cache."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -54,13 +55,15 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
 
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
-                loader: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int) -> list[float]:
-    """`steps` optimizer steps on cross-entropy; the loss of each step's batch."""
+                loader: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
+                loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> list[float]:
+    """`steps` optimizer steps on `loss_fn` (cross-entropy by default); the loss of each
+    step's batch."""
     model.train()
     losses = []
     for x, y in itertools.islice(loader, steps):
         optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
+        loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
@@ -73,6 +76,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     model.eval()
     logits = model(x)
     return F.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate_batches(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     loss_fn: Callable[..., torch.Tensor]) -> tuple[float, float]:
+    """Mean `loss_fn` over the items of `loader` (weighted by batch size) and accuracy (NaN
+    unless the targets are class labels of 2-D logits)."""
+    model.eval()
+    total = correct = count = 0.0
+    labelled = True
+    for x, y in loader:
+        output = model(x)
+        total += loss_fn(output, y).item() * len(x)
+        labelled = labelled and output.dim() == 2 and not y.is_floating_point()
+        if labelled:
+            correct += (output.argmax(dim=1) == y).sum().item()
+        count += len(x)
+    if not count:
+        raise ValueError("evaluate_batches: no batches")
+    return total / count, correct / count if labelled else math.nan
 
 
 @dataclass(frozen=True)

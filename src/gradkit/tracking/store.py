@@ -97,7 +97,9 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
-NAMED_KEYS = ("seed=", "dtype=", "device=", "deterministic=")  # globals that change results
+# globals that change results
+NAMED_KEYS = ("seed=", "dtype=", "device=", "deterministic=", "split.",
+              *(f"{key}{sign}" for key in ("model", "data", "loss") for sign in "=."))
 
 
 def run_name(overrides: list[str]) -> str:
