@@ -81,6 +81,15 @@ def _close_figures():
 
 
 PARENT_TAG = "mlflow.parentRunId"
+USER_PROJECT = Path(__file__).parents[1] / "examples" / "user_project"
+
+
+@pytest.fixture
+def user_project(monkeypatch) -> Path:
+    """The example user project importable, as when gradkit runs in its folder; returns its
+    `conf/`, for `--config-dir` (models `small_convnet`, data `stripes`)."""
+    monkeypatch.syspath_prepend(str(USER_PROJECT))
+    return USER_PROJECT / "conf"
 
 
 def free_port() -> int:
