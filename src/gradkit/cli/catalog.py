@@ -1,4 +1,5 @@
-"""`gradkit list`: every experiment and sweep preset at a glance, the user's own included.
+"""`gradkit list`: every experiment, model, dataset, loss and sweep preset at a glance, the
+user's own included.
 
 The options come from Hydra's config search path (gradkit's configs and every `--config-dir`),
 their parameters from composing each (gradkit's experiments' configs are built from their
@@ -20,6 +21,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gradkit.core import configs
+from gradkit.core.components import KEYS as COMPONENTS
+from gradkit.core.components import locate
+from gradkit.core.experiment import Experiment
+from gradkit.core.validation import ConfigError
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class Entry:
     purpose: str
     parameters: dict[str, object]
     notes: dict[str, str]  # what a parameter means, from its config file's comments
+    takes_components: bool = False  # it runs on a chosen model, data and loss
 
 
 NOTE = re.compile(r"^#\s{3}(\w+)\s{2,}(\S.*)$")  # `#   point     null: the notebook's [2, 1]`
@@ -61,6 +67,16 @@ def describe_module(module: str) -> tuple[str, str]:
     return (section if section[:1].isdigit() else "beyond"), (purpose or head).rstrip(".")
 
 
+def takes_components(target: str) -> bool:
+    """Whether the experiment class `target` runs on a chosen model, data and loss (False
+    for one that cannot be imported)."""
+    try:
+        found = locate("experiment._target_", target)
+    except ConfigError:
+        return False
+    return isinstance(found, type) and issubclass(found, Experiment) and found.takes_components()
+
+
 def experiments(config_dirs: Sequence[str | Path] = ()) -> list[Entry]:
     """Every experiment option, in notebook order (those beyond the notebook last)."""
     entries = []
@@ -70,9 +86,16 @@ def experiments(config_dirs: Sequence[str | Path] = ()) -> list[Entry]:
         target = str(parameters.pop("_target_", ""))
         entries.append(Entry(name, target, *describe_module(target.rpartition(".")[0]),
                              parameters,
-                             parameter_notes(config_file("experiment", name, config_dirs))))
+                             parameter_notes(config_file("experiment", name, config_dirs)),
+                             takes_components(target)))
     return sorted(entries, key=lambda e: [int(n) for n in e.section.split(".")]
                   if e.section[0].isdigit() else [99])
+
+
+def header_comment(text: str) -> str:
+    """The `#` comment lines of a config file's text, joined (Hydra's `@package` left out)."""
+    return " ".join(line.lstrip("# ").rstrip() for line in text.splitlines()
+                    if line.startswith("#") and "@package" not in line)
 
 
 def presets(config_dirs: Sequence[str | Path] = ()) -> list[tuple[str, str, dict[str, str]]]:
@@ -81,10 +104,21 @@ def presets(config_dirs: Sequence[str | Path] = ()) -> list[tuple[str, str, dict
     for name in configs.group_options("sweep", config_dirs):
         path = config_file("sweep", name, config_dirs)
         text = path.read_text() if path else ""
-        comment = [line.lstrip("# ").rstrip() for line in text.splitlines()
-                   if line.startswith("#") and "@package" not in line]
         grid = OmegaConf.select(OmegaConf.create(text), "hydra.sweeper.params") or {}
-        found.append((name, " ".join(comment), {k: str(v) for k, v in grid.items()}))
+        found.append((name, header_comment(text), {k: str(v) for k, v in grid.items()}))
+    return found
+
+
+def components(config_dirs: Sequence[str | Path] = ()) -> list[tuple[str, str, str, dict]]:
+    """Every option of the model, data and loss groups: group, name, description, keys."""
+    found = []
+    for group in COMPONENTS:
+        for name in configs.group_options(group, config_dirs):
+            path = config_file(group, name, config_dirs)
+            keys = OmegaConf.to_container(
+                configs.compose("config", [f"{group}={name}"], config_dirs)[group])
+            keys.pop("_target_", None)
+            found.append((group, name, header_comment(path.read_text() if path else ""), keys))
     return found
 
 
@@ -96,13 +130,22 @@ def render(config_dirs: Sequence[str | Path] = (), width: int = 100) -> str:
 
     lines = ["Experiments: gradkit run experiment=NAME [experiment.PARAM=VALUE ...]",
              "(null: derived from the other parameters, as noted)", ""]
-    for entry in experiments(config_dirs):
+    entries = experiments(config_dirs)
+    for entry in entries:
         lines += block(f"{entry.name} ({entry.section})", entry.purpose)
         lines += block("", "  ".join(f"{key}={'null' if value is None else value}"
                                      for key, value in entry.parameters.items()))
         lines += [line for key, value in entry.parameters.items()
                   if value is None and key in entry.notes
                   for line in block("", f"{key}: {entry.notes[key]}")]
+    takers = [e.name for e in entries if e.takes_components]
+    lines += ["", "Models, data and losses: gradkit run experiment=NAME model=M data=D loss=L "
+              "[model.KEY=VALUE ...]", f"(each unset: the experiment's own; for "
+              f"{', '.join(takers) or 'no experiment'})", ""]
+    for group, name, description, keys in components(config_dirs):
+        lines += block(f"{group}={name}", description)
+        if keys:
+            lines += block("", "  ".join(f"{key}={value}" for key, value in keys.items()))
     lines += ["", "Sweep presets: gradkit run sweep=NAME [hydra/launcher=joblib]", ""]
     for name, description, grid in presets(config_dirs):
         lines += block(name, description)

@@ -102,6 +102,11 @@ class Components:
         return cls(**chosen, validation=validation, test=test)
 
     @property
+    def chosen(self) -> dict[str, Choice]:
+        """The components the config chose, by key."""
+        return {key: getattr(self, key) for key in KEYS if getattr(self, key).chosen}
+
+    @property
     def names(self) -> dict[str, str]:
         """`{"model": "cnn", "data": "own", "loss": "own"}`: what runs are tagged with."""
         return {key: getattr(self, key).name for key in KEYS}

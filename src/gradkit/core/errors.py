@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from gradkit.core import configs
 
-MISSPELT = re.compile(r"Could not override '(experiment\.[\w.]+)'")
+MISSPELT = re.compile(r"Could not override '((?:experiment|model|data|loss)\.[\w.]+)'")
+COMPONENTS = ("model", "data", "loss")
 MERGING = re.compile(r"Error merging override (\S+?)=(.*)")
 NOT_CONVERTED = re.compile(r"could not be converted to (\w+)")
 WANTED = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false",
@@ -58,7 +59,11 @@ def explain(error: Exception, overrides: list[str]) -> str:
 
 
 def _misspelt(key: str, overrides: list[str]) -> str | None:
-    """Name the parameters of each experiment the command chose that lacks `key`."""
+    """Name the parameters of each experiment (or model, data, loss) the command chose that
+    lacks `key`."""
+    group = key.split(".")[0]
+    if group in COMPONENTS:
+        return _component_key(key, overrides)
     try:
         parsed = OverridesParser.create().parse_overrides(
             [o for o in overrides if not o.startswith("-")])
@@ -74,6 +79,24 @@ def _misspelt(key: str, overrides: list[str]) -> str | None:
     except Exception:  # the command is too unusual to analyse: Hydra's message will do
         return None
     return None
+
+
+def _component_key(key: str, overrides: list[str]) -> str | None:
+    """`model.hiden is not a key of model=mlp; its keys: ...`, or, with no model chosen,
+    how to choose one."""
+    group = key.split(".")[0]
+    options = configs.group_options(group)
+    try:
+        cfg = _compose([o for o in overrides if o.lstrip("+~").startswith(f"{group}=")])
+    except Exception:
+        return None
+    option = cfg.hydra.runtime.choices.get(group)
+    if option is None:
+        return (f"{key}: no {group} is chosen, so the experiment uses its own; choose one first "
+                f"({group}={' | '.join(options)}) or add a key to a {group} of your own with "
+                f"+{key}=...")
+    keys = [name for name in cfg[group] if name != "_target_"]
+    return f"{key} is not a key of {group}={option}; its keys: {', '.join(keys) or 'none'}"
 
 
 def _compose(overrides: list[str]) -> DictConfig:

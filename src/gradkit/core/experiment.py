@@ -82,6 +82,12 @@ class Experiment(ABC):
 
     proves: str = ""  # what its checks prove, in one sentence
 
+    @classmethod
+    def takes_components(cls) -> bool:
+        """Whether it runs on a chosen model, data and loss: a network demonstration, which
+        resolves them in `prepare`."""
+        return cls.prepare is not Experiment.prepare
+
     def prepare(self, ctx: RunContext) -> None:
         """Load and check what `run` needs (data, model, loss) before the run opens: a
         ConfigError here refuses the job in one line and leaves no run in the store."""

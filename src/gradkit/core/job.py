@@ -15,6 +15,7 @@ from gradkit.core import interrupts
 from gradkit.core.components import Components
 from gradkit.core.errors import UNEXPECTED, not_a_parameter
 from gradkit.core.experiment import Experiment, Result
+from gradkit.core.parameters import builtin_experiments
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import build_context, read_settings
 from gradkit.core.validation import ConfigError
@@ -83,6 +84,7 @@ def _job(cfg: DictConfig) -> closing.Job:
         settings = read_settings(cfg)
         tracker = Tracker.from_config(cfg.tracking, base=Path(hydra_cfg.runtime.cwd))
         components = Components.from_config(cfg, hydra_cfg.runtime.choices)
+        refuse_unused(components, experiment, option)
         ctx = build_context(settings, output_dir, sweep.parallel_jobs if sweep else None,
                             tracker.cache_dir, components)
         experiment.prepare(ctx)
@@ -127,6 +129,16 @@ def _job(cfg: DictConfig) -> closing.Job:
     except StoreError as error:
         raise StoreFailed(str(error)) from None
 
+
+
+def refuse_unused(components: Components, experiment: Experiment, option: str) -> None:
+    """A model, data or loss chosen for an experiment that runs on none: a ConfigError
+    naming the experiments that do."""
+    chosen = [f"{key}={choice.name}" for key, choice in components.chosen.items()]
+    if chosen and not experiment.takes_components():
+        takers = [name for name, cls in builtin_experiments().items() if cls.takes_components()]
+        raise ConfigError(f"{option} runs on no model, data or loss ({', '.join(chosen)} "
+                          f"chosen); the experiments that do: {', '.join(takers)}")
 
 
 def describe_checks(result: Result) -> str:
