@@ -170,7 +170,7 @@ class Callback:
 
 
 @pytest.mark.parametrize(("edit", "named"), [
-    ("config", "experiment._target_=evil.run, which is not an experiment of gradkit"),
+    ("config", "experiment._target_=evil.run, which is not an option of gradkit"),
     ("overrides", "sets Hydra's own keys (+hydra.callbacks.evil._target_=evil.Callback)"),
 ])
 def test_edited_artifacts_cannot_make_the_replay_run_code(edit, named, cli, store, tmp_path,

@@ -65,12 +65,16 @@ def is_store_key(key: str) -> bool:
     return override_key(key).startswith("tracking")
 
 
+TRUSTED_GROUPS = ("experiment", "model", "data", "loss")
+
+
 def trusted_targets(config_dirs: Sequence[str] = ()) -> set[str]:
-    """The classes a replay may instantiate: those of gradkit's and the user's experiment
-    options, never one that only a run's (editable) artifacts name."""
-    return {str(configs.compose("config", [f"experiment={name}"], config_dirs).experiment
+    """The classes a replay may instantiate: those of gradkit's and the user's options of
+    the experiment, model, data and loss groups, never one that only a run's (editable)
+    artifacts name."""
+    return {str(configs.compose("config", [f"{group}={name}"], config_dirs)[group]
                 .get("_target_", ""))
-            for name in configs.group_options("experiment", config_dirs)}
+            for group in TRUSTED_GROUPS for name in configs.group_options(group, config_dirs)}
 
 
 def untrusted(replay_config: Any, trusted: set[str], where: str = "") -> list[str]:
@@ -78,7 +82,7 @@ def untrusted(replay_config: Any, trusted: set[str], where: str = "") -> list[st
     if isinstance(replay_config, dict):
         return [found for key, value in replay_config.items()
                 for found in ([f"{where}{key}={value}"] if key == "_target_" and value not in
-                              trusted else untrusted(value, trusted, f"{where}{key}."))]
+                              {*trusted, None} else untrusted(value, trusted, f"{where}{key}."))]
     if isinstance(replay_config, list):
         return [found for i, item in enumerate(replay_config)
                 for found in untrusted(item, trusted, f"{where}{i}.")]
@@ -98,9 +102,10 @@ def refuse_edited(overrides: list[str], config_dirs: Sequence[str]) -> None:
         raise Unreproducible(f"its logged config no longer composes: {error}") from None
     foreign = untrusted(composed, trusted_targets(config_dirs))
     if foreign:
-        raise Unreproducible(f"its logged config names {foreign[0]}, which is not an "
-                             "experiment of gradkit or of your --config-dir; only those are "
-                             "replayed")
+        raise Unreproducible(f"its logged config names {foreign[0]}, which is not an option "
+                             f"of gradkit or of your --config-dir ({', '.join(TRUSTED_GROUPS)}"
+                             "); only those are replayed (a model, data or loss of your own: "
+                             "put it in DIR/model/NAME.yaml and pass --config-dir DIR)")
 
 
 def logged_config_dirs(tracker: Tracker, run_id: str) -> list[str]:
