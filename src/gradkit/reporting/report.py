@@ -27,6 +27,8 @@ from omegaconf import DictConfig
 
 from gradkit.cli.catalog import experiments as catalogue
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
+from gradkit.core.components import KEYS as COMPONENTS
+from gradkit.core.components import OWN
 from gradkit.core.names import file_name
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.validation import ConfigError, choice
@@ -267,6 +269,13 @@ def number(value: float) -> str:
     return f"{value:.6g}"
 
 
+def runs_on(run: RunRecord) -> str:
+    """`, on model=cnn, data=digits` for the components a run chose (nothing for its own)."""
+    chosen = [f"{key}={run.tags[key]}" for key in COMPONENTS
+              if run.tags.get(key, OWN) != OWN]
+    return f", on {', '.join(chosen)}" if chosen else ""
+
+
 def outcome(run: RunRecord) -> str:
     """e.g. `FINISHED (diverged), checks passed`."""
     status = run.tags.get("status")
@@ -320,7 +329,8 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
     latest = demo.latest
     if latest is not None:
         page.heading(3, f"Latest run: {latest.name}")
-        page.paragraph(f"Run {latest.id}, started {when(latest)}: {outcome(latest)}.")
+        page.paragraph(f"Run {latest.id}, started {when(latest)}{runs_on(latest)}: "
+                       f"{outcome(latest)}.")
         metrics = latest.metrics
         key = sorted(name for name in metrics if not name.startswith("check."))
         checks = sorted(name for name in metrics if name.startswith("check."))
