@@ -26,6 +26,35 @@ def test_bad_input_fails_before_any_run(cli, store):
     assert runs_of(store, "lr_finder") == []
 
 
+@pytest.mark.parametrize(("override", "says", "ends"), [
+    ("experiment.step_mode=cubic", "experiment.step_mode='cubic'", "choose one of: exp, linear"),
+    ("experiment.amp=true", "experiment.amp=true needs device=cuda", "device is cpu"),
+])
+def test_an_unknown_ramp_or_mixed_precision_on_the_cpu_is_refused_in_one_line(
+        cli, store, override, says, ends):
+    code, err = cli("experiment=lr_finder", override)
+
+    assert code != 0
+    [line] = [line for line in err.splitlines() if says in line]
+    assert line.endswith(ends)
+    assert runs_of(store, "lr_finder") == []
+
+
+def test_a_regression_run_finishes_with_losses_and_no_accuracy(cli, store):
+    code, err = cli("experiment=lr_finder", "data=synthetic_regression", "model=mlp",
+                    "experiment.num_iter=30", "experiment.skip_start=5",
+                    "experiment.skip_end=3", "experiment.validation_steps=10")
+
+    assert code == 0, err
+    [run] = runs_of(store, "lr_finder")
+    metrics = run.data.metrics
+    assert (run.info.status, run.data.tags["checks"]) == ("FINISHED", "passed")
+    assert (run.data.tags["model"], run.data.tags["data"]) == ("mlp", "synthetic_regression")
+    assert not [name for name in metrics if "accuracy" in name]
+    assert {"suggested_lr", "validation.loss.suggested", "test.loss"} <= set(metrics)
+    assert metrics["objective"] == metrics["validation.loss.suggested"]
+
+
 def test_a_test_that_diverges_at_once_is_a_finished_run_without_a_suggestion(cli, store):
     code, err = cli("experiment=lr_finder", "experiment.start_lr=100", "experiment.end_lr=1e4",
                     "experiment.num_iter=20", "experiment.skip_start=3", "experiment.skip_end=3")

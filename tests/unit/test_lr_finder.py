@@ -1,5 +1,5 @@
-"""LR range test: schedule, smoothing and stop rule, suggestion rule, state restoration, the
-experiment end to end and the optimizer x batch-size preset."""
+"""LR range test: schedules, accumulation, scores, smoothing and stop rule, suggestion rule,
+state restoration, the experiment end to end and the optimizer x batch-size preset."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from gradkit.experiments import lr_finder
 from gradkit.experiments.lr_finder import (
     LrFinder,
     RangeTest,
-    exponential_schedule,
+    lr_schedule,
+    micro_batches,
     range_test,
     schedule_error,
     smoothing_error,
@@ -26,8 +27,10 @@ from gradkit.experiments.lr_finder import (
     steepest_descent,
     stop_rule_error,
     suggestion_error,
+    train_step,
 )
 from gradkit.lib.data import hold_out
+from gradkit.lib.training import evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread
 
@@ -56,8 +59,15 @@ def tiny_problem(batches: int = 3, seed: int = 0):
     return model, itertools.cycle(data)
 
 
+def prepared(ctx, **params) -> LrFinder:
+    """The experiment with `params`, its own data and model resolved as the job does."""
+    experiment = LrFinder(**params)
+    experiment.prepare(ctx)
+    return experiment
+
+
 def test_schedule_is_geometric_from_start_to_end():
-    schedule = exponential_schedule(1e-7, 10.0, 100)
+    schedule = lr_schedule(1e-7, 10.0, 100)
 
     assert len(schedule) == 100
     np.testing.assert_allclose(schedule, np.geomspace(1e-7, 10.0, 100), rtol=1e-12)
@@ -66,8 +76,8 @@ def test_schedule_is_geometric_from_start_to_end():
 
 
 def test_schedule_check_sees_a_ramp_that_misses_its_end():
-    assert schedule_error(exponential_schedule(1e-7, 10.0, 100), 1e-7, 10.0, 100) < 1e-12
-    assert schedule_error(exponential_schedule(1e-7, 10.0, 100)[:37], 1e-7, 10.0, 100) < 1e-12
+    assert schedule_error(lr_schedule(1e-7, 10.0, 100), 1e-7, 10.0, 100) < 1e-12
+    assert schedule_error(lr_schedule(1e-7, 10.0, 100)[:37], 1e-7, 10.0, 100) < 1e-12
     short = [1e-7 * 1e8 ** (i / 100) for i in range(100)]  # i / num_iter: ends below 10
     assert schedule_error(short, 1e-7, 10.0, 100) > 0.1
     linear = np.linspace(1e-7, 10.0, 100).tolist()
@@ -75,10 +85,136 @@ def test_schedule_check_sees_a_ramp_that_misses_its_end():
     assert schedule_error([1e-7] * 101, 1e-7, 10.0, 100) == math.inf
 
 
+def test_linear_schedule_is_torch_lr_finders_linear_lr():
+    # torch-lr-finder's LinearLR: base_lr + r (end_lr - base_lr), r = last_epoch / (num_iter - 1)
+    schedule = lr_schedule(1e-3, 1.0, 11, "linear")
+
+    assert schedule == pytest.approx([1e-3 + i / 10 * (1.0 - 1e-3) for i in range(11)],
+                                     rel=1e-15)
+    assert schedule[0] == 1e-3 and schedule[-1] == pytest.approx(1.0, rel=1e-15)
+    assert schedule_error(schedule, 1e-3, 1.0, 11, "linear") < 1e-12
+    assert schedule_error(schedule[:4], 1e-3, 1.0, 11, "linear") < 1e-12
+    # the check verifies the mode that ran: each ramp fails the other's oracle
+    assert schedule_error(schedule, 1e-3, 1.0, 11, "exp") > 0.1
+    assert schedule_error(lr_schedule(1e-3, 1.0, 11, "exp"), 1e-3, 1.0, 11, "linear") > 0.1
+    short = [1e-3 + i / 11 * (1.0 - 1e-3) for i in range(11)]  # i / num_iter: ends below 1
+    assert schedule_error(short, 1e-3, 1.0, 11, "linear") > 0.05
+
+
+def test_accumulated_micro_batches_give_the_gradient_and_loss_of_one_large_batch():
+    generator = torch.Generator().manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))  # no batch norm
+    x, y = torch.randn(24, 6, generator=generator), torch.randint(3, (24,), generator=generator)
+    whole = copy.deepcopy(model)
+    full_loss = F.cross_entropy(whole(x), y)
+    full_loss.backward()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the step leaves the gradient
+
+    loss, norm = train_step(model, optimizer, [(x[i:i + 6], y[i:i + 6]) for i in range(0, 24, 6)],
+                            F.cross_entropy)
+
+    for accumulated, full in zip(model.parameters(), whole.parameters(), strict=True):
+        torch.testing.assert_close(accumulated.grad, full.grad, rtol=1e-5, atol=1e-7)
+    assert loss == pytest.approx(full_loss.item(), rel=1e-6)
+    expected = torch.cat([p.grad.flatten() for p in whole.parameters()]).norm().item()
+    assert norm == pytest.approx(expected, rel=1e-5)
+
+
+def test_range_test_takes_one_step_per_accumulation_steps_batches():
+    model, loader = tiny_problem(batches=6)
+    optimizer = RecordingSGD(model.parameters(), lr=0.5)
+    seen = []
+    batches = (seen.append(batch) or batch for batch in loader)
+
+    trace = range_test(model, optimizer, batches, lr_schedule(1e-6, 1e-3, 5), smooth_f=0.2,
+                       accumulation_steps=3)
+
+    assert optimizer.seen == trace.lrs and len(trace.lrs) == 5
+    assert len(seen) == 15  # 5 steps x 3 micro-batches
+    first = tiny_problem(batches=6)[0]
+    expected = sum(F.cross_entropy(first(x), y).item() / 3 for x, y in seen[:3])
+    assert trace.batch_losses[0] == pytest.approx(expected, rel=1e-6)  # the accumulated loss
+    assert [len(group) for group in micro_batches(range(7), 3)] == [3, 3]
+
+
+def test_train_score_smooths_the_batch_loss_taken_before_each_step():
+    # torch-lr-finder without val_loader: the loss of each step's batch, before the step
+    model, loader = tiny_problem()
+    start, data = copy.deepcopy(model), tiny_problem()[1]
+
+    trace = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                       lr_schedule(1e-1, 1.0, 4), smooth_f=0.5, diverge_th=100.0)
+
+    x, y = next(data)
+    assert trace.losses == trace.batch_losses
+    assert trace.losses[0] == pytest.approx(F.cross_entropy(start(x), y).item(), rel=1e-6)
+    assert trace.smoothed[1] == pytest.approx(0.5 * trace.losses[1] + 0.5 * trace.losses[0],
+                                              rel=1e-12)
+
+
+def test_a_train_scored_run_logs_no_validation_curve_and_passes_its_checks(ctx):
+    result = prepared(ctx, score="train", num_iter=30, skip_start=5, skip_end=3,
+                      validation_steps=5).run(ctx)
+
+    assert "validation_loss" not in result.series
+    assert result.failed_checks == []
+    assert "validation.loss.suggested" in result.metrics  # the advice is still validated
+
+
+def test_validation_score_is_the_mean_loss_over_the_whole_split_batch_by_batch(ctx,
+                                                                             monkeypatch):
+    experiment = prepared(ctx)
+    workload = experiment.workload
+    model = workload.new_model()
+    x, y = workload.data.tensors("validation")
+    monkeypatch.setattr(lr_finder, "EVALUATION_BATCH", 100)  # 287 items: 100, 100, 87
+
+    loss, accuracy = lr_finder.evaluate_split(model, workload, "validation")
+
+    assert (loss, accuracy) == pytest.approx(evaluate(model, x, y), rel=1e-6)
+
+
+def test_a_range_test_longer_than_one_pass_cycles_and_says_so(ctx, caplog):
+    caplog.set_level("INFO", logger="test")
+    result = prepared(ctx, num_iter=25, skip_start=5, skip_end=3, validation_steps=5).run(ctx)
+
+    assert len(result.series["lr"]) == 25  # 1150 items / 64: 18 batches a pass
+    assert "the train split gives 18 batches; cycled for 25 steps" in caplog.text
+
+
+def test_mixed_precision_is_refused_off_cuda_before_any_work(ctx):
+    experiment = LrFinder(amp=True)
+    with pytest.raises(ConfigError, match=r"^experiment\.amp=true needs device=cuda") as raised:
+        experiment.prepare(ctx)
+    assert "\n" not in str(raised.value)
+    assert not hasattr(experiment, "workload")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mixed_precision_on_cuda_steps_with_an_unscaled_gradient_norm():
+    device = torch.device("cuda")
+    generator = torch.Generator().manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
+    x = torch.randn(16, 6, generator=generator).to(device)
+    y = torch.randint(3, (16,), generator=generator).to(device)
+    plain = copy.deepcopy(model)
+    F.cross_entropy(plain(x), y).backward()
+    expected = torch.cat([p.grad.flatten() for p in plain.parameters()]).norm().item()
+    before = [p.detach().clone() for p in model.parameters()]
+    scaler = lr_finder.new_scaler(True)
+
+    loss, norm = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [(x, y)],
+                            F.cross_entropy, scaler)
+
+    assert math.isfinite(loss) and norm == pytest.approx(expected, rel=1e-2)  # float16
+    assert scaler.get_scale() > 1.0  # the loss was scaled, the norm is not
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
 def test_range_test_steps_every_lr_regardless_of_dataset_size():
     model, loader = tiny_problem(batches=3)
     optimizer = RecordingSGD(model.parameters(), lr=0.5)
-    schedule = exponential_schedule(1e-6, 1e-3, 30)  # too small to diverge
+    schedule = lr_schedule(1e-6, 1e-3, 30)  # too small to diverge
 
     trace = range_test(model, optimizer, loader, schedule, smooth_f=0.2, diverge_th=5.0)
 
@@ -94,7 +230,7 @@ def test_range_test_steps_every_lr_regardless_of_dataset_size():
 def test_range_test_stops_at_the_first_smoothed_loss_above_the_threshold():
     model, loader = tiny_problem()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    trace = range_test(model, optimizer, loader, exponential_schedule(1e-3, 1e3, 200),
+    trace = range_test(model, optimizer, loader, lr_schedule(1e-3, 1e3, 200),
                        smooth_f=0.3, diverge_th=2.0)
 
     assert trace.diverged
@@ -128,7 +264,7 @@ def test_with_a_score_the_test_smooths_the_score_after_each_step_not_the_batch_l
         return scored[-1]
 
     trace = range_test(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
-                       exponential_schedule(1e-3, 1e-1, 5), smooth_f=0.5, diverge_th=100.0,
+                       lr_schedule(1e-3, 1e-1, 5), smooth_f=0.5, diverge_th=100.0,
                        score=score)
 
     assert trace.losses == scored and len(scored) == 5
@@ -214,15 +350,27 @@ def test_a_suggestion_by_argmax_fails_the_runs_own_checks(ctx, monkeypatch):
         return skip_start + int(np.nanargmax(np.gradient(window)))
 
     small = {"num_iter": 40, "skip_start": 5, "skip_end": 3, "validation_steps": 5}
-    assert LrFinder(**small).run(ctx).failed_checks == []
+    assert prepared(ctx, **small).run(ctx).failed_checks == []
     monkeypatch.setattr(lr_finder, "steepest_descent", steepest_ascent)
     ctx.generator.manual_seed(0)
 
-    assert LrFinder(**small).run(ctx).failed_checks == ["suggestion"]
+    assert prepared(ctx, **small).run(ctx).failed_checks == ["suggestion"]
+
+
+@pytest.mark.parametrize("step_mode", ["exp", "linear"])
+def test_a_ramp_of_the_other_mode_fails_the_runs_schedule_check(ctx, monkeypatch, step_mode):
+    other = {"exp": "linear", "linear": "exp"}[step_mode]
+    real = lr_finder.lr_schedule
+    small = {"num_iter": 30, "skip_start": 5, "skip_end": 3, "validation_steps": 5,
+             "step_mode": step_mode}
+    monkeypatch.setattr(lr_finder, "lr_schedule",
+                        lambda start, end, num_iter, mode: real(start, end, num_iter, other))
+
+    assert "schedule" in prepared(ctx, **small).run(ctx).failed_checks
 
 
 def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_apart(ctx):
-    result = LrFinder(num_iter=40, skip_start=5, skip_end=3, validation_steps=30).run(ctx)
+    result = prepared(ctx, num_iter=40, skip_start=5, skip_end=3, validation_steps=30).run(ctx)
     metrics = result.metrics
 
     assert (metrics["data.train_size"], metrics["data.validation_size"],
@@ -238,18 +386,17 @@ def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_ap
 
 
 def test_the_test_split_is_evaluated_once_after_everything_was_chosen(ctx, monkeypatch):
-    evaluated, original = [], lr_finder.evaluate
+    evaluated, original = [], lr_finder.evaluate_split
 
-    def recording(model, x, y):
-        evaluated.append(len(x))
-        return original(model, x, y)
+    def recording(model, workload, split):
+        evaluated.append(split)
+        return original(model, workload, split)
 
-    monkeypatch.setattr(lr_finder, "evaluate", recording)
-    result = LrFinder(num_iter=40, skip_start=5, skip_end=3, validation_steps=5).run(ctx)
+    monkeypatch.setattr(lr_finder, "evaluate_split", recording)
+    result = prepared(ctx, num_iter=40, skip_start=5, skip_end=3, validation_steps=5).run(ctx)
 
-    validation, test = result.metrics["data.validation_size"], result.metrics["data.test_size"]
-    assert evaluated[-1] == test and evaluated.count(test) == 1
-    assert set(evaluated[:-1]) == {validation}
+    assert evaluated[-1] == "test" and evaluated.count("test") == 1
+    assert set(evaluated[:-1]) == {"validation"}
     assert len(evaluated) == result.metrics["iterations_run"] + 3 + 1
 
 
@@ -261,7 +408,7 @@ def test_model_and_optimizer_state_are_restored_bit_for_bit():
     optimizer.step()  # Adam now holds step counts and moment buffers
     before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
 
-    trace = range_test(model, optimizer, loader, exponential_schedule(1e-3, 100.0, 50))
+    trace = range_test(model, optimizer, loader, lr_schedule(1e-3, 100.0, 50))
 
     assert len(trace.lrs) > 5
     after = (model.state_dict(), optimizer.state_dict())
@@ -291,7 +438,10 @@ def test_state_mismatches_sees_one_changed_buffer_and_a_changed_lr():
     ({"start_lr": -1e-3}, "experiment.start_lr"),
     ({"num_iter": 16}, "experiment.num_iter"),  # < skip_start + skip_end + 2 = 17
     ({"optimizer": "rmsprop"}, "experiment.optimizer"),
-    ({"model": "resnet"}, "experiment.model"),
+    ({"step_mode": "cubic"}, "experiment.step_mode"),
+    ({"score": "test"}, "experiment.score"),
+    ({"accumulation_steps": 0}, "experiment.accumulation_steps"),
+    ({"amp": "yes"}, "experiment.amp"),
     ({"smooth_f": 0.0}, "experiment.smooth_f"),
     ({"diverge_th": 0.5}, "experiment.diverge_th"),
     ({"batch_size": 0}, "experiment.batch_size"),
@@ -305,7 +455,7 @@ def test_bad_parameters_name_their_key(change, key):
 
 def job(num: int, status: str = "COMPLETED", output_dir: str | None = None, **metrics) -> dict:
     params = {"experiment.optimizer": "sgd", "experiment.batch_size": "64",
-              "experiment.model": "mlp"} if metrics else {}
+              "model._target_": "gradkit.lib.models.mlp_for"} if metrics else {}
     return {"job": num, "experiment": "lr_finder", "overrides": f"job {num}", "status": status,
             "outcome": "", "params": params, "metrics": metrics, "output_dir": output_dir}
 
@@ -329,6 +479,13 @@ def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_pat
     [curve] = [line for line in curves.lines if len(line.get_xdata()) == 3]
     assert list(curve.get_ydata()) == trace.smoothed
     assert [tick.get_text() for tick in points.get_yticklabels()] == [
-        "#0 mlp sgd batch 64", "#1 mlp sgd batch 64"]
+        "#0 mlp_for sgd batch 64", "#1 mlp_for sgd batch 64"]
     assert "3 jobs failed" in points.get_title()
     assert LrFinder.sweep_figure([job(0, "FAILED"), job(1, "NOT_RUN")]) is None
+
+
+def test_an_unknown_step_mode_names_the_allowed_ones():
+    with pytest.raises(ConfigError) as raised:
+        LrFinder(step_mode="cubic")
+    assert str(raised.value).startswith("experiment.step_mode=")
+    assert "exp" in str(raised.value) and "linear" in str(raised.value)

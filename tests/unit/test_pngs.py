@@ -75,8 +75,9 @@ def test_every_experiment_figure_goes_to_the_renderer(ctx, monkeypatch):
     from gradkit.core.parameters import builtin_experiments
 
     for name, cls in builtin_experiments().items():
-        kwargs = SMALL.get(name, {})
-        for fig_name, fig in cls(**kwargs).run(ctx).figures.items():
+        experiment = cls(**SMALL.get(name, {}))
+        experiment.prepare(ctx)  # the job prepares before it runs (data, model, loss)
+        for fig_name, fig in experiment.run(ctx).figures.items():
             assert pickle.dumps(fig), f"{name}: {fig_name}"
             discard(fig)
 
