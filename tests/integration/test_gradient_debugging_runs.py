@@ -25,7 +25,8 @@ def test_default_run_end_to_end_with_findings_in_the_summary(cli, store, tmp_pat
                                                 str(tmp_path / "download"))
     summary = json.loads(Path(path).read_text())
     dead = [f for f in summary["findings"] if f["kind"] == "dead_units"]
-    assert dead and all(f["value"] >= 0.5 and f["layer"].startswith("layer") for f in dead)
+    assert dead and all(f["value"] >= 0.5 for f in dead)
+    assert {f["layer"] for f in dead} <= {"0", "2", "4"}  # the hidden Linear layers' outputs
 
 
 def test_a_nan_born_in_the_forward_pass_is_blamed_on_its_op(cli, store):
@@ -64,3 +65,26 @@ def test_preset_runs_every_scenario_and_its_smoke_sweep(cli, store):
                 if "mlflow.parentRunId" in r.data.tags}
     assert children["healthy"].data.tags["findings"] == ""
     assert children["nan"].data.tags["findings"] == "nan_grad"
+
+
+def test_a_planted_scenario_is_refused_on_a_chosen_model_in_one_line(cli, store):
+    code, err = cli("experiment=gradient_debugging", "model=cnn", "data=digits")
+
+    assert code != 0
+    [line] = [line for line in err.splitlines() if "experiment.scenario" in line]
+    assert "experiment.scenario=problematic" in line and "model=cnn" in line
+    assert "experiment.scenario=none" in line
+    assert runs_of(store, "gradient_debugging") == []
+
+
+def test_scenario_none_diagnoses_a_chosen_model_as_it_is(cli, store):
+    code, err = cli("experiment=gradient_debugging", "model=cnn", "data=digits",
+                    "experiment.scenario=none")
+
+    assert code == 0, err
+    [run_] = runs_of(store, "gradient_debugging")
+    metrics = run_.data.metrics
+    assert run_.info.status == "FINISHED" and run_.data.tags["checks"] == "passed"
+    assert {"grad_norm/0.weight", "grad_norm/3.weight", "grad_norm/7.weight",
+            "dead_units/0", "dead_units/3"} <= set(metrics)
+    assert "check.detects_planted_fault.error" not in metrics

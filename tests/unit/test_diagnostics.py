@@ -1,7 +1,9 @@
-"""Per-layer gradient statistics, health rules and the non-finite origin search."""
+"""Per-parameter gradient statistics, per-unit activation statistics of any module, health
+rules and the non-finite origin search."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import replace
 
@@ -14,7 +16,6 @@ from gradkit.core.validation import ConfigError
 from gradkit.lib import diagnostics
 from gradkit.lib.diagnostics import (
     STATS_TOLERANCE,
-    ActivationStats,
     ForwardOrigin,
     GradStats,
     Thresholds,
@@ -24,14 +25,15 @@ from gradkit.lib.diagnostics import (
     findings,
     gradient_stats,
     health,
-    layer_gradient_stats,
-    layer_stats_check,
     max_min_ratio,
+    parameter_metrics,
+    parameter_stats,
+    parameter_stats_check,
     recorded_activations,
     rules_check,
     verdict,
 )
-from gradkit.lib.models import mlp
+from gradkit.lib.models import linear_layers, mlp
 
 
 def test_gradient_stats_by_hand():
@@ -76,16 +78,17 @@ def test_layer_statistics_of_a_tiny_net_by_hand():
         loss = F.mse_loss(net(torch.tensor([[2.0]])), torch.zeros(1, 1))
     loss.backward()
 
-    grads = layer_gradient_stats(net)
+    grads = parameter_stats(net)
 
-    assert list(grads) == ["layer0", "layer1"]
-    assert (grads["layer0"].norm, grads["layer1"].norm) == (3.0, 9.0)
-    assert (grads["layer0"].mean, grads["layer1"].mean) == (3.0, -9.0)
-    assert grads["layer0"].grad_to_weight == 2.0
-    assert grads["layer1"].grad_to_weight == 18.0
-    assert max_min_ratio(grads) == (9.0, "layer0")  # of ‖grad‖ / ‖W‖, not of the norms
-    assert activations["layer0"].mean == 3.0
-    assert activations["layer0"].dead_fraction == 0.0
+    assert list(grads) == ["0.weight", "2.weight"]  # the paths of named_parameters
+    assert (grads["0.weight"].norm, grads["2.weight"].norm) == (3.0, 9.0)
+    assert (grads["0.weight"].mean, grads["2.weight"].mean) == (3.0, -9.0)
+    assert grads["0.weight"].grad_to_weight == 2.0
+    assert grads["2.weight"].grad_to_weight == 18.0
+    assert max_min_ratio(grads) == (9.0, "0.weight")  # of ‖grad‖ / ‖W‖, not of the norms
+    assert list(activations) == ["0"]  # named by the module whose output it activates
+    assert activations["0"].mean == 3.0
+    assert activations["0"].dead_fraction == 0.0
 
 
 def test_a_dead_unit_is_found_and_its_layer_gets_no_gradient():
@@ -94,11 +97,11 @@ def test_a_dead_unit_is_found_and_its_layer_gets_no_gradient():
         loss = F.mse_loss(net(torch.tensor([[-2.0], [-1.0]])), torch.ones(2, 1))
     loss.backward()
 
-    grads = layer_gradient_stats(net)
+    grads = parameter_stats(net)
     found = findings(grads, activations, Thresholds(), loss.item())
 
-    assert activations["layer0"].dead_fraction == 1.0
-    assert grads["layer0"].norm == grads["layer1"].norm == 0.0
+    assert activations["0"].dead_fraction == 1.0
+    assert grads["0.weight"].norm == grads["2.weight"].norm == 0.0
     assert math.isnan(max_min_ratio(grads)[0])  # no layer has a gradient: no ratio
     assert {f.kind for f in found} == {"dead_units", "vanishing"}
     assert health(found) == "warning"
@@ -184,7 +187,7 @@ def test_a_nan_loss_is_critical_even_with_finite_gradients():
     x, y = torch.randn(5, 3), torch.randn(5, 1)
     loss = F.mse_loss(net(x), y) + torch.tensor(math.nan)  # a NaN that no gradient sees
     loss.backward()
-    grads = layer_gradient_stats(net)
+    grads = parameter_stats(net)
 
     found = findings(grads, {}, Thresholds(), loss.item())
 
@@ -198,7 +201,7 @@ def dead_share(activation: nn.Module, z: torch.Tensor) -> float:
     """The dead fraction recorded for one unit whose pre-activations are `z`."""
     with recorded_activations(nn.Sequential(activation)) as activations:
         nn.Sequential(activation)(z.reshape(-1, 1))
-    return activations["layer0"].dead_fraction
+    return activations["0"].dead_fraction
 
 
 @pytest.mark.parametrize(("activation", "off", "on"), [
@@ -227,7 +230,7 @@ def test_saturated_net_has_dead_units_and_the_same_net_unbiased_has_none(activat
         net = mlp(3, [32, 32], 1, activation=activation,
                   generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
-            for _, layer in diagnostics.linear_layers(net)[:-1]:
+            for _, layer in linear_layers(net)[:-1]:
                 layer.bias.fill_(bias)
         with recorded_activations(net) as activations:
             net(x)
@@ -247,9 +250,12 @@ def batch_and_net(dtype=torch.float32):
 def test_layer_norms_recomputed_in_float64_agree_with_central_differences():
     net, x, y = batch_and_net(torch.float64)
     F.mse_loss(net(x), y).backward()
-    grads = layer_gradient_stats(net)
+    grads = parameter_stats(net)
     step = 1e-6
-    for (_, layer), stats in zip(diagnostics.linear_layers(net), grads.values(), strict=True):
+    for name, layer in net.named_modules():
+        if not isinstance(layer, nn.Linear):
+            continue
+        stats = grads[f"{name}.weight"]
         direction = layer.weight.grad / layer.weight.grad.norm()
         with torch.no_grad():
             layer.weight += step * direction
@@ -258,30 +264,178 @@ def test_layer_norms_recomputed_in_float64_agree_with_central_differences():
             down = F.mse_loss(net(x), y).item()
             layer.weight += step * direction
         assert stats.norm == pytest.approx((up - down) / (2 * step), rel=1e-7)
-    assert layer_stats_check(net, x, y, F.mse_loss, grads, 1e-12).passed
+    assert parameter_stats_check(net, x, y, F.mse_loss, grads, 1e-12).passed
 
 
-def test_layer_stats_check_sees_statistics_of_the_wrong_layer_or_a_wrong_norm():
+def test_parameter_stats_check_sees_statistics_of_the_wrong_parameter_or_a_wrong_norm():
     net, x, y = batch_and_net()
     F.mse_loss(net(x), y).backward()
-    grads = layer_gradient_stats(net)
-    swapped = {"layer0": grads["layer1"], "layer1": grads["layer0"], "layer2": grads["layer2"]}
+    grads = parameter_stats(net)
+    swapped = {**grads, "0.weight": grads["2.weight"], "2.weight": grads["0.weight"]}
     squared = {k: replace(s, norm=s.norm**2) for k, s in grads.items()}
+    wrong_ratio = {**grads, "2.weight": replace(grads["2.weight"], grad_to_weight=1.0)}
+    missing = {k: s for k, s in grads.items() if k != "0.bias"}
 
-    assert layer_stats_check(net, x, y, F.mse_loss, grads, STATS_TOLERANCE[torch.float32]).passed
-    assert not layer_stats_check(net, x, y, F.mse_loss, swapped, 1e-2).passed
-    assert not layer_stats_check(net, x, y, F.mse_loss, squared, 1e-2).passed
+    assert parameter_stats_check(net, x, y, F.mse_loss, grads,
+                                 STATS_TOLERANCE[torch.float32]).passed
+    for wrong in (swapped, squared, wrong_ratio, missing):
+        assert not parameter_stats_check(net, x, y, F.mse_loss, wrong, 1e-2).passed
 
 
 def test_dead_units_check_sees_a_wrong_fraction():
     net, x, _ = batch_and_net()
     with recorded_activations(net) as activations:
         net(x)
-    inverted = {k: ActivationStats(a.mean, a.std, 1 - a.dead_fraction)
-                for k, a in activations.items()}
+    inverted = {k: replace(a, dead_fraction=1 - a.dead_fraction) for k, a in activations.items()}
 
     assert dead_units_check(net, x, activations).passed
     assert not dead_units_check(net, x, inverted).passed
+
+
+class Gain(nn.Module):
+    """A custom module with a parameter of its own: a learned gain per feature."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, features))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h * self.gain
+
+
+class TokenConvNet(nn.Module):
+    """Embedding -> Conv1d -> BatchNorm1d -> F.relu -> mean over positions -> Gain -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(12, 4)
+        self.conv = nn.Conv1d(4, 6, 3, padding=1)
+        self.norm = nn.BatchNorm1d(6)
+        self.gain = Gain(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm(self.conv(self.embed(tokens).transpose(1, 2))))
+        return self.head(self.gain(h.mean(dim=2)))
+
+
+def token_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return torch.randint(12, (5, 7), generator=g), torch.randint(3, (5,), generator=g)
+
+
+def test_per_parameter_norms_of_a_conv_batchnorm_embedding_model_by_finite_differences():
+    """Each parameter's reported ‖∂L/∂W‖ is the slope of the loss along its gradient, by
+    central differences in float64 (train mode: the batch norm uses the batch's statistics)."""
+    torch.manual_seed(0)
+    net = TokenConvNet().double()
+    tokens, labels = token_batch()
+    F.cross_entropy(net(tokens), labels).backward()
+    grads = parameter_stats(net)
+
+    assert list(grads) == ["embed.weight", "conv.weight", "conv.bias", "norm.weight",
+                           "norm.bias", "gain.gain", "head.weight", "head.bias"]
+    assert grads["conv.bias"].norm < 1e-12  # the batch norm takes out any shift
+    probe = copy.deepcopy(net)
+    step = 1e-6
+    for name, param in probe.named_parameters():
+        if name == "conv.bias":
+            continue
+        grad = net.get_parameter(name).grad
+        direction = grad / grad.norm()
+        with torch.no_grad():
+            param += step * direction
+            up = F.cross_entropy(probe(tokens), labels).item()
+            param -= 2 * step * direction
+            down = F.cross_entropy(probe(tokens), labels).item()
+            param += step * direction
+        assert grads[name].norm == pytest.approx((up - down) / (2 * step), rel=1e-6), name
+        weight_norm = param.detach().norm().item()  # the batch norm's shift starts at 0
+        assert grads[name].grad_to_weight == pytest.approx(
+            grads[name].norm / weight_norm if weight_norm else math.inf, rel=1e-12)
+    assert grads["embed.weight"].matrix and not grads["gain.gain"].matrix
+    assert parameter_stats_check(net, tokens, labels, F.cross_entropy, grads, 1e-9).passed
+
+
+def test_per_parameter_metrics_and_float32_check_of_a_conv_batchnorm_embedding_model():
+    torch.manual_seed(0)
+    net = TokenConvNet()
+    tokens, labels = token_batch()
+    with recorded_activations(net) as activations:
+        loss = F.cross_entropy(net(tokens), labels)
+    loss.backward()
+    grads = parameter_stats(net)
+    metrics = parameter_metrics(grads, activations)
+
+    assert {"grad_norm/embed.weight", "grad_to_weight/conv.weight", "weight_norm/norm.bias",
+            "grad_norm/gain.gain", "grad_std/head.bias", "dead_fraction/norm",
+            "dead_units/norm"} <= set(metrics)
+    assert list(activations) == ["norm"] and activations["norm"].units == 6  # channels
+    assert parameter_stats_check(net, tokens, labels, F.cross_entropy, grads,
+                                 STATS_TOLERANCE[torch.float32]).passed
+    assert dead_units_check(net, tokens, activations).passed
+
+
+def dead_channels(z: torch.Tensor) -> tuple[int, ...]:
+    """By hand: the channels of a ReLU's input (N, C, H, W) that are <= 0 on >= 95% of their
+    N x H x W positions (a ReLU's slope is 0 there)."""
+    off = (z <= 0).double().mean(dim=(0, 2, 3))
+    return tuple(torch.nonzero(off >= 0.95).flatten().tolist())
+
+
+def test_a_planted_dead_channel_of_the_example_convnet_is_found_by_its_module_path(
+        user_project):
+    """SmallConvNet applies F.relu in its forward (no module): the channel whose bias is
+    -1e3 is dead on every position, and the counts match masks computed by hand."""
+    from my_project.data import Stripes
+    from my_project.models import SmallConvNet
+
+    torch.manual_seed(0)
+    net = SmallConvNet()
+    with torch.no_grad():
+        net.mix.bias[5] = -1e3
+    x = torch.stack([Stripes(size=32)[i][0] for i in range(32)])
+    with recorded_activations(net) as activations:
+        net(x)
+    with torch.no_grad():
+        by_hand = {"features.1": dead_channels(net.features[1](net.features[0](x))),
+                   "mix": dead_channels(net.mix(net.features(x)))}
+
+    assert list(activations) == ["features.1", "mix"]
+    assert {name: a.dead for name, a in activations.items()} == by_hand
+    assert 5 in activations["mix"].dead
+    assert activations["mix"].units == 16
+    assert activations["mix"].dead_fraction == len(by_hand["mix"]) / 16
+    assert dead_units_check(net, x, activations).passed
+
+
+def test_an_in_place_activation_is_judged_on_its_input():
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    shares = []
+    for inplace in (False, True):
+        net = mlp(3, [16], 1, generator=torch.Generator().manual_seed(1))
+        net[1] = nn.ReLU(inplace=inplace)
+        with torch.no_grad():
+            net[0].bias[:8] = -10.0  # half the units off on every sample
+        with recorded_activations(net) as activations:
+            net(x)
+        shares.append(activations["0"].dead_fraction)
+    assert shares == [0.5, 0.5]
+
+
+def test_a_tanh_method_in_a_forward_is_seen_and_named_by_its_input_module():
+    class Saturated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return (self.inner(x) + 12.0).tanh()  # not a module output: named by the caller
+
+    net = nn.Sequential(nn.Linear(3, 3), Saturated())
+    with recorded_activations(net) as activations:
+        net(torch.randn(10, 3))
+    assert list(activations) == ["1"] and activations["1"].dead_fraction == 1.0
 
 
 def test_rules_check_passes_and_sees_a_rule_that_never_fires(monkeypatch):

@@ -18,7 +18,9 @@ from gradkit.experiments.gradient_debugging import SCENARIOS, GradientDebugging
 def run(scenario: str, tmp_path, seed: int = 0, **kwargs):
     ctx = RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(seed),
                      tmp_path, logging.getLogger("test"))
-    return GradientDebugging(scenario=scenario, **kwargs).run(ctx)
+    experiment = GradientDebugging(scenario=scenario, **kwargs)
+    experiment.prepare(ctx)
+    return experiment.run(ctx)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -40,8 +42,9 @@ def test_each_planted_fault_is_found(scenario, seed, tmp_path):
 def test_severity_of_each_scenario(tmp_path):
     health = {scenario: run(scenario, tmp_path).tags["health"] for scenario in SCENARIOS}
 
-    assert health == {"healthy": "healthy", "problematic": "warning", "dead_relu": "warning",
-                      "exploding": "critical", "nan": "critical", "nan_forward": "critical"}
+    assert health == {"none": "healthy", "healthy": "healthy", "problematic": "warning",
+                      "dead_relu": "warning", "exploding": "critical", "nan": "critical",
+                      "nan_forward": "critical"}
 
 
 def test_the_nan_is_traced_to_the_planted_sqrt(tmp_path):
@@ -52,8 +55,8 @@ def test_the_nan_is_traced_to_the_planted_sqrt(tmp_path):
     assert "torch.sqrt(z * z)" in origin["forward_line"]
     assert result.tags["nonfinite_origin"] == "SqrtBackward0 (nan, backward)"
     assert [(f["kind"], f["layer"]) for f in result.summary["findings"]] == [
-        ("nan_grad", "layer0")]
-    assert result.metrics["grad_norm.layer1"] > 0  # the layers after the fault are untouched
+        ("nan_grad", "0.weight"), ("nan_grad", "0.bias")]  # the Linear before the sqrt
+    assert result.metrics["grad_norm/3.weight"] > 0  # the layers after the fault are untouched
 
 
 def test_the_problematic_model_is_found_and_a_miss_fails_the_run(tmp_path):
@@ -62,10 +65,10 @@ def test_the_problematic_model_is_found_and_a_miss_fails_the_run(tmp_path):
 
     assert blind.tags["findings"] == ""
     assert not blind.checks["detects_planted_fault"].passed  # a miss fails the run
-    assert ours.metrics["grad_to_weight.layer0"] < 1e-5 < run("healthy", tmp_path).metrics[
-        "grad_to_weight.layer0"]
+    assert ours.metrics["grad_to_weight/0.weight"] < 1e-5 < run("healthy", tmp_path).metrics[
+        "grad_to_weight/0.weight"]
     assert [(f["kind"], f["layer"]) for f in ours.summary["findings"]] == [
-        ("vanishing", "layer0"), ("imbalance", "layer0")]
+        ("vanishing", "0.weight"), ("imbalance", "0.weight")]
 
 
 def test_a_nan_born_in_the_forward_pass_is_traced_to_its_forward_op(tmp_path):
@@ -89,6 +92,14 @@ def test_a_detector_that_blames_the_wrong_operation_fails_the_run(tmp_path, monk
 
     assert result.summary["nonfinite_origin"]["operation"] == "MseLossBackward0"
     assert "detects_planted_fault" in result.failed_checks
+
+
+def test_scenario_none_diagnoses_without_an_expected_finding(tmp_path):
+    result = run("none", tmp_path)
+
+    assert "detects_planted_fault" not in result.checks
+    assert result.summary["missed"] is None and result.tags["health"] == "healthy"
+    assert {"per_parameter_stats", "dead_units", "rules"} == set(result.checks)
 
 
 def test_bad_input_in_the_constructor():

@@ -1,4 +1,4 @@
-"""Gradient flow: the per-layer check, health by depth and activation."""
+"""Gradient flow: the per-parameter checks, health by depth and activation."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from gradkit.lib.data import regression_batch
 from gradkit.lib.diagnostics import (
     Thresholds,
     findings,
-    layer_gradient_stats,
+    parameter_stats,
     recorded_activations,
 )
 from gradkit.lib.models import mlp
@@ -28,6 +28,12 @@ def context(tmp_path, dtype=torch.float32) -> RunContext:
                       logging.getLogger("test"))
 
 
+def run(experiment: GradientFlow, ctx: RunContext):
+    """What the job does: prepare (own model and data), then run."""
+    experiment.prepare(ctx)
+    return experiment.run(ctx)
+
+
 def test_parameter_gradients_agree_with_central_differences_in_float64():
     torch.manual_seed(0)
     model = mlp(3, [5, 4], 2, activation="tanh", generator=torch.Generator().manual_seed(1))
@@ -35,7 +41,7 @@ def test_parameter_gradients_agree_with_central_differences_in_float64():
     x, y = torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64)
     torch.nn.functional.mse_loss(model(x), y).backward()
 
-    assert per_parameter_check(model, x, y, 1e-12).passed
+    assert per_parameter_check(model, x, y, torch.nn.functional.mse_loss, 1e-12).passed
     step = 1e-6
     for param in model.parameters():
         for index in [(0,) * param.dim(), tuple(s - 1 for s in param.shape)]:
@@ -56,21 +62,22 @@ def test_a_wrong_gradient_fails_the_check():
     torch.nn.functional.mse_loss(model(x), y).backward()
     next(model.parameters()).grad[0, 0] += 1e-3
 
-    assert not per_parameter_check(model, x, y, 1e-6).passed
+    assert not per_parameter_check(model, x, y, torch.nn.functional.mse_loss, 1e-6).passed
 
 
 def test_deep_sigmoid_net_vanishes_and_shallow_one_is_healthy(tmp_path):
-    deep = GradientFlow(hidden=[32] * 10, activation="sigmoid").run(context(tmp_path))
-    shallow = GradientFlow(hidden=[32, 32], activation="tanh").run(context(tmp_path))
+    deep = run(GradientFlow(hidden=[32] * 10, activation="sigmoid"), context(tmp_path))
+    shallow = run(GradientFlow(hidden=[32, 32], activation="tanh"), context(tmp_path))
 
     assert deep.tags["health"] == "warning"
     assert "vanishing" in deep.tags["findings"].split(",")
-    assert deep.metrics["grad_to_weight.layer0"] < 1e-5 < deep.metrics["grad_to_weight.layer10"]
+    assert deep.metrics["grad_to_weight/0.weight"] < 1e-5 < deep.metrics[
+        "grad_to_weight/20.weight"]
     assert deep.metrics["max_min_ratio"] > 1e3
     assert shallow.tags == {"health": "healthy", "findings": ""}
     assert not deep.failed_checks and not shallow.failed_checks
-    norms = [deep.metrics[f"grad_norm.layer{i}"] for i in range(11)]
-    ratios = [deep.metrics[f"grad_to_weight.layer{i}"] for i in range(11)]
+    norms = [deep.metrics[f"grad_norm/{2 * i}.weight"] for i in range(11)]
+    ratios = [deep.metrics[f"grad_to_weight/{2 * i}.weight"] for i in range(11)]
     assert deep.metrics["total_grad_norm"] >= max(norms)
     assert deep.metrics["max_min_ratio"] == pytest.approx(max(ratios) / min(ratios))
 
@@ -78,7 +85,7 @@ def test_deep_sigmoid_net_vanishes_and_shallow_one_is_healthy(tmp_path):
 def test_kaiming_relu_net_with_large_layer_norms_is_healthy(tmp_path):
     """Layer gradient norms of 10-16 are large in absolute terms but ~2-16x the weights' norm
     per unit learning rate: a step of 0.01 moves each layer by at most 16% (most by ~3%)."""
-    result = GradientFlow(hidden=[32, 32, 32], init="kaiming_normal").run(context(tmp_path))
+    result = run(GradientFlow(hidden=[32, 32, 32], init="kaiming_normal"), context(tmp_path))
 
     assert result.metrics["max_grad_norm"] > 10  # the old absolute threshold fired here
     assert result.tags == {"health": "healthy", "findings": ""}
@@ -94,7 +101,7 @@ def rule_kinds(hidden, activation, init, batch_size, seed) -> set[str]:
     with recorded_activations(net) as activations:
         loss = torch.nn.functional.mse_loss(net(x), y)
     loss.backward()
-    return {f.kind for f in findings(layer_gradient_stats(net), activations, Thresholds(),
+    return {f.kind for f in findings(parameter_stats(net), activations, Thresholds(),
                                      loss.item())}
 
 
@@ -132,31 +139,52 @@ def test_deep_sigmoid_nets_are_imbalanced_at_every_width_and_batch(width, batch)
     assert "imbalance" in kinds and kinds <= {"imbalance", "vanishing"}
 
 
-def test_statistics_of_the_wrong_layer_fail_the_run(tmp_path, monkeypatch):
-    real = gradient_flow.layer_gradient_stats
+def test_statistics_of_the_wrong_parameter_fail_the_run(tmp_path, monkeypatch):
+    real = gradient_flow.parameter_stats
 
     def shifted(model):
         stats = real(model)
         names = list(stats)
         return {name: stats[names[(i + 1) % len(names)]] for i, name in enumerate(names)}
 
-    monkeypatch.setattr(gradient_flow, "layer_gradient_stats", shifted)
-    assert "per_layer" in GradientFlow().run(context(tmp_path)).failed_checks
+    monkeypatch.setattr(gradient_flow, "parameter_stats", shifted)
+    assert "per_parameter_stats" in run(GradientFlow(), context(tmp_path)).failed_checks
 
 
 def test_an_inverted_dead_unit_rule_fails_the_run(tmp_path, monkeypatch):
-    real = diagnostics.dead_fraction
-    monkeypatch.setattr(diagnostics, "dead_fraction", lambda slopes, peak: 1 - real(slopes, peak))
-    assert "dead_units" in GradientFlow().run(context(tmp_path)).failed_checks
+    real = diagnostics.dead_mask
+    monkeypatch.setattr(diagnostics, "dead_mask", lambda slopes, peak: ~real(slopes, peak))
+    assert "dead_units" in run(GradientFlow(), context(tmp_path)).failed_checks
 
 
 def test_float64_run_and_figure(tmp_path):
-    result = GradientFlow().run(context(tmp_path, torch.float64))
+    result = run(GradientFlow(), context(tmp_path, torch.float64))
 
-    assert result.checks["per_layer"].passed
+    assert result.checks["per_parameter_stats"].passed
     assert isinstance(result.figures["gradient_flow"], Figure)
-    assert {f"grad_to_weight.layer{i}" for i in range(4)} <= set(result.metrics)
-    assert {f"dead_fraction.layer{i}" for i in range(3)} <= set(result.metrics)
+    assert {f"grad_to_weight/{i}.{kind}" for i in (0, 2, 4, 6) for kind in ("weight", "bias")
+            } <= set(result.metrics)
+    assert {f"dead_fraction/{i}" for i in (0, 2, 4)} <= set(result.metrics)
+    assert not any(".layer" in name or "layer0" in name for name in result.metrics)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_own_model_and_batch_are_one_seeded_draw_as_before(tmp_path, dtype):
+    """Nothing chosen: the MLP's weights, then the batch, from one generator seeded by the
+    run's seed; the reported norms are those of that network on that batch."""
+    generator = torch.Generator().manual_seed(0)
+    net = mlp(3, [4, 6, 4], 2, generator=generator).to(dtype)
+    x, y = regression_batch(8, 3, 2, generator, dtype=dtype)
+    torch.nn.functional.mse_loss(net(x), y).backward()
+
+    result = run(GradientFlow(), context(tmp_path, dtype))
+
+    for name, param in net.named_parameters():
+        assert result.metrics[f"grad_norm/{name}"] == pytest.approx(
+            param.grad.double().norm().item(), rel=1e-12)
+    assert result.metrics["depth"] == 3.0
+    assert result.metrics["parameters"] == 16 + 30 + 28 + 10
+    assert result.summary["model"] == "own"
 
 
 def test_bad_input_in_the_constructor():

@@ -1,4 +1,5 @@
-"""Section 5.2: a gradient detector run on networks with a planted fault, which it must find."""
+"""Section 5.2: a gradient detector run on networks with a planted fault, which it must find;
+or, with `scenario=none`, on any model as it is."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from gradkit.core.components import OWN
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
-from gradkit.core.validation import choice, integer
+from gradkit.core.validation import ConfigError, choice, integer
 from gradkit.experiments.gradient_flow import plot_layer_norms
 from gradkit.lib.data import regression_batch
 from gradkit.lib.diagnostics import (
@@ -23,15 +26,16 @@ from gradkit.lib.diagnostics import (
     Finding,
     ForwardOrigin,
     GradStats,
+    Loss,
     NonFiniteOrigin,
     Thresholds,
     anomaly_mode,
     backward_with_origin,
     dead_units_check,
     findings,
-    layer_gradient_stats,
-    layer_metrics,
-    layer_stats_check,
+    parameter_metrics,
+    parameter_stats,
+    parameter_stats_check,
     recorded_activations,
     rules_check,
     verdict,
@@ -84,6 +88,7 @@ class Scenario:
 
 
 SCENARIOS = {
+    "none": Scenario("xavier_normal", None, description="no fault planted: the model as it is"),
     "healthy": Scenario("xavier_normal", None, description="Xavier init: nothing to find"),
     "problematic": Scenario("problematic", "vanishing",
                             description="the notebook's init: std 5, 0.01, 0.001"),
@@ -111,17 +116,17 @@ class Diagnosis:
     origin: NonFiniteOrigin | None
 
 
-def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-             thresholds: Thresholds) -> Diagnosis:
+def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+             thresholds: Thresholds, loss_fn: Loss = F.mse_loss) -> Diagnosis:
     """Forward in anomaly mode (so a faulty operation's forward line is known) watching for
     the first torch function that makes a NaN or Inf, backward with the non-finite origin
     search (it does not stop at the first NaN), then the rules. The origin is the forward
     one when the forward made the NaN, else the backward one."""
     with anomaly_mode(), recorded_activations(model) as activations:
         with ForwardOrigin() as forward:
-            loss = F.mse_loss(model(x), y)
+            loss = loss_fn(model(x), y)
         origin = backward_with_origin(loss)
-    grads = layer_gradient_stats(model)
+    grads = parameter_stats(model)
     return Diagnosis(loss.item(), grads, dict(activations),
                      findings(grads, activations, thresholds, loss.item()),
                      forward.origin or origin)
@@ -141,9 +146,10 @@ def missed_faults(spec: Scenario, diagnosis: Diagnosis) -> list[str]:
 
 class GradientDebugging(Experiment):
     """Run the gradient detector on a DiagnosticNet (input -> hidden ReLU layers -> 1) that has
-    the fault of `scenario` planted."""
+    the fault of `scenario` planted, or (`scenario=none`) on any model as it is."""
 
-    proves = "the detector finds each scenario's planted fault, and nothing in the healthy network"
+    proves = ("the detector finds each scenario's planted fault, and nothing in the healthy "
+              "network; its statistics equal a float64 recomputation")
 
     def __init__(self, scenario: str = "problematic", input_dim: int = 10,
                  hidden: list[int] = (50, 50, 50), batch_size: int = 16,
@@ -160,49 +166,78 @@ class GradientDebugging(Experiment):
         self.thresholds = Thresholds.checked("experiment", vanishing, exploding, imbalance,
                                              dead_units)
 
-    def build(self, generator: torch.Generator) -> nn.Sequential:
-        """The scenario's network (on the CPU, weights drawn from `generator`)."""
+    def build(self, generator: torch.Generator, input_shape: tuple[int, ...] | None = None,
+              outputs: int = 1) -> nn.Sequential:
+        """The scenario's network (on the CPU, weights drawn from `generator`), for inputs of
+        `input_shape` (flattened; default: `input_dim` features) and `outputs` outputs."""
         spec = SCENARIOS[self.scenario]
-        model = mlp(self.input_dim, self.hidden, 1, init=spec.init, generator=generator)
+        features = self.input_dim if input_shape is None else math.prod(input_shape)
+        model = mlp(features, self.hidden, outputs, init=spec.init, generator=generator)
         with torch.no_grad():
             for _, layer in linear_layers(model)[:-1]:
                 layer.bias.fill_(spec.hidden_bias)
         if spec.planted:
             model.insert(spec.planted_at, spec.planted())
-        return model
+        return nn.Sequential(nn.Flatten(), *model) if input_shape and len(input_shape) > 1 \
+            else model
+
+    def own_data(self, seed: int, dtype: torch.dtype) -> dict[str, TensorDataset]:
+        """`batch_size` regression samples drawn after the network's weights from one
+        generator seeded by `seed`, with the inputs that trigger the planted fault."""
+        generator = torch.Generator().manual_seed(seed)
+        self.build(generator)  # the weights come first
+        x, y = regression_batch(self.batch_size, self.input_dim, 1, generator, dtype=dtype)
+        planted = SCENARIOS[self.scenario].planted
+        return {"train": TensorDataset(planted.batch(x) if planted else x, y)}
+
+    def prepare(self, ctx: RunContext) -> None:
+        """The scenarios plant their faults in the own network and batch, where what they
+        must yield was measured; with a chosen model, data or loss only `none` runs."""
+        chosen = [f"{key}={name}" for key, name in ctx.components.names.items() if name != OWN]
+        if chosen and self.scenario != "none":
+            raise ConfigError(
+                f"experiment.scenario={self.scenario} plants its fault in gradkit's own network "
+                f"and batch, where its finding was measured; with {', '.join(chosen)} use "
+                "experiment.scenario=none (the detector on the model as it is)")
+        seed = ctx.generator.initial_seed()
+        self.workload = ctx.components.resolve(
+            ctx, lambda: self.own_data(seed, ctx.dtype),
+            lambda shape, outputs: self.build(torch.Generator().manual_seed(seed), shape,
+                                              outputs))
+        self.names = ctx.components.names
 
     def run(self, ctx: RunContext) -> Result:
         spec = SCENARIOS[self.scenario]
-        model = self.build(ctx.generator).to(ctx.device, ctx.dtype)
-        x, y = regression_batch(self.batch_size, self.input_dim, 1, ctx.generator,
-                                dtype=ctx.dtype)
-        if spec.planted:
-            x = spec.planted.batch(x)  # the inputs that trigger the planted fault
-        x, y = x.to(ctx.device), y.to(ctx.device)
-        diagnosis = diagnose(model, x, y, self.thresholds)
+        workload = self.workload
+        model = workload.new_model()
+        x, y = workload.data.tensors("train", self.batch_size)
+        diagnosis = diagnose(model, x, y, self.thresholds, workload.loss_of)
         health_metrics, tags = verdict(diagnosis.found)
         origin = diagnosis.origin
         if origin:
             tags["nonfinite_origin"] = f"{origin.operation} ({origin.kind}, {origin.phase})"
-        metrics = {**layer_metrics(diagnosis.grads, diagnosis.activations), **health_metrics,
-                   "loss": diagnosis.loss, "nonfinite_origin_found": float(origin is not None)}
-        missed = missed_faults(spec, diagnosis)
+        metrics = {**parameter_metrics(diagnosis.grads, diagnosis.activations),
+                   **health_metrics, "loss": diagnosis.loss,
+                   "nonfinite_origin_found": float(origin is not None)}
+        planted = self.scenario != "none"
+        missed = missed_faults(spec, diagnosis) if planted else None
         checks = {
-            "detects_planted_fault": Check(float(len(missed)), 0.0),
-            "per_layer": layer_stats_check(model, x, y, F.mse_loss, diagnosis.grads,
-                                           STATS_TOLERANCE[ctx.dtype]),
+            "per_parameter_stats": parameter_stats_check(
+                model, x, y, workload.loss_of, diagnosis.grads, STATS_TOLERANCE[ctx.dtype]),
             "dead_units": dead_units_check(model, x, diagnosis.activations),
             "rules": rules_check(self.thresholds),
         }
+        if planted:
+            checks = {"detects_planted_fault": Check(float(len(missed)), 0.0), **checks}
         return Result(
             metrics=metrics,
             checks=checks,
             figures={"gradient_debugging": self.plot(diagnosis, tags)},
-            summary={"scenario": self.scenario, "description": spec.description,
+            summary={**self.names, "scenario": self.scenario, "description": spec.description,
                      "expected_finding": spec.expected, "missed": missed,
                      "findings": [f.as_dict() for f in diagnosis.found],
                      "nonfinite_origin": vars(origin) if origin else None,
-                     "layers": {k: vars(s) for k, s in diagnosis.grads.items()},
+                     "gradients": {k: vars(s) for k, s in diagnosis.grads.items()},
                      "activations": {k: vars(s) for k, s in diagnosis.activations.items()},
                      "thresholds": vars(self.thresholds)},
             tags=tags,
@@ -212,19 +247,20 @@ class GradientDebugging(Experiment):
     def plot(self, diagnosis: Diagnosis, tags: dict[str, str]) -> Figure:
         """The per-layer statistics as a table with each finding's cell highlighted, and the
         gradient norms by layer against the thresholds."""
-        title = f"Gradient debugging, scenario {self.scenario}: {tags['health']}"
+        models = ", ".join(f"{k}={v}" for k, v in self.names.items() if v != OWN)
+        title = f"Gradient debugging, {models or 'scenario ' + self.scenario}: {tags['health']}"
         title += f" ({tags['findings'].replace(',', ', ')})" if tags["findings"] else ""
-        fig, (table_ax, norms_ax) = figure(title, 1, 2, size=(17, 5.5), layout=None)
-        fig.subplots_adjust(left=0.035, right=0.985, bottom=0.15, top=0.88, wspace=0.12)
+        fig, (table_ax, norms_ax) = figure(title, 1, 2, size=(17, 6.5), layout=None)
+        longest = max(map(len, diagnosis.grads), default=0)  # the table's row labels
+        fig.subplots_adjust(left=0.01 + 0.0047 * longest, right=0.985, bottom=0.24, top=0.9,
+                            wspace=0.12)
         stats_table(table_ax, diagnosis)
         origin = diagnosis.origin
         if origin:
             where = "forward pass" if origin.phase == "forward" else "backward pass, created"
             table_ax.set_xlabel(f"first NaN/Inf: {origin.operation} ({origin.kind})"
                                 f"\n{where} at {origin.forward_line}", fontsize=10)
-        plot_layer_norms(norms_ax, {k: math.nan if s.nan_count or s.inf_count else s.grad_to_weight
-                                    for k, s in diagnosis.grads.items()},
-                         diagnosis.found, self.thresholds)
+        plot_layer_norms(norms_ax, diagnosis.grads, diagnosis.found, self.thresholds)
         return fig
 
     @classmethod
@@ -274,23 +310,26 @@ _COLUMNS = {  # column -> (rule kinds shown in it, value of a layer's stats)
 
 
 def stats_table(ax, diagnosis: Diagnosis) -> None:
-    """A table of each layer's gradient statistics, finding cells coloured by severity."""
+    """A table of each parameter's gradient statistics (the dead units of its module's
+    output on the module's first row), finding cells coloured by severity."""
     flagged = {(f.layer, f.kind) for f in diagnosis.found}
-    rows, colours = [], []
-    for layer, stats in diagnosis.grads.items():
-        activation = diagnosis.activations.get(layer)
+    rows, colours, shown = [], [], set()
+    for name, stats in diagnosis.grads.items():
+        module = name.rpartition(".")[0]
+        activation = diagnosis.activations.get(module) if module not in shown else None
+        shown.add(module)
         rows.append([value(stats, activation) for _, value in _COLUMNS.values()])
-        colours.append([next((_HIGHLIGHT[k] for k in kinds if (layer, k) in flagged), "white")
+        colours.append([next((_HIGHLIGHT[k] for k in kinds if (name, k) in flagged
+                              or (activation and (module, k) in flagged)), "white")
                         for kinds, _ in _COLUMNS.values()])
     table = ax.table(cellText=rows, colLabels=list(_COLUMNS), rowLabels=list(diagnosis.grads),
                      cellColours=colours, loc="center", cellLoc="center")
     table.scale(1, 1.8)
     table.auto_set_font_size(False)
     table.set_fontsize(9)
-    ax.set_title("Weight gradients by layer (orange: warning, red: critical)")
+    ax.set_title("Gradients by parameter (orange: warning, red: critical)")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
     for spine in ax.spines.values():
         spine.set_visible(False)
-
