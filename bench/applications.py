@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from gradkit.core.experiment import RunContext
-from gradkit.experiments.adversarial import Adversarial, pgd
-from gradkit.lib.data import digits
+from gradkit.experiments.adversarial import Adversarial, pgd, training_components
 from gradkit.lib.training import TrainSpec, trained_classifier
 from gradkit.plotting import discard
 
@@ -66,21 +65,23 @@ def default_run(folder: Path, cache_dir: Path, unpinned: bool = False) -> None:
 
 def main() -> None:
     torch.set_num_threads(1)
-    data = digits(42)
     defaults = Adversarial()
-    spec = TrainSpec(defaults.model, defaults.epochs, defaults.batch_size,
-                     defaults.learning_rate, "adam", defaults.test_fraction, 42,
-                     str(torch.float32), "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        trained_classifier(spec, data, context(tmp, None))  # warm-up: first-call costs
-        train_s = best_of(lambda: trained_classifier(spec, data, context(tmp, None)))
-        trained_classifier(spec, data, context(tmp, tmp / "cache"))  # writes the entry
-        hit_s = best_of(lambda: trained_classifier(spec, data, context(tmp, tmp / "cache")))
+        ctx = context(tmp, None)
+        defaults.prepare(ctx)
+        workload = defaults.workload
+        spec = TrainSpec(training_components(ctx, defaults.test_fraction), defaults.epochs,
+                         defaults.batch_size, defaults.learning_rate, "adam", 42,
+                         str(torch.float32), "cpu")
+        trained_classifier(spec, workload, None)  # warm-up: first-call costs
+        train_s = best_of(lambda: trained_classifier(spec, workload, None))
+        trained_classifier(spec, workload, tmp / "cache")  # writes the entry
+        hit_s = best_of(lambda: trained_classifier(spec, workload, tmp / "cache"))
 
-        model, _ = trained_classifier(spec, data, context(tmp, tmp / "cache"))
+        model, _ = trained_classifier(spec, workload, tmp / "cache")
         model.requires_grad_(False)
-        x, y = data.test_x, data.test_y
+        x, y = workload.data.tensors("test")
         batched_s = best_of(lambda: pgd(model, x, y, 0.1, 0.025, 10, random_start=False))
         per_image_s = best_of(lambda: [pgd(model, x[i:i + 1], y[i:i + 1], 0.1, 0.025, 10,
                                            random_start=False) for i in range(len(x))], 1)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import PARENT_TAG, client_for, runs_of
 
-FAST = ("experiment.model=mlp", "experiment.epochs=2", "experiment.examples=3")
+FAST = ("model=mlp", "experiment.epochs=2", "experiment.examples=3")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: one thread

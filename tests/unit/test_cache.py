@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
+from gradkit.core.components import Choice, Components
 from gradkit.core.experiment import RunContext
 from gradkit.lib import cache
 from gradkit.lib.cache import cached, entry_key
 from gradkit.lib.data import digits
+from gradkit.lib.models import conv_net
 from gradkit.lib.training import TrainSpec, trained_classifier
 
 SPEC = {"model": "mlp", "epochs": 2, "seed": 0}
@@ -139,29 +142,67 @@ def test_concurrent_builders_build_once_and_read_the_same_entry(tmp_path):
     assert leftovers(tmp_path) == [f"{entry_key(SPEC)}.pt"]
 
 
-def context(tmp_path: Path) -> RunContext:
+def context(tmp_path: Path, **groups: dict) -> RunContext:
+    """A context seeded with 5 choosing `groups` ({"model": {"_target_": ...}})."""
+    chosen = {key: Choice(key, config["_target_"].rpartition(".")[2], config)
+              for key, config in groups.items()}
     return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(5),
-                      tmp_path, logging.getLogger("test"), cache_dir=tmp_path / "cache")
+                      tmp_path, logging.getLogger("test"), cache_dir=tmp_path / "cache",
+                      components=Components(**chosen))
+
+
+def own_digits() -> dict[str, TensorDataset]:
+    split = digits(0)
+    return {"train": TensorDataset(split.train_x, split.train_y),
+            "test": TensorDataset(split.test_x, split.test_y)}
+
+
+def own_cnn(input_shape, outputs):
+    return conv_net(input_shape, outputs, generator=torch.Generator().manual_seed(0))
+
+
+def trained(ctx: RunContext, epochs: int = 1, use_cache: bool = True):
+    """The context's classifier trained (or read) with a spec keyed by its components."""
+    workload = ctx.components.resolve(ctx, own_digits, own_cnn, task="classification")
+    configs = {key: getattr(ctx.components, key).config for key in ("model", "data", "loss")}
+    spec = TrainSpec(configs, epochs, 128, 1e-2, "adam", 0, "torch.float32", "cpu")
+    return trained_classifier(spec, workload, ctx.cache_dir if use_cache else None)
+
+
+MLP = {"_target_": "gradkit.lib.models.mlp_for", "hidden": [16]}
 
 
 def test_cached_classifier_equals_a_fresh_training_bit_for_bit(tmp_path):
-    ctx = context(tmp_path)
-    data = digits(0)
-    spec = TrainSpec("mlp", 1, 128, 1e-2, "adam", 0.2, 0, "torch.float32", "cpu")
+    ctx = context(tmp_path, model=MLP)
 
-    trained, miss = trained_classifier(spec, data, ctx)
-    read, hit = trained_classifier(spec, data, ctx)
-    retrained, off = trained_classifier(spec, data, ctx, use_cache=False)
-    other, _ = trained_classifier(TrainSpec(**{**spec.__dict__, "epochs": 2}), data, ctx)
+    model, miss = trained(ctx)
+    read, hit = trained(ctx)
+    retrained, off = trained(ctx, use_cache=False)
+    other, _ = trained(ctx, epochs=2)
 
     assert (miss.status, hit.status, off.status) == ("miss", "hit", "off")
     assert miss.key == hit.key == off.key
-    for name, tensor in trained.state_dict().items():
+    for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, read.state_dict()[name])
         assert torch.equal(tensor, retrained.state_dict()[name])
-    assert any(not torch.equal(t, other.state_dict()[n]) for n, t in trained.state_dict().items())
+    assert any(not torch.equal(t, other.state_dict()[n]) for n, t in model.state_dict().items())
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
     assert len(miss.payload["epoch_loss"]) == 1
+
+
+def test_another_model_or_data_never_reads_anothers_weights(tmp_path):
+    """Same architecture (repr) but another init, or the same model on other data: each its
+    own entry, trained afresh."""
+    kaiming = {**MLP, "init": "kaiming_normal"}
+    digits_data = {"_target_": "gradkit.lib.data.digits_dataset"}
+    runs = [trained(context(tmp_path, **groups)) for groups in (
+        {"model": MLP}, {"model": kaiming}, {"model": MLP, "data": digits_data}, {})]
+
+    assert [entry.status for _, entry in runs] == ["miss"] * 4
+    assert len({entry.key for _, entry in runs}) == 4
+    assert repr(runs[0][0]) == repr(runs[1][0])  # the repr alone would not tell them apart
+    first, kaiming_model = runs[0][0].state_dict(), runs[1][0].state_dict()
+    assert any(not torch.equal(t, kaiming_model[n]) for n, t in first.items())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,5 +1,5 @@
-"""Training a classifier on the digits: optimizers, cycled mini-batches, evaluation, and the
-trained model a run reuses from the weight cache."""
+"""Training a classifier: optimizers, cycled mini-batches, evaluation, and the trained model a
+run reuses from the weight cache."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gradkit.core.experiment import RunContext
+from gradkit.core.components import Workload
 from gradkit.lib.cache import Entry, cached
-from gradkit.lib.data import DIGIT_CLASSES, Digits
-from gradkit.lib.models import image_classifier
+from gradkit.lib.datasets import Data
 
 OPTIMIZERS = ("sgd", "adam")
 SGD_MOMENTUM = 0.9
@@ -100,44 +101,50 @@ def evaluate_batches(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torc
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything that determines a trained classifier's weights (with the code's torch)."""
+    """Everything that determines a trained classifier's weights (with the code's torch):
+    `components` holds the configs of the chosen model, data and loss (None: the
+    demonstration's own) and how the data is split; the rest is the training."""
 
-    model: str
+    components: dict[str, Any]
     epochs: int
     batch_size: int
     learning_rate: float
     optimizer: str
-    test_fraction: float
     seed: int
     dtype: str
     device: str
 
 
-def trained_classifier(spec: TrainSpec, data: Digits, ctx: RunContext,
-                       use_cache: bool = True) -> tuple[nn.Module, Entry]:
-    """The classifier `spec` describes, trained on `data` or read from the run's cache.
+def passes_of(data: Data, split: str, batch_size: int) -> int:
+    """Batches in one pass over `split` (counted for an iterable split)."""
+    size = data.size(split)
+    if size is not None:
+        return -(-size // batch_size)
+    return sum(1 for _ in data.batches(split, batch_size))
 
-    Initial weights and batch order come from a generator seeded with `spec.seed`, so a
-    cache entry never depends on what the run drew before.
+
+def trained_classifier(spec: TrainSpec, workload: Workload, cache_dir: Path | None
+                       ) -> tuple[nn.Module, Entry]:
+    """The workload's model trained as `spec` says on its train split, or read from
+    `cache_dir` (None: trained afresh, nothing read or written).
+
+    Initial weights and batch order come from `spec.seed`, so a cache entry never depends on
+    what the run drew before; the key holds the spec and the model's repr.
     """
-    def build() -> nn.Module:
-        generator = torch.Generator().manual_seed(spec.seed)
-        model = image_classifier(spec.model, DIGIT_CLASSES, generator)
-        return model.to(device=ctx.device, dtype=ctx.dtype)
-
     def train() -> dict:
-        model = build()
+        model = workload.new_model(spec.seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.learning_rate)
-        loader = batches(data.train_x, data.train_y, spec.batch_size,
-                         torch.Generator().manual_seed(spec.seed))
-        per_epoch = -(-len(data.train_x) // spec.batch_size)
-        losses = train_steps(model, optimizer, loader, spec.epochs * per_epoch)
+        per_epoch = passes_of(workload.data, "train", spec.batch_size)
+        loader = workload.data.cycled("train", spec.batch_size, spec.epochs * per_epoch,
+                                      torch.Generator().manual_seed(spec.seed))
+        losses = train_steps(model, optimizer, loader, spec.epochs * per_epoch,
+                             workload.loss_of)
         epoch_loss = [sum(losses[i:i + per_epoch]) / per_epoch
                       for i in range(0, len(losses), per_epoch)]
         return {"state": model.state_dict(), "epoch_loss": epoch_loss}
 
-    model = build()
+    model = workload.new_model(spec.seed)
     key_spec = {**asdict(spec), "architecture": repr(model)}
-    entry = cached(ctx.cache_dir if use_cache else None, key_spec, train)
+    entry = cached(cache_dir, key_spec, train)
     model.load_state_dict(entry.payload["state"])
     return model.eval(), entry
