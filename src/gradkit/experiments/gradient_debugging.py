@@ -1,5 +1,5 @@
-"""Section 5.2: a gradient detector run on networks with a planted fault, which it must find;
-or, with `scenario=none`, on any model as it is."""
+"""Section 5.2: a gradient detector run on networks with a planted fault, which it must find
+(or, with scenario=none, on any model as it is)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Section 3.2: how gradients flow through the layers of a network after one backward pass:
-gradkit's own MLP on a seeded regression batch, or any chosen model, data and loss."""
+"""Section 3.2: how gradients flow through the layers of a network after one backward pass
+(its own MLP on a seeded regression batch, or a chosen model, data and loss)."""
 
 from __future__ import annotations
 
