@@ -159,6 +159,16 @@ def test_a_train_scored_run_logs_no_validation_curve_and_passes_its_checks(ctx):
     assert "validation_loss" not in result.series
     assert result.failed_checks == []
     assert "validation.loss.suggested" in result.metrics  # the advice is still validated
+    series = result.series
+    assert smoothing_error(series["batch_loss"], series["smoothed_loss"], 0.05) <= 1e-12
+
+
+def test_a_validation_scored_run_smooths_the_validation_loss_not_the_batch_loss(ctx):
+    series = prepared(ctx, num_iter=30, skip_start=5, skip_end=3,
+                      validation_steps=5).run(ctx).series
+
+    assert smoothing_error(series["validation_loss"], series["smoothed_loss"], 0.05) <= 1e-12
+    assert smoothing_error(series["batch_loss"], series["smoothed_loss"], 0.05) > 1e-3
 
 
 def test_validation_score_is_the_mean_loss_over_the_whole_split_batch_by_batch(ctx,
@@ -489,3 +499,13 @@ def test_an_unknown_step_mode_names_the_allowed_ones():
         LrFinder(step_mode="cubic")
     assert str(raised.value).startswith("experiment.step_mode=")
     assert "exp" in str(raised.value) and "linear" in str(raised.value)
+
+
+@pytest.mark.parametrize(("step_mode", "scale"), [("exp", "log"), ("linear", "linear")])
+def test_the_figure_spreads_the_learning_rates_as_the_ramp_does(ctx, step_mode, scale):
+    result = prepared(ctx, step_mode=step_mode, end_lr=1.0, num_iter=20, skip_start=2,
+                      skip_end=2, validation_steps=2).run(ctx)
+
+    loss_ax, grad_ax = result.figures["lr_finder"].axes[:2]
+    assert loss_ax.get_xscale() == grad_ax.get_xscale() == scale
+    assert grad_ax.get_yscale() == "log"

@@ -420,11 +420,11 @@ class LrFinder(Experiment):
         kept = slice(self.skip_start, len(trace.lrs) - self.skip_end)
         scored = "validation loss" if self.score == "validation" else "training batch loss"
         if self.score == "validation":
-            loss_ax.semilogx(trace.lrs, trace.batch_losses, color="tab:gray", alpha=0.4,
-                             linewidth=0.8, label="training batch loss")
-        loss_ax.semilogx(trace.lrs, trace.losses, color="tab:blue", alpha=0.3, label=scored)
-        loss_ax.semilogx(trace.lrs, trace.smoothed, color="tab:blue", linewidth=2,
-                         label=f"smoothed {scored} (smooth_f = {self.smooth_f:g})")
+            loss_ax.plot(trace.lrs, trace.batch_losses, color="tab:gray", alpha=0.4,
+                         linewidth=0.8, label="training batch loss")
+        loss_ax.plot(trace.lrs, trace.losses, color="tab:blue", alpha=0.3, label=scored)
+        loss_ax.plot(trace.lrs, trace.smoothed, color="tab:blue", linewidth=2,
+                     label=f"smoothed {scored} (smooth_f = {self.smooth_f:g})")
         if trace.lrs[kept]:
             loss_ax.axvspan(trace.lrs[kept][0], trace.lrs[kept][-1], color="tab:green",
                             alpha=0.08, label="points the suggestion considers")
@@ -442,14 +442,16 @@ class LrFinder(Experiment):
         finite = [v for v in trace.smoothed if math.isfinite(v)]
         lowest = min(v for v in trace.losses + trace.batch_losses + finite if math.isfinite(v))
         loss_ax.set_ylim(lowest * 0.95, min(max(finite), 3 * trace.smoothed[0]) * 1.05)
-        loss_ax.set(title="Loss against learning rate", xlabel="learning rate (log scale)",
-                    ylabel=f"loss ({type(self.workload.loss).__name__})")
+        scale = "log" if self.step_mode == "exp" else "linear"  # the points evenly spread
+        loss_ax.set(title="Loss against learning rate", xlabel=f"learning rate ({scale} scale)",
+                    ylabel=f"loss ({type(self.workload.loss).__name__})", xscale=scale)
         loss_ax.legend(fontsize=8, loc="best")
-        grad_ax.loglog(trace.lrs, trace.grad_norms, color="tab:green")
-        for axis in (loss_ax.xaxis, grad_ax.xaxis, grad_ax.yaxis):
+        grad_ax.plot(trace.lrs, trace.grad_norms, color="tab:green")
+        grad_ax.set(title="Gradient norm against learning rate", xscale=scale, yscale="log",
+                    xlabel=f"learning rate ({scale} scale)", ylabel="‖∇loss‖ (log scale)")
+        log_axes = [grad_ax.yaxis] + ([loss_ax.xaxis, grad_ax.xaxis] if scale == "log" else [])
+        for axis in log_axes:
             lean_log_ticks(axis)
-        grad_ax.set(title="Gradient norm against learning rate",
-                    xlabel="learning rate (log scale)", ylabel="‖∇loss‖ (log scale)")
         if index is not None:
             grad_ax.legend(fontsize=8, loc="upper left")
         self.plot_validation(bar_ax, validation, test_accuracy)
