@@ -23,6 +23,7 @@ from gradkit.experiments.adversarial import (
     apgd,
     apgd_attack,
     apgd_checkpoints,
+    apgd_step,
     ball_excess,
     fgsm,
     input_gradient,
@@ -140,12 +141,17 @@ def test_every_attack_raises_the_loss_and_lowers_the_accuracy(attack, trained):
     assert (after.argmax(1) == y).float().mean() < clean_accuracy - 0.1
 
 
-def test_pgd_and_apgd_are_at_least_as_strong_as_fgsm_on_the_trained_model(trained):
+def test_pgd_is_at_least_as_strong_as_fgsm_and_apgd_as_pgd_on_the_trained_model(trained):
     model, (x, y) = trained
+
+    def accuracy(attack, epsilon, steps=10):
+        adversarial = attacked(attack, model, x, y, epsilon, steps=steps)
+        return (model(adversarial).argmax(1) == y).float().mean().item()
+
     for epsilon in (0.05, 0.1, 0.2):
-        accuracy = {attack: (model(attacked(attack, model, x, y, epsilon, steps=10)).argmax(1)
-                             == y).float().mean() for attack in ("fgsm", "pgd", "apgd")}
-        assert accuracy["apgd"] <= accuracy["pgd"] <= accuracy["fgsm"] < 0.95
+        assert accuracy("pgd", epsilon) <= accuracy("fgsm", epsilon) < 0.95
+    assert accuracy("apgd", 0.1, steps=100) < accuracy("pgd", 0.1) - 0.01  # 0.533, 0.558
+    assert accuracy("apgd", 0.2, steps=100) <= accuracy("pgd", 0.2)
 
 
 def test_one_pgd_l2_step_without_start_is_the_normalised_gradient_step():
@@ -194,6 +200,37 @@ def test_apgd_reviews_step_sizes_at_its_checkpoints_only(monkeypatch):
     apgd(model, x, y, 0.1, 100, generator=seeded(7))
     points = apgd_checkpoints(100)
     assert reviews == list(zip(points, [22, 19, 16, 13, 10, 7, 6, 6], strict=True))
+
+
+def test_an_apgd_step_mixes_the_new_step_and_the_last_one_by_momentum():
+    """x = 0.5, epsilon 0.1, at 0.55 from 0.5, gradient -1, step 0.2: z = P(0.35) = 0.4 and
+    P(0.55 + 0.75 (0.4 - 0.55) + 0.25 (0.55 - 0.5)) = 0.45; without momentum 0.4."""
+    x, current, previous = (torch.tensor([[value]]) for value in (0.5, 0.55, 0.5))
+    grad, step = torch.tensor([[-1.0]]), torch.tensor([[0.2]])
+    for momentum, expected in ((0.75, 0.45), (1.0, 0.4)):
+        moved = apgd_step(x, current, previous, grad, step, momentum, 0.1, "linf", (0.0, 1.0))
+        assert moved.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_apgd_halves_step_sizes_at_checkpoints_with_momentum_after_the_first_step(
+        monkeypatch):
+    """Constant logits: the loss never rises, so every checkpoint halves every step size."""
+    calls = []
+    real = adversarial.apgd_step
+
+    def spy(x, current, previous, grad, step_size, momentum, *args):
+        calls.append((step_size.unique().tolist(), momentum))
+        return real(x, current, previous, grad, step_size, momentum, *args)
+
+    monkeypatch.setattr(adversarial, "apgd_step", spy)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(64, DIGIT_CLASSES))
+    nn.init.zeros_(flat[1].weight)
+    x, y = images()
+    apgd(flat, x, y, 0.1, 100, generator=seeded(7))
+
+    halvings = [sum(at < step for at in apgd_checkpoints(100)) for step in range(1, 101)]
+    assert [sizes for sizes, _ in calls] == [[pytest.approx(0.2 / 2**h)] for h in halvings]
+    assert [momentum for _, momentum in calls] == [1.0] + [0.75] * 99
 
 
 def test_one_apgd_step_is_a_projected_sign_step_of_twice_epsilon():
