@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import math
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
 from gradkit.experiments import lr_finder
 from gradkit.experiments.lr_finder import (
@@ -200,9 +202,11 @@ def test_mixed_precision_is_refused_off_cuda_before_any_work(ctx):
     assert not hasattr(experiment, "workload")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_mixed_precision_on_cuda_steps_with_an_unscaled_gradient_norm():
-    device = torch.device("cuda")
+@pytest.mark.parametrize("device", [
+    "cpu",  # the same scaler wiring, bfloat16 autocast (the experiment itself refuses the CPU)
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs CUDA"))])
+def test_mixed_precision_steps_with_an_unscaled_gradient_norm(device):
     generator = torch.Generator().manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).to(device)
     x = torch.randn(16, 6, generator=generator).to(device)
@@ -211,14 +215,30 @@ def test_mixed_precision_on_cuda_steps_with_an_unscaled_gradient_norm():
     F.cross_entropy(plain(x), y).backward()
     expected = torch.cat([p.grad.flatten() for p in plain.parameters()]).norm().item()
     before = [p.detach().clone() for p in model.parameters()]
-    scaler = lr_finder.new_scaler(True)
+    scaler = torch.amp.GradScaler(device)
+    dtypes = []
+    model[0].register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
 
     loss, norm = train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), [(x, y)],
                             F.cross_entropy, scaler)
 
-    assert math.isfinite(loss) and norm == pytest.approx(expected, rel=1e-2)  # float16
+    assert math.isfinite(loss) and norm == pytest.approx(expected, rel=3e-2)  # half precision
     assert scaler.get_scale() > 1.0  # the loss was scaled, the norm is not
+    assert scaler.state_dict()["_growth_tracker"] == 1  # the scaler took the step
+    assert dtypes == [{"cpu": torch.bfloat16, "cuda": torch.float16}[device]]  # autocast
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_mixed_precision_run_on_cuda_passes_its_checks(tmp_path):
+    ctx = RunContext(torch.device("cuda"), torch.float32, torch.Generator().manual_seed(0),
+                     tmp_path, logging.getLogger("test"))
+
+    result = prepared(ctx, amp=True, num_iter=30, skip_start=5, skip_end=3,
+                      validation_steps=5).run(ctx)
+
+    assert result.failed_checks == []
+    assert result.summary["amp"] is True and "validation.loss.suggested" in result.metrics
 
 
 def test_range_test_steps_every_lr_regardless_of_dataset_size():

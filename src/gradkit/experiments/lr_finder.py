@@ -82,14 +82,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                group: Sequence[Batch], loss_fn: LossFn,
                scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
     """One optimizer step on the micro-batches of `group`, as torch-lr-finder takes it: each
-    one's loss divided by their number and backpropagated (under CUDA autocast and scaled by
-    `scaler` when given), then one step. Returns the accumulated loss (the sum of those
-    shares) and the norm of the accumulated gradient (unscaled)."""
+    one's loss divided by their number and backpropagated (under autocast on the batch's
+    device and scaled by `scaler` when given), then one step. Returns the accumulated loss
+    (the sum of those shares) and the norm of the accumulated gradient (unscaled)."""
     model.train()
     optimizer.zero_grad()
     total = 0.0
     for x, y in group:
-        with torch.autocast("cuda") if scaler is not None else contextlib.nullcontext():
+        with torch.autocast(x.device.type) if scaler is not None else contextlib.nullcontext():
             loss = loss_fn(model(x), y) / len(group)
         (loss if scaler is None else scaler.scale(loss)).backward()
         total += loss.item()
