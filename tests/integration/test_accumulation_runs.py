@@ -17,9 +17,23 @@ def test_default_run_end_to_end(cli, store):
     assert {"grad_max_abs_diff", "param_max_abs_diff", "loss_full", "loss_accumulated",
             "saved_bytes.full_batch", "saved_bytes.micro_batch", "seconds_per_step.full",
             "seconds_per_step.accumulated", "check.equivalence.error",
-            "param_rel_diff.sgd", "check.equivalence_sgd.error", "grad_diff.layer0"} <= set(metrics)
+            "param_rel_diff.sgd", "check.equivalence_sgd.error", "grad_diff/0.weight",
+            "grad_diff/6.bias"} <= set(metrics)
     for check in ("equivalence", "loss", "equivalence_sgd"):
         assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"] == 1e-6
+
+
+def test_a_chosen_model_and_data_keep_the_identity(cli, store):
+    code, err = cli("experiment=accumulation", "model=cnn", "data=digits",
+                    "experiment.optimizer_steps=2")
+
+    assert code == 0, err
+    [run_] = runs_of(store, "accumulation")
+    assert run_.info.status == "FINISHED"
+    assert (run_.data.tags["model"], run_.data.tags["data"]) == ("cnn", "digits")
+    assert run_.data.tags["equivalence"] == "holds"
+    assert run_.data.metrics["check.equivalence.error"] <= 1e-6
+    assert {"grad_diff/0.weight", "grad_diff/7.bias"} <= set(run_.data.metrics)
 
 
 def test_batch_norm_run_is_finished_not_failed(cli, store):

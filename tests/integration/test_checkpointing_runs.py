@@ -25,6 +25,26 @@ def test_run_end_to_end(cli, store):
     assert metrics["peak_bytes.checkpointed"] < metrics["peak_bytes.plain"]
 
 
+def test_a_chosen_chain_on_chosen_data_end_to_end(cli, store):
+    code, err = cli("experiment=checkpointing", "model=mlp", "data=synthetic_regression",
+                    "model.hidden=[64,32]", "experiment.segments=3", "experiment.repeats=1")
+
+    assert code == 0, err
+    [run_] = runs_of(store, "checkpointing")
+    assert run_.info.status == "FINISHED" and run_.data.tags["checks"] == "passed"
+    assert (run_.data.tags["model"], run_.data.tags["data"]) == ("mlp", "synthetic_regression")
+    assert run_.data.metrics["check.gradients_equal.error"] == 0.0
+    assert run_.data.metrics["loss"] > 0
+
+
+def test_more_segments_than_the_chosen_chain_has_blocks_fail_before_any_run(cli, store):
+    code, err = cli("experiment=checkpointing", "model=mlp", "data=synthetic_regression")
+
+    assert code != 0
+    assert "experiment.segments=4 must be <= the 3 blocks of model=mlp" in err
+    assert runs_of(store, "checkpointing") == []
+
+
 def test_segments_larger_than_depth_fail_before_any_run(cli, store):
     code, err = cli("experiment=checkpointing", "experiment.segments=32")
 

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
+from torch import nn
 
+from gradkit.core.components import Choice, Components
 from gradkit.core.experiment import RunContext
 from gradkit.core.validation import ConfigError
 from gradkit.experiments import accumulation
-from gradkit.experiments.accumulation import Accumulation
+from gradkit.experiments.accumulation import (
+    Accumulation,
+    SharedDropout,
+    has_batch_norm,
+    with_shared_dropout,
+)
 
 FLOATS_SAVED_PER_SAMPLE = (
     50          # the first Linear saves its input
@@ -24,10 +29,33 @@ FLOATS_SAVED_PER_SAMPLE = (
 )
 
 
-def run(dtype=torch.float32, **kwargs):
+REGRESSION = {"_target_": "gradkit.lib.data.synthetic_regression", "size": 512,
+              "input_dim": 10, "output_dim": 1}  # a train split of 308: batches 128, 128, 52
+
+
+def chosen(**groups) -> Components:
+    """Components choosing `groups` ({"model": {"_target_": ...}}), named after their key."""
+    return Components(**{key: Choice(key, key, config) for key, config in groups.items()})
+
+
+def run(dtype=torch.float32, components=None, **kwargs):
     ctx = RunContext(torch.device("cpu"), dtype, torch.Generator().manual_seed(0), None,
-                     logging.getLogger("test"))
-    return Accumulation(**{"optimizer_steps": 3, **kwargs}).run(ctx)
+                     logging.getLogger("test"), components=components or Components())
+    experiment = Accumulation(**{"optimizer_steps": 3, **kwargs})
+    experiment.prepare(ctx)
+    return experiment.run(ctx)
+
+
+class Nested(nn.Module):
+    """A custom module whose Dropout sits inside a Sequential attribute."""
+
+    def __init__(self, input_shape, outputs, p: float = 0.5):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(input_shape[0], 32), nn.ReLU(), nn.Dropout(p))
+        self.head = nn.Linear(32, outputs)
+
+    def forward(self, x):
+        return self.head(self.body(x))
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1, 0.5])
@@ -49,10 +77,7 @@ def test_accumulated_gradients_and_parameters_equal_full_batch_ones(dropout):
 def test_a_gradient_four_times_too_large_shows_in_the_sgd_parameters(monkeypatch):
     """Micro-batch losses not divided by the 4 accumulation steps: Adam's parameters move by
     1e-4 relative, SGD's by 50 times more."""
-    def unscaled(prediction, target):  # undoes the 1 / steps of each micro-batch's loss
-        return F.mse_loss(prediction, target) * (4 if len(prediction) == 32 else 1)
-
-    monkeypatch.setattr(accumulation, "F", SimpleNamespace(mse_loss=unscaled))
+    monkeypatch.setattr(accumulation, "micro_share", lambda loss, rows, total: 1.0)
 
     result = run(optimizer_steps=10)
 
@@ -128,3 +153,65 @@ def test_sweep_figure_skips_failed_jobs():
 
     assert isinstance(Accumulation.sweep_figure([done, failed]), Figure)
     assert Accumulation.sweep_figure([failed]) is None
+
+
+def test_a_chosen_conv_net_on_the_digits_keeps_the_identity_and_cycles(caplog):
+    """The digits' train split gives 8 batches of 128 and one of 55 (micro-batches 32 + 23):
+    the 10 steps cycle, and the short batch's losses are weighted by their share."""
+    cnn = {"_target_": "gradkit.lib.models.conv_net", "channels": [4, 8]}
+    with caplog.at_level(logging.INFO, logger="test"):
+        result = run(components=chosen(model=cnn, data={
+            "_target_": "gradkit.lib.data.digits_dataset"}), optimizer_steps=10)
+
+    assert result.failed_checks == [] and set(result.checks) == {
+        "equivalence", "loss", "equivalence_sgd"}
+    assert result.tags == {"equivalence": "holds"}
+    assert "data=data: the train split gives 9 batches; cycled for 10 steps" in caplog.text
+    assert {"grad_diff/0.weight", "grad_diff/3.bias", "grad_diff/7.weight"} <= set(
+        result.metrics)
+    assert result.summary["parameters"] == 4 * 9 + 4 + 8 * 4 * 9 + 8 + 8 * 2 * 2 * 10 + 10
+
+
+def test_a_short_last_batch_weighs_each_micro_batch_by_its_share(monkeypatch):
+    """The third batch holds 52 items: micro-batches of 32 and 20, whose mean losses weigh
+    32/52 and 20/52 (not 1/4 each) in the full batch's mean."""
+    components = chosen(data=REGRESSION)
+    assert run(components=components).failed_checks == []
+
+    monkeypatch.setattr(accumulation, "micro_share", lambda loss, rows, total: rows / 128)
+    assert "equivalence_sgd" in run(components=components).failed_checks
+
+
+def test_a_summed_loss_adds_the_micro_batch_losses_unscaled():
+    summed = {"_target_": "torch.nn.MSELoss", "reduction": "sum"}
+    result = run(components=chosen(data=REGRESSION, loss=summed))
+
+    assert result.failed_checks == []
+    assert result.metrics["loss_full"] > 100 * result.metrics["final_loss_full"] / 308 > 0
+
+
+def test_dropout_nested_in_a_custom_module_shares_its_mask():
+    model = Nested((10,), 1)
+    [shared] = with_shared_dropout(model, torch.randn(2, 10))
+
+    assert model.body[2] is shared and shared.shape == (32,) and shared.p == 0.5
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    result = run(components=chosen(model={"_target_": f"{__name__}.Nested"}, data=REGRESSION))
+    assert result.failed_checks == []
+    assert result.metrics["grad_rel_diff"] <= 1e-6
+
+
+def test_batch_norm_in_a_chosen_model_is_reported_not_checked():
+    mlp = {"_target_": "gradkit.lib.models.mlp_for", "hidden": [16], "batch_norm": True}
+    result = run(components=chosen(model=mlp, data=REGRESSION))
+
+    assert has_batch_norm(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)))
+    assert not has_batch_norm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    assert result.tags == {"equivalence": "broken_by_batch_norm"} and result.checks == {}
+    assert result.metrics["batchnorm_gap"] > 1e-3
+    assert "batch statistics" in result.summary["batch_norm"]
+
+
+def test_shared_dropout_refuses_to_train_without_a_mask():
+    with pytest.raises(TypeError):
+        SharedDropout(0.5)(torch.ones(2, 3))

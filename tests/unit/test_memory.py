@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -85,6 +87,30 @@ def test_live_memory_is_the_peak_and_the_rest_of_what_the_block_allocates():
     assert kept.numel() + more.numel() == 1.5 * N
 
 
+class _Cycle:
+    """An object in a reference cycle: freed only by the garbage collector."""
+
+
+def _cyclic_garbage(tensor: torch.Tensor) -> None:
+    first, second = _Cycle(), _Cycle()
+    first.other, second.other, first.tensor = second, first, tensor
+
+
+def test_garbage_of_an_earlier_measure_is_not_collected_inside_one():
+    """Freed by a collection inside the block, a tensor allocated under an earlier measure
+    (whose size the profiler knows) would count as a negative allocation."""
+    with live_memory(torch.device("cpu")):
+        tensor = torch.ones(10 * N)
+    _cyclic_garbage(tensor)
+    del tensor
+    with live_memory(torch.device("cpu")) as memory:
+        kept = torch.ones(N)
+        [[] for _ in range(10 * gc.get_threshold()[0])]  # enough to start a collection
+
+    assert memory.final == N * FLOAT == kept.numel() * FLOAT
+    assert gc.isenabled()
+
+
 def test_live_memory_of_a_linear_layer_forward_and_backward():
     linear = nn.Linear(10, 20, bias=False)
     x = torch.randn(5, 10, requires_grad=True)
@@ -94,3 +120,13 @@ def test_live_memory_of_a_linear_layer_forward_and_backward():
 
     assert memory.final == (5 * 20 + 5 * 10 + 20 * 10) * FLOAT  # out, x.grad, weight.grad
     assert memory.peak >= memory.final
+
+
+def test_count_takes_a_tensor_once_per_storage_as_the_pack_hook_does():
+    x = torch.randn(4, N)
+    meter = SavedTensorMeter()
+
+    assert meter.count(x) is x
+    meter.count(x.flatten())  # a view: the same storage
+    meter.count(nn.Parameter(torch.ones(3)))
+    assert (meter.tensors, meter.bytes) == (1, 4 * N * FLOAT)

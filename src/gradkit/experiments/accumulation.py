@@ -17,51 +17,72 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import TensorDataset
 
+from gradkit.core.components import OWN, Workload
 from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, boolean, integer, number
 from gradkit.lib.data import regression_batch
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
-from gradkit.lib.models import check_widths, linear_layers, mlp
+from gradkit.lib.models import check_widths, mlp
 from gradkit.lib.timing import now
 from gradkit.plotting import figure, lean_log_ticks
 
 
 class SharedDropout(nn.Module):
     """Dropout whose mask (already scaled by 1 / (1 - p)) is set from outside, so that both
-    ways of training drop the same units of the same samples."""
+    ways of training drop the same units of the same samples. `shape` is one sample's shape,
+    seen on its last forward pass."""
 
-    def __init__(self, p: float, width: int):
+    def __init__(self, p: float):
         super().__init__()
         self.p = p
-        self.width = width
+        self.shape: tuple[int, ...] | None = None
         self.mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shape = tuple(x.shape[1:])
         return x * self.mask if self.training else x
 
 
-def with_shared_dropout(model: nn.Sequential) -> list[SharedDropout]:
-    """Replace the model's Dropout modules by SharedDropout ones and return those."""
-    shared, width = [], 0
-    for i, module in enumerate(model):
-        if isinstance(module, nn.Linear):
-            width = module.out_features
-        elif isinstance(module, nn.Dropout):
-            model[i] = SharedDropout(module.p, width)
-            shared.append(model[i])
+def with_shared_dropout(model: nn.Module, sample: torch.Tensor) -> list[SharedDropout]:
+    """Replace every nn.Dropout of the model, at any depth, by a SharedDropout on its parent
+    module, learn their sample shapes from one eval-mode forward pass on `sample`, and return
+    them in the order of `model.modules()`."""
+    shared = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nn.Dropout):
+            parent, _, child = name.rpartition(".")
+            shared.append(SharedDropout(module.p))
+            setattr(model.get_submodule(parent), child, shared[-1])
+    if shared:
+        model.eval()
+        with torch.no_grad():
+            model(sample)
+        model.train()
     return shared
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether any module normalises by batch statistics (BatchNorm1d/2d/3d, SyncBatchNorm)."""
+    return any(isinstance(m, _BatchNorm) for m in model.modules())
+
+
+def micro_share(loss: nn.Module, rows: int, total: int) -> float:
+    """The weight of a micro-batch's loss in the accumulated one: its share of the batch for a
+    loss that averages over the batch, 1 for one that sums (reduction="sum")."""
+    return 1.0 if getattr(loss, "reduction", "mean") == "sum" else rows / total
 
 
 @dataclass
 class Way:
     """One way of training: its model, optimizer, dropout modules and what it recorded."""
 
-    model: nn.Sequential
+    model: nn.Module
     optimizer: torch.optim.Optimizer
     dropouts: list[SharedDropout]
     losses: list[float] = field(default_factory=list)
@@ -73,12 +94,13 @@ OPTIMIZERS = ("adam", "sgd")  # each trains its own pair of copies; adam's gradi
 
 
 class Accumulation(Experiment):
-    """Copies of one MLP (copied before any step): for Adam and for SGD, one trained on full
-    batches, one by accumulating micro-batch gradients with each loss scaled by
-    1 / accumulation_steps."""
+    """Copies of one model (copied before any step): for Adam and for SGD, one trained on full
+    batches of the train split, one by accumulating micro-batch gradients with each loss
+    scaled by the micro-batch's share of the batch (1 / accumulation_steps)."""
 
     proves = ("accumulated micro-batch gradients, losses and the parameters they train under "
               "SGD equal full-batch training (without batch norm)")
+    workload: Workload | None = None  # set by prepare
 
     def __init__(self, micro_batch: int | None = 32, effective_batch: int | None = None,
                  accumulation_steps: int = 4, optimizer_steps: int = 10, dropout: float = 0.1,
@@ -118,28 +140,50 @@ class Accumulation(Experiment):
     def effective_batch(self) -> int:
         return self.micro_batch * self.accumulation_steps
 
+    def prepare(self, ctx: RunContext) -> None:
+        seed = ctx.generator.initial_seed()
+        self.workload = ctx.components.resolve(
+            ctx, lambda: self._own_data(ctx),
+            lambda shape, outputs: self._own_model(shape, outputs,
+                                                   torch.Generator().manual_seed(seed)))
+
+    def _own_model(self, input_shape: tuple[int, ...], outputs: int,
+                   generator: torch.Generator) -> nn.Module:
+        """The notebook's MLP sized to the data (inputs flattened), with the experiment's
+        dropout and batch norm, its weights drawn from `generator`."""
+        body = mlp(math.prod(input_shape), self.hidden, outputs, dropout=self.dropout,
+                   batch_norm=self.batch_norm, generator=generator)
+        return nn.Sequential(nn.Flatten(), *body) if len(input_shape) > 1 else body
+
+    def _own_data(self, ctx: RunContext) -> dict[str, TensorDataset]:
+        """One full batch per optimizer step of synthetic regression data, drawn from the
+        run's generator after the own model's weights (the order they were always drawn in,
+        so that a seed gives the same numbers)."""
+        self._own_model((self.input_dim,), self.output_dim, ctx.generator)  # the weights' draws
+        x, y = regression_batch(self.optimizer_steps * self.effective_batch, self.input_dim,
+                                self.output_dim, ctx.generator, dtype=ctx.dtype)
+        return {"train": TensorDataset(x, y)}
+
     def run(self, ctx: RunContext) -> Result:
-        gen, device = ctx.generator, ctx.device
-        model = mlp(self.input_dim, self.hidden, self.output_dim, dropout=self.dropout,
-                    batch_norm=self.batch_norm, generator=gen).to(device, ctx.dtype)
-        with_shared_dropout(model)
+        if self.workload is None:  # called directly, not by the job
+            self.prepare(ctx)
+        gen, device, data = ctx.generator, ctx.device, self.workload.data
+        model = self.workload.new_model()
+        first, _ = data.tensors("train", self.effective_batch)
+        with_shared_dropout(model, first[:2])
         pairs = {name: tuple(self._way(copy.deepcopy(model), name) for _ in range(2))
                  for name in OPTIMIZERS}
-        x, y = regression_batch(self.optimizer_steps * self.effective_batch, self.input_dim,
-                                self.output_dim, gen, dtype=ctx.dtype)
-        memory = self._memory(model, x[:self.effective_batch].to(device), ctx)
-        for step in range(self.optimizer_steps):
-            rows = slice(step * self.effective_batch, (step + 1) * self.effective_batch)
-            batch = x[rows].to(device), y[rows].to(device)
-            masks = [(torch.rand(self.effective_batch, d.width, generator=gen) >= d.p)
+        memory = self._memory(model, first, ctx)
+        for batch in data.cycled("train", self.effective_batch, self.optimizer_steps):
+            masks = [(torch.rand(len(batch[0]), *d.shape, generator=gen) >= d.p)
                      .to(device, ctx.dtype) / (1 - d.p) for d in pairs["adam"][0].dropouts]
             for full, accumulated in pairs.values():
                 self._full_step(full, batch, masks, device)
                 self._accumulated_step(accumulated, batch, masks, device)
         return self._result(pairs, memory, ctx)
 
-    def _way(self, model: nn.Sequential, optimizer: str) -> Way:
-        dropouts = [m for m in model if isinstance(m, SharedDropout)]
+    def _way(self, model: nn.Module, optimizer: str) -> Way:
+        dropouts = [m for m in model.modules() if isinstance(m, SharedDropout)]
         kind = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
         return Way(model, kind(model.parameters(), lr=self.learning_rate), dropouts)
 
@@ -148,7 +192,7 @@ class Accumulation(Experiment):
         way.optimizer.zero_grad()
         for dropout, mask in zip(way.dropouts, masks, strict=True):
             dropout.mask = mask
-        loss = F.mse_loss(way.model(batch[0]), batch[1])
+        loss = self.workload.loss_of(way.model(batch[0]), batch[1])
         loss.backward()
         _keep_first_grads(way)
         way.optimizer.step()
@@ -158,29 +202,30 @@ class Accumulation(Experiment):
     def _accumulated_step(self, way: Way, batch, masks, device) -> None:
         start = now(device)
         way.optimizer.zero_grad()
-        total = 0.0
-        for i in range(self.accumulation_steps):
-            rows = slice(i * self.micro_batch, (i + 1) * self.micro_batch)
+        total, (x, y), size = 0.0, batch, len(batch[0])
+        for start in range(0, size, self.micro_batch):  # a pass's last batch may be shorter
+            rows = slice(start, start + self.micro_batch)
             for dropout, mask in zip(way.dropouts, masks, strict=True):
                 dropout.mask = mask[rows]
-            loss = F.mse_loss(way.model(batch[0][rows]), batch[1][rows]) / self.accumulation_steps
+            loss = self.workload.loss_of(way.model(x[rows]), None if y is None else y[rows])
+            loss = loss * micro_share(self.workload.loss, len(x[rows]), size)
             loss.backward()
-            total += loss.item()  # the scaled losses add up to the mean micro-batch loss
+            total += loss.item()  # the scaled losses add up to the full batch's loss
         _keep_first_grads(way)
         way.optimizer.step()
         way.seconds.append(now(device) - start)
         way.losses.append(total)
 
-    def _memory(self, model: nn.Sequential, x: torch.Tensor, ctx: RunContext) -> dict[str, float]:
+    def _memory(self, model: nn.Module, x: torch.Tensor, ctx: RunContext) -> dict[str, float]:
         """Saved-activation bytes (and the CUDA peak) of one forward/backward pass on the full
         batch and on one micro-batch, measured on a throw-away copy of the model."""
         memory = {}
         for name, size in (("full_batch", self.effective_batch), ("micro_batch", self.micro_batch)):
             rows = x[:size].clone()  # its own storage, as a loader's batch would have
             probe = copy.deepcopy(model)
-            for dropout in probe:
+            for dropout in probe.modules():
                 if isinstance(dropout, SharedDropout):
-                    dropout.mask = torch.ones(len(rows), dropout.width, device=ctx.device,
+                    dropout.mask = torch.ones(len(rows), *dropout.shape, device=ctx.device,
                                               dtype=ctx.dtype)
             meter = SavedTensorMeter(exclude=probe.parameters())
             with cuda_peak(ctx.device) as peak:
@@ -195,8 +240,9 @@ class Accumulation(Experiment):
     def _result(self, pairs: dict[str, tuple[Way, Way]], memory: dict[str, float],
                 ctx: RunContext) -> Result:
         full, accumulated = pairs["adam"]
-        grad_gap, grad_scale, layer_gaps = _gaps(full.first_grads, accumulated.first_grads,
-                                                 full.model)
+        grad_gap, grad_scale, gaps = _gaps(full.first_grads, accumulated.first_grads)
+        param_gaps = dict(zip((name for name, _ in full.model.named_parameters()), gaps,
+                              strict=True))
         param_gap, param_scale = _parameter_gap(full, accumulated)
         sgd_gap, sgd_scale = _parameter_gap(*pairs["sgd"])
         relative = max(grad_gap / grad_scale, param_gap / param_scale)
@@ -214,9 +260,10 @@ class Accumulation(Experiment):
             **memory,
             "saved_bytes_ratio": memory["saved_bytes.micro_batch"] / memory[
                 "saved_bytes.full_batch"],
-            **{f"grad_diff.{layer}": gap for layer, gap in layer_gaps.items()},
+            **{f"grad_diff/{name}": gap for name, gap in param_gaps.items()},
         }
-        if self.batch_norm:
+        batch_norm = has_batch_norm(full.model)
+        if batch_norm:
             metrics["batchnorm_gap"] = relative
             checks, equivalence = {}, "broken_by_batch_norm"
         else:
@@ -230,27 +277,36 @@ class Accumulation(Experiment):
             metrics=metrics,
             series={"loss_full": full.losses, "loss_accumulated": accumulated.losses},
             checks=checks,
-            figures={"accumulation": self.plot(full, accumulated, metrics, layer_gaps)},
+            figures={"accumulation": self.plot(full, accumulated, metrics, param_gaps,
+                                               ctx.components.names, batch_norm)},
             summary={"effective_batch": self.effective_batch, "micro_batch": self.micro_batch,
-                     "dropout_masks": "drawn once per full batch, sliced per micro-batch"},
+                     "dropout_masks": "drawn once per full batch, sliced per micro-batch",
+                     "parameters": sum(p.numel() for p in full.model.parameters()),
+                     "train_items": self.workload.data.size("train"),
+                     "batch_norm": ("batch statistics per micro-batch: the gap is reported, "
+                                    "not checked") if batch_norm else "none"},
             tags={"equivalence": equivalence},
             objective=relative,
         )
 
     def plot(self, full: Way, accumulated: Way, metrics: dict[str, float],
-             layer_gaps: dict[str, float]) -> Figure:
-        """Gradient gap by layer, both loss curves, saved-activation memory per forward."""
+             param_gaps: dict[str, float], names: dict[str, str], batch_norm: bool) -> Figure:
+        """Gradient gap by parameter, both loss curves, saved-activation memory per forward."""
+        model = (f"dropout {self.dropout:g}" if names["model"] == OWN
+                 else f"model={names['model']}")
+        data = "" if names["data"] == OWN else f" on data={names['data']}"
         title = (f"Gradient accumulation: {self.accumulation_steps} x {self.micro_batch} vs one "
-                 f"batch of {self.effective_batch} (dropout {self.dropout:g}"
-                 f"{', batch norm' if self.batch_norm else ''})")
+                 f"batch of {self.effective_batch}{data} ({model}"
+                 f"{', batch norm' if batch_norm else ''})")
         fig, (gaps_ax, loss_ax, memory_ax) = figure(title, 1, 3, size=(17, 5), layout=None)
         fig.subplots_adjust(left=0.05, right=0.985, bottom=0.15, top=0.83, wspace=0.2)
-        layers = list(layer_gaps)
-        gaps_ax.bar(layers, [max(g, 1e-30) for g in layer_gaps.values()], color="tab:purple")
+        gaps_ax.bar(list(param_gaps), [max(g, 1e-30) for g in param_gaps.values()],
+                    color="tab:purple")
+        gaps_ax.tick_params(axis="x", labelrotation=30, labelsize=8)
         gaps_ax.set_yscale("log")
         lean_log_ticks(gaps_ax.yaxis)
         gaps_ax.set(title="Gradient gap after the first accumulation",
-                    xlabel="Linear layer (weights and bias)",
+                    xlabel="parameter",
                     ylabel="max |g_full − g_accumulated| (log)")
         steps = np.arange(1, len(full.losses) + 1)
         loss_ax.plot(steps, full.losses, "o-", label="full batch")
@@ -258,7 +314,8 @@ class Accumulation(Experiment):
         loss_ax.set(title=f"Loss under Adam\n(parameter gap after {len(steps)} steps: Adam "
                           f"{metrics['param_max_abs_diff']:.1e}, SGD "
                           f"{metrics['param_max_abs_diff.sgd']:.1e})",
-                    xlabel="optimizer step", ylabel="mean squared error (batch mean)")
+                    xlabel="optimizer step",
+                    ylabel=f"{type(self.workload.loss).__name__} (of the whole batch)")
         loss_ax.legend()
         kib = [metrics["saved_bytes.full_batch"] / 1024, metrics["saved_bytes.micro_batch"] / 1024]
         bars = memory_ax.bar([f"full batch\n({self.effective_batch})",
@@ -318,25 +375,24 @@ class Accumulation(Experiment):
 
 
 def _keep_first_grads(way: Way) -> None:
+    """The first step's gradients (zeros for a parameter the loss does not reach)."""
     if not way.first_grads:
-        way.first_grads = [p.grad.detach().clone() for p in way.model.parameters()]
+        way.first_grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone()
+                           for p in way.model.parameters()]
 
 
 def _parameter_gap(full: Way, accumulated: Way) -> tuple[float, float]:
     """Largest |difference| between the two ways' parameters, and their largest |value|."""
     gap, scale, _ = _gaps([p.detach() for p in full.model.parameters()],
-                          [p.detach() for p in accumulated.model.parameters()], full.model)
+                          [p.detach() for p in accumulated.model.parameters()])
     return gap, scale
 
 
-def _gaps(first: list[torch.Tensor], second: list[torch.Tensor],
-          model: nn.Module) -> tuple[float, float, dict[str, float]]:
-    """Largest |first - second| over all tensors, largest |first|, and the largest gap per
-    Linear layer (weight and bias together)."""
+def _gaps(first: list[torch.Tensor], second: list[torch.Tensor]
+          ) -> tuple[float, float, list[float]]:
+    """Largest |first - second| over all tensors, largest |first|, and each tensor's largest
+    |first - second|."""
     gaps = [(a - b).abs().max().item() for a, b in zip(first, second, strict=True)]
     scale = max(a.abs().max().item() for a in first) or 1.0
-    index = {id(p): i for i, p in enumerate(model.parameters())}
-    per_layer = {name: max(gaps[index[id(layer.weight)]], gaps[index[id(layer.bias)]])
-                 for name, layer in linear_layers(model)}
-    return max(gaps), scale, per_layer
+    return max(gaps), scale, gaps
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +12,9 @@ import torch
 from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
+from torch.utils.data import TensorDataset
 
+from gradkit.core.components import OWN, Workload
 from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer
 from gradkit.lib.memory import SavedTensorMeter, live_memory
@@ -20,6 +24,7 @@ from gradkit.plotting import figure
 
 BLOCKS = ("chain", "mlp")
 MIB = 2**20
+Objective = Callable[[torch.Tensor], torch.Tensor]  # the model's output -> the loss
 
 
 class ChainBlock(nn.Module):
@@ -39,6 +44,29 @@ def build(block: str, depth: int, width: int, activation: str,
                                          ACTIVATIONS[activation]()) for _ in range(depth)))
 
 
+def as_chain(model: nn.Module, name: str, sample: torch.Tensor) -> nn.Sequential:
+    """The model as a chain of blocks: itself if an nn.Sequential; else its `blocks` (an
+    nn.ModuleList or nn.Sequential) in an nn.Sequential, if running them in turn gives the
+    model's own output on `sample`. Any other model is refused in one line."""
+    if isinstance(model, nn.Sequential):
+        return model
+    blocks = getattr(model, "blocks", None)
+    if not isinstance(blocks, (nn.ModuleList, nn.Sequential)):
+        raise ConfigError(f"model={name} is not an nn.Sequential or a list of blocks; "
+                          "checkpointing splits a chain of blocks into experiment.segments (it "
+                          f"is a {type(model).__name__}: an nn.Sequential, or a model whose "
+                          "forward runs its `blocks` nn.ModuleList in turn, can be split)")
+    chain = nn.Sequential(*blocks)
+    model.eval()
+    with torch.no_grad():
+        same = torch.equal(model(sample), chain(sample))
+    model.train()
+    if not same:
+        raise ConfigError(f"model={name}: its forward is not its `blocks` run in turn (their "
+                          "chain gives another output), so they cannot stand for it")
+    return chain
+
+
 def segment_bounds(depth: int, segments: int) -> list[tuple[int, int]]:
     """The [start, end) block ranges `checkpoint_sequential` makes: `segments - 1` checkpointed
     ranges of depth // segments blocks, then the rest, which runs without checkpointing."""
@@ -49,31 +77,48 @@ def segment_bounds(depth: int, segments: int) -> list[tuple[int, int]]:
 
 @dataclass
 class Pass:
-    """One forward/backward pass: its output, gradients, what autograd saved in the forward
-    pass, the peak of live tensor memory over forward and backward, and the bytes still
-    allocated at the end."""
+    """One forward/backward pass: its output, loss, gradients, what autograd saved in the
+    forward pass, the peak of live tensor memory over forward and backward, and the bytes
+    still allocated at the end."""
 
     output: torch.Tensor
+    loss: float
     grads: list[torch.Tensor]
     saved_bytes: int
     peak_bytes: float
     final_bytes: float
 
 
+@contextmanager
+def same_randomness(device: torch.device) -> Iterator[None]:
+    """The block under a fixed random state (so that a chain's dropout drops the same units in
+    every pass), the caller's state restored afterwards."""
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        yield
+
+
 def forward_backward(model: nn.Sequential, x: torch.Tensor, segments: int,
-                     meter: SavedTensorMeter | None = None) -> Pass:
-    """out = model(x) (with `segments` checkpointed segments when > 0), then out.sum()
+                     meter: SavedTensorMeter | None = None,
+                     objective: Objective = torch.sum) -> Pass:
+    """out = model(x) (with `segments` checkpointed segments when > 0), then objective(out)
     backward; gradients of x and of every parameter (buffers made by this backward)."""
     x = x.detach().requires_grad_(True)
     model.zero_grad(set_to_none=True)
     meter = meter or SavedTensorMeter(exclude=model.parameters())
-    with live_memory(x.device) as memory:
+    with same_randomness(x.device), live_memory(x.device) as memory:
         with meter.measure():
             out = (checkpoint_sequential(model, segments, x, use_reentrant=False) if segments
                    else model(x))
-        out.sum().backward()
+        loss = backward(objective(out))
     grads = [x.grad, *(p.grad.clone() for p in model.parameters())]
-    return Pass(out.detach(), grads, meter.bytes, memory.peak, memory.final)
+    return Pass(out.detach(), loss, grads, meter.bytes, memory.peak, memory.final)
+
+
+def backward(loss: torch.Tensor) -> float:
+    """loss.backward(); its value (the tensor itself freed on return, inside the measure)."""
+    loss.backward()
+    return loss.item()
 
 
 def kept_bytes(tensors: list[torch.Tensor], granularity: int) -> int:
@@ -112,10 +157,20 @@ def segment_saved_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) ->
     return found
 
 
-def expected_saved_bytes(x: torch.Tensor, pieces: list[int]) -> int:
-    """What a checkpointed forward saves: each checkpointed segment's input (all shaped like
-    x), then everything the last, plain segment saves."""
-    return (len(pieces) - 1) * x.untyped_storage().nbytes() + pieces[-1]
+def expected_saved_bytes(model: nn.Sequential, x: torch.Tensor, segments: int) -> int:
+    """What a checkpointed forward saves: each checkpointed segment's input, then what the
+    last, plain segment saves; a storage counted once (after a Flatten, a segment's input is a
+    view of the one before)."""
+    bounds = segment_bounds(len(model), segments)
+    meter = SavedTensorMeter(exclude=model.parameters())
+    inputs = [x.detach()]  # kept alive, as a checkpoint keeps them: no address is reused
+    with torch.no_grad():
+        for start, end in bounds[:-1]:
+            meter.count(inputs[-1])
+            inputs.append(model[start:end](inputs[-1]))
+    with meter.measure():
+        model[bounds[-1][0]:](inputs[-1].detach().requires_grad_(True))
+    return meter.bytes
 
 
 def calibration_passes(width: int, batch_size: int, dtype: torch.dtype, device: torch.device,
@@ -127,13 +182,13 @@ def calibration_passes(width: int, batch_size: int, dtype: torch.dtype, device: 
     return [forward_backward(model, x, 0), forward_backward(model, x, 2)]
 
 
-def seconds(model: nn.Sequential, x: torch.Tensor, segments: int) -> float:
+def seconds(model: nn.Sequential, x: torch.Tensor, segments: int, objective: Objective) -> float:
     """Wall-clock seconds of one forward/backward pass (no meter attached)."""
     model.zero_grad(set_to_none=True)
     start = now(x.device)
     x = x.detach().requires_grad_(True)
     out = checkpoint_sequential(model, segments, x, use_reentrant=False) if segments else model(x)
-    out.sum().backward()
+    objective(out).backward()
     return now(x.device) - start
 
 
@@ -143,6 +198,7 @@ class Checkpointing(Experiment):
 
     proves = ("checkpointed gradients equal the plain ones, the checkpointed forward saves what "
               "its segments add up to, and the memory meter accounts for every byte left")
+    workload: Workload | None = None  # set by prepare, with `chain`: the model as blocks
 
     def __init__(self, block: str = "chain", depth: int = 16, width: int = 1000,
                  batch_size: int = 100, segments: int = 4, activation: str = "relu",
@@ -152,29 +208,60 @@ class Checkpointing(Experiment):
         self.width = integer("experiment.width", width, minimum=1)
         self.batch_size = integer("experiment.batch_size", batch_size, minimum=1)
         self.segments = integer("experiment.segments", segments, minimum=0)
-        if self.segments > self.depth:
-            raise ConfigError(f"experiment.segments={segments} must be <= experiment.depth="
-                              f"{depth} (0 = no checkpointing)")
         self.activation = check_activation("experiment.activation", activation)
         self.repeats = integer("experiment.repeats", repeats, minimum=1)
 
-    def run(self, ctx: RunContext) -> Result:
-        model = build(self.block, self.depth, self.width, self.activation, ctx.generator)
-        model = model.to(ctx.device, ctx.dtype)
+    def prepare(self, ctx: RunContext) -> None:
+        seed = ctx.generator.initial_seed()
+        self.workload = ctx.components.resolve(
+            ctx, lambda: self._own_data(ctx),
+            lambda shape, outputs: self._own_chain(shape, torch.Generator().manual_seed(seed)))
+        name = ctx.components.names["model"]
+        self.chain = as_chain(self.workload.new_model(), name, self.workload.data.first[0])
+        if self.segments > len(self.chain):
+            limit = (f"experiment.depth={self.depth}" if name == OWN
+                     else f"the {len(self.chain)} blocks of model={name}")
+            raise ConfigError(f"experiment.segments={self.segments} must be <= {limit} (0 = no "
+                              "checkpointing)")
+
+    def _own_chain(self, input_shape: tuple[int, ...], generator: torch.Generator
+                   ) -> nn.Sequential:
+        """`depth` blocks of the experiment's kind, as wide as the inputs' last dimension."""
+        return build(self.block, self.depth, input_shape[-1], self.activation, generator)
+
+    def _own_data(self, ctx: RunContext) -> dict[str, TensorDataset]:
+        """`batch_size` random inputs (and zero targets, for a chosen loss), drawn from the
+        run's generator after the own chain's weights (the order they were always drawn in,
+        so that a seed gives the same numbers)."""
+        self._own_chain((self.width,), ctx.generator)  # the weights' draws
         x = torch.randn(self.batch_size, self.width, generator=ctx.generator, dtype=ctx.dtype)
-        x = x.to(ctx.device)
-        forward_backward(model, x, self.segments)  # warm-up: first-call allocations
-        plain = forward_backward(model, x, 0)
-        kept = forward_backward(model, x, self.segments)
+        return {"train": TensorDataset(x, torch.zeros_like(x))}
+
+    def _objective(self, ctx: RunContext, target: torch.Tensor | None) -> Objective:
+        """The sum of the outputs (the notebook's) on the own data with the own loss; else the
+        workload's loss against the batch's targets."""
+        if not (ctx.components.data.chosen or ctx.components.loss.chosen):
+            return torch.sum
+        return lambda out: self.workload.loss_of(out, target)
+
+    def run(self, ctx: RunContext) -> Result:
+        if self.workload is None:  # called directly, not by the job
+            self.prepare(ctx)
+        model = self.chain
+        x, target = self.workload.data.tensors("train", self.batch_size)
+        objective = self._objective(ctx, target)
+        forward_backward(model, x, self.segments, objective=objective)  # warm-up: first calls
+        plain = forward_backward(model, x, 0, objective=objective)
+        kept = forward_backward(model, x, self.segments, objective=objective)
         pieces = segment_saved_bytes(model, x, self.segments or 1)
-        expected = expected_saved_bytes(x, pieces)
+        expected = expected_saved_bytes(model, x, self.segments or 1)
         granularity = 512 if x.device.type == "cuda" else 1
         calibration = calibration_passes(min(self.width, 64), self.batch_size, ctx.dtype,
                                          ctx.device, ctx.generator)
         times = {"plain": [], "checkpointed": []}
         for _ in range(self.repeats):  # interleaved, so both see the same machine load
-            times["plain"].append(seconds(model, x, 0))
-            times["checkpointed"].append(seconds(model, x, self.segments))
+            times["plain"].append(seconds(model, x, 0, objective))
+            times["checkpointed"].append(seconds(model, x, self.segments, objective))
         best = {which: min(values) for which, values in times.items()}
         grad_gap = max((a - b).abs().max().item() for a, b in zip(
             plain.grads, kept.grads, strict=True))
@@ -188,6 +275,7 @@ class Checkpointing(Experiment):
             "time_overhead": best["checkpointed"] / best["plain"] - 1,
             "memory_saving": 1 - kept.peak_bytes / plain.peak_bytes,
             "output_abs_diff": (plain.output - kept.output).abs().max().item(),
+            "loss": plain.loss,
             "grad_max_abs_diff": grad_gap,
         }
         checks = {
@@ -198,21 +286,28 @@ class Checkpointing(Experiment):
         return Result(
             metrics=metrics,
             checks=checks,
-            figures={"checkpointing": self.plot(metrics)},
-            summary={"segment_blocks": segment_bounds(self.depth, self.segments or 1),
+            figures={"checkpointing": self.plot(metrics, self._described(ctx, x))},
+            summary={"segment_blocks": segment_bounds(len(model), self.segments or 1),
                      "segment_saved_bytes": pieces, "expected_saved_bytes": expected,
-                     "seconds": times},
+                     "seconds": times, "blocks": len(model),
+                     "parameters": sum(p.numel() for p in model.parameters())},
             objective=kept.peak_bytes,
         )
 
-    def plot(self, metrics: dict[str, float]) -> Figure:
+    def _described(self, ctx: RunContext, x: torch.Tensor) -> str:
+        """`16 chain blocks on 100 x 1000` or `3 blocks of model=mlp on 100 x 10 of data=...`."""
+        names, shape = ctx.components.names, " x ".join(str(n) for n in x.shape)
+        blocks = (f"{self.depth} {self.block} blocks" if names["model"] == OWN
+                  else f"{len(self.chain)} blocks of model={names['model']}")
+        data = "" if names["data"] == OWN else f" of data={names['data']}"
+        return f"{blocks} on {shape}{data}"
+
+    def plot(self, metrics: dict[str, float], described: str) -> Figure:
         """Saved activations and the measured peak of live memory, and time, plain against
         checkpointed."""
-        shape = f"{self.batch_size} x {self.width}"
         how = f"{self.segments} segments" if self.segments else "no checkpointing"
         fig, (memory_ax, time_ax) = figure(
-            f"Gradient checkpointing: {self.depth} {self.block} blocks on {shape}, {how}",
-            1, 2, size=(13, 5))
+            f"Gradient checkpointing: {described}, {how}", 1, 2, size=(13, 5))
         ways = ("plain", "checkpointed")
         positions = np.arange(2)
         for offset, (key, label) in zip((-0.2, 0.2), (

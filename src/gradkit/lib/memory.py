@@ -3,6 +3,7 @@ measured on any device."""
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -29,7 +30,9 @@ class SavedTensorMeter:
         self.bytes = 0
         self.tensors = 0
 
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+    def count(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Count `tensor` as saved (once per storage, parameters and the excluded left out);
+        returns it, as autograd's pack hook must."""
         key = _storage_key(tensor)
         if not isinstance(tensor, torch.nn.Parameter) and key not in self._excluded | self._seen:
             self._seen.add(key)
@@ -40,7 +43,7 @@ class SavedTensorMeter:
     @contextmanager
     def measure(self) -> Iterator[SavedTensorMeter]:
         """Count what is saved inside the block (counts add up over several blocks)."""
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor):
+        with torch.autograd.graph.saved_tensors_hooks(self.count, lambda tensor: tensor):
             yield self
 
 
@@ -77,7 +80,16 @@ class LiveMemory:
 def live_memory(device: torch.device) -> Iterator[LiveMemory]:
     """Measure `LiveMemory` over the block: on CUDA from `torch.cuda.max_memory_allocated`
     and `memory_allocated` less what was allocated at the start; elsewhere from the CPU
-    allocation and free events of `torch.profiler` (profile_memory=True), in time order."""
+    allocation and free events of `torch.profiler` (profile_memory=True), in time order.
+    Python's cycle collector is paused over the block: tensors allocated before it (under an
+    earlier measure, whose sizes the profiler knows) and freed by a collection inside it
+    would count as negative allocations."""
+    with _collector_paused(), _measured(device) as found:
+        yield found
+
+
+@contextmanager
+def _measured(device: torch.device) -> Iterator[LiveMemory]:
     found = LiveMemory()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -104,6 +116,18 @@ def live_memory(device: torch.device) -> Iterator[LiveMemory]:
         live += event.nbytes()
         found.peak = max(found.peak, float(live))
     found.final = float(live)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off over the block (as it was, afterwards)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @contextmanager
