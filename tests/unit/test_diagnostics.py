@@ -376,6 +376,27 @@ def test_per_parameter_metrics_and_float32_check_of_a_conv_batchnorm_embedding_m
     assert dead_units_check(net, tokens, activations).passed
 
 
+def test_a_parameter_the_backward_does_not_reach_has_a_zero_gradient_and_vanishes():
+    class Detached(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.branch = nn.Linear(3, 2), nn.Linear(3, 2)
+
+        def forward(self, x):
+            return self.used(x) + self.branch(x).detach()
+
+    net, x = Detached(), torch.randn(4, 3)
+    loss = net(x).pow(2).mean()
+    loss.backward()
+    grads = parameter_stats(net)
+
+    assert net.branch.weight.grad is None and grads["branch.weight"].norm == 0.0
+    assert ("vanishing", "branch.weight") in {(f.kind, f.layer) for f in findings(
+        grads, {}, Thresholds(), loss.item())}
+    assert parameter_stats_check(net, x, None, lambda out, _: out.pow(2).mean(), grads,
+                                 STATS_TOLERANCE[torch.float32]).passed
+
+
 def dead_channels(z: torch.Tensor) -> tuple[int, ...]:
     """By hand: the channels of a ReLU's input (N, C, H, W) that are <= 0 on >= 95% of their
     N x H x W positions (a ReLU's slope is 0 there)."""
@@ -410,11 +431,12 @@ def test_a_planted_dead_channel_of_the_example_convnet_is_found_by_its_module_pa
 
 
 def test_an_in_place_activation_is_judged_on_its_input():
+    """ELU at z = -10 has slope 4.5e-5 (off); at its output -0.99995 it would be 0.37."""
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     shares = []
     for inplace in (False, True):
         net = mlp(3, [16], 1, generator=torch.Generator().manual_seed(1))
-        net[1] = nn.ReLU(inplace=inplace)
+        net[1] = nn.ELU(inplace=inplace)
         with torch.no_grad():
             net[0].bias[:8] = -10.0  # half the units off on every sample
         with recorded_activations(net) as activations:
