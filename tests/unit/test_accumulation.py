@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 import torch
@@ -121,6 +122,15 @@ def test_saved_activations_by_hand_and_one_over_steps():
     assert result.metrics["saved_bytes.micro_batch"] == 8 * FLOATS_SAVED_PER_SAMPLE * 4
     assert result.metrics["saved_bytes_ratio"] == 0.25
     assert result.metrics["effective_batch"] == 32
+
+
+def test_times_per_step_fit_in_the_run():
+    start = time.perf_counter()
+    result = run()
+    elapsed = time.perf_counter() - start
+
+    for way in ("full", "accumulated"):
+        assert 0 < result.metrics[f"seconds_per_step.{way}"] < elapsed / 3
 
 
 def test_effective_batch_sets_the_micro_batch():

@@ -203,8 +203,8 @@ class Accumulation(Experiment):
         start = now(device)
         way.optimizer.zero_grad()
         total, (x, y), size = 0.0, batch, len(batch[0])
-        for start in range(0, size, self.micro_batch):  # a pass's last batch may be shorter
-            rows = slice(start, start + self.micro_batch)
+        for first in range(0, size, self.micro_batch):  # a pass's last batch may be shorter
+            rows = slice(first, first + self.micro_batch)
             for dropout, mask in zip(way.dropouts, masks, strict=True):
                 dropout.mask = mask[rows]
             loss = self.workload.loss_of(way.model(x[rows]), None if y is None else y[rows])
