@@ -316,7 +316,7 @@ class Checkpointing(Experiment):
                 strict=True):
             values = [metrics[f"{key}.{way}"] / MIB for way in ways]
             bars = memory_ax.bar(positions + offset, values, 0.4, label=label)
-            memory_ax.bar_label(bars, [f"{v:.1f}" for v in values], padding=2)
+            memory_ax.bar_label(bars, [f"{v:.3g}" for v in values], padding=2)
         memory_ax.set_xticks(positions, ways)
         memory_ax.set(title=f"Memory (peak saving {metrics['memory_saving']:.0%})",
                       ylabel="MiB")
