@@ -143,8 +143,8 @@ class Activation:
 
     @classmethod
     def of(cls, function: Callable, args: tuple, kwargs: dict) -> Activation:
-        """The call `function(z, *args[1:], **kwargs)`, never in place."""
-        kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
+        """The call `function(z, *args[1:], **kwargs)`, never in place nor into `out`."""
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("inplace", "out")}
         return cls(function, tuple(a for a in args[1:] if not isinstance(a, bool)), kwargs)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
