@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of
@@ -166,6 +167,31 @@ def test_a_misspelt_key_names_the_parameters_of_its_experiment(args, cli, store)
             or "basic_gradients; its parameters: a, b, c, x" in err)
     assert "use +experiment" not in err
     assert all_runs(store) == []
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["seeed=3"], "seeed is not a global key (did you mean seed?); the global keys: "),
+    (["plotting.dp=3"], "plotting.dp is not a key of plotting (did you mean dpi?); its keys: "
+                        "dpi, figures"),
+    (["model=mlp", "model.hiden=3"], "model.hiden is not a key of model=mlp; its keys: hidden"),
+    (["model.hidden=3"], "model.hidden: no model is chosen, so the experiment uses its own; "
+                         "choose one first (model=cnn | mlp)"),
+])
+def test_a_misspelt_global_or_component_key_names_the_keys_there_are(args, said, cli, store):
+    code, err = cli("experiment=jacobian", *args)
+
+    assert code != 0
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert all_runs(store) == []
+
+
+def test_a_search_without_its_extra_says_which_to_install(cli):
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper"):
+        pytest.skip("the search extra is installed here")
+    code, err = cli("search=descent_lr_momentum", multirun=True)
+
+    assert code != 0
+    assert "the optuna sweeper is not installed: pip install 'gradkit[search]'" in err
 
 
 def test_a_misspelt_key_in_a_preset_names_the_preset_experiment(cli):

@@ -7,11 +7,12 @@ experiment's real parameters.
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gradkit.core import configs
 
@@ -22,6 +23,10 @@ NOT_CONVERTED = re.compile(r"could not be converted to (\w+)")
 WANTED = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false",
           "String": "a string"}
 UNEXPECTED = re.compile(r"unexpected keyword argument '(\w+)'")
+GLOBAL_MISSPELT = re.compile(r"Could not override '((?!experiment\.|model\.|data\.|loss\.)"
+                             r"\w+(?:\.\w+)*)'\.")
+NO_SWEEPER = re.compile(r"Could not find 'hydra/sweeper/(\w+)'")
+EXTRAS = {"optuna": ("search", "hydra-optuna-sweeper")}  # plugin: (gradkit extra, package)
 
 
 def not_a_parameter(key: str, experiment: str, parameters: list[str]) -> str:
@@ -50,12 +55,35 @@ def explain(error: Exception, overrides: list[str]) -> str:
                   else "a list" if "ListConfig" in str(error.__cause__) else None)
         if wanted:
             return f"{merging[1]}={merging[2]} must be {wanted}"
+    if GLOBAL_MISSPELT.search(str(error)):
+        return _not_global(GLOBAL_MISSPELT.search(str(error))[1])
+    no_sweeper = NO_SWEEPER.search(str(error))
+    if no_sweeper and no_sweeper[1] in EXTRAS:
+        extra, package = EXTRAS[no_sweeper[1]]
+        return (f"the {no_sweeper[1]} sweeper is not installed: pip install 'gradkit[{extra}]' "
+                f"(it brings {package})")
     if isinstance(error, CompactHydraException) and not MISSPELT.search(str(error)):
         return one_line(str(error))
     misspelt = MISSPELT.search(str(error))
     if misspelt:
         return _misspelt(misspelt[1], overrides) or one_line(str(error))
     return f"{type(error).__name__}: {one_line(str(error))} (HYDRA_FULL_ERROR=1 for a traceback)"
+
+
+def _not_global(key: str) -> str:
+    """`seeed is not a global key (did you mean seed?); the global keys: ...`, or for a
+    nested one `plotting.dp is not a key of plotting; its keys: dpi, figures`."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(_compose([]), parent) if parent else _compose([])
+    if not isinstance(node, DictConfig):
+        return f"{key}: {parent} has no keys"
+    keys = [k for k in node if k != "hydra"]
+    close = difflib.get_close_matches(name, keys, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    if parent:
+        return f"{key} is not a key of {parent}{hint}; its keys: {', '.join(keys)}"
+    return (f"{key} is not a global key{hint}; the global keys: {', '.join(keys)} "
+            "(an experiment's parameters are experiment.NAME)")
 
 
 def _misspelt(key: str, overrides: list[str]) -> str | None:
