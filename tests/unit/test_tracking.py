@@ -12,10 +12,13 @@ from gradkit.tracking.store import _steps, flatten, run_name
 @pytest.mark.parametrize(("tree", "expected"), [
     ({}, {}),
     ({"seed": 42, "dtype": "float32"}, {"seed": "42", "dtype": "float32"}),
-    ({"experiment": {"start": [-1.5, 2.5], "lr": 0.001}},
-     {"experiment.start": "[-1.5, 2.5]", "experiment.lr": "0.001"}),
-    ({"a": {"b": {"c": None, "d": [{"e": 1}]}}, "f": True},
-     {"a.b.c": "None", "a.b.d": "[{'e': 1}]", "f": "True"}),
+    ({"experiment": {"start": [-1.5, 2.5], "lr": 0.001}},  # numbers spread for compare views
+     {"experiment.start": "[-1.5, 2.5]", "experiment.start.0": "-1.5",
+      "experiment.start.1": "2.5", "experiment.lr": "0.001"}),
+    ({"a": {"b": {"c": None, "d": [{"e": 1}]}}, "f": True, "g": [True], "h": ["x"],
+      "i": list(range(17))},  # not numbers, or too long: kept whole only
+     {"a.b.c": "None", "a.b.d": "[{'e': 1}]", "f": "True", "g": "[True]", "h": "['x']",
+      "i": str(list(range(17)))}),
 ])
 def test_flatten_dots_nested_keys_and_keeps_lists_as_leaves(tree, expected):
     assert flatten(tree) == expected

@@ -85,15 +85,23 @@ class StoreError(ConfigError):
     """The MLflow store cannot be opened; the message names it and what to do."""
 
 
+MAX_SPREAD = 16  # numeric lists up to this long are also logged an element a key
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested mappings as dotted keys; leaves (lists included) as strings."""
+    """Nested mappings as dotted keys; leaves (lists included) as strings. A short list of
+    numbers is also spread, an element a key (`start.0`, `start.1`), so that MLflow's compare
+    views can plot each."""
     flat: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = str(value)
+            continue
+        flat[name] = str(value)
+        if isinstance(value, list) and 0 < len(value) <= MAX_SPREAD and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            flat.update({f"{name}.{i}": str(v) for i, v in enumerate(value)})
     return flat
 
 
