@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
 from gradkit.core.configs import CONFIG_MODULE
-from gradkit.core.experiment import RunContext
+from gradkit.core.experiment import RunContext, is_timing
 from gradkit.core.names import sqlite_uri
 from gradkit.core.parameters import register_builtins
 from gradkit.tracking.store import Tracker
@@ -108,6 +108,12 @@ def family(store: Path, experiment: str) -> tuple:
     children = [r for r in runs if r is not parent]
     assert all(c.data.tags[PARENT_TAG] == parent.info.run_id for c in children)
     return parent, sorted(children, key=lambda c: int(c.data.tags["job_num"]))
+
+
+def untimed(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics without wall-clock timings (`job_seconds`, `seconds.<method>`, ...): the
+    only ones that differ between two runs of one config."""
+    return {key: value for key, value in metrics.items() if not is_timing(key)}
 
 
 def client_for(root: Path) -> MlflowClient:

@@ -6,9 +6,7 @@ import csv
 import importlib.util
 
 import pytest
-from conftest import EXPERIMENTS, client_for, runs_of
-
-from gradkit.core.experiment import is_timing
+from conftest import EXPERIMENTS, client_for, runs_of, untimed
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
@@ -23,11 +21,6 @@ COMMON_METRICS = {"objective"}
 
 
 TAGS = {"checks", "git_commit", "version.torch", "seed", "device", "dtype", "overrides"}
-
-
-def untimed(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics without wall-clock timings (`gradient_seconds`, `seconds.<method>`, ...)."""
-    return {key: value for key, value in metrics.items() if not is_timing(key)}
 
 
 def artifact_paths(store, run_id: str, path: str | None = None) -> set[str]:

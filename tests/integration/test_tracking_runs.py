@@ -53,6 +53,8 @@ def test_runs_are_findable_in_mlflow_and_say_where_they_landed(cli, store, tmp_p
     assert tags["mlflow.source.name"] == "gradkit run"
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.source.git.commit"] == tags["git_commit"]
+    duration = (run.info.end_time - run.info.start_time) / 1000
+    assert 0 < run.data.metrics["job_seconds"] <= duration  # the experiment's own time
     [job_log] = (tmp_path / "run").glob("*.log")
     last = job_log.read_text().strip().splitlines()[-1]
     page = f"#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}"

@@ -19,6 +19,7 @@ from gradkit.core.parameters import builtin_experiments
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import build_context, read_settings
 from gradkit.core.validation import ConfigError
+from gradkit.lib import timing
 from gradkit.sweeps import callback as sweeps
 from gradkit.sweeps import closing
 from gradkit.tracking.store import StoreError, Tracker, flatten, run_name, write_result
@@ -105,7 +106,9 @@ def _job(cfg: DictConfig) -> closing.Job:
             try:
                 try:
                     log.info("%s: running %s", option, name)
+                    started = timing.now(ctx.device)
                     result = experiment.run(ctx)
+                    result.metrics["job_seconds"] = timing.now(ctx.device) - started
                     pngs = write_result(result, output_dir, dpi=settings.dpi,
                                         figures=settings.figures)
                     log.info("%s: objective=%.6g checks=%s", option, result.objective,
