@@ -67,7 +67,7 @@ def test_a_job_run_closes_with_its_figure_after_the_next_job_computed(cli, store
         assert earlier.info.end_time <= later.info.start_time
     client = client_for(store)
     for num, child in enumerate(children):
-        job_dir = tmp_path / "sweep" / str(num)
+        job_dir = tmp_path / "sweep" / f"{num}-gradient_descent"  # named after its experiment
         logged = client.download_artifacts(child.info.run_id, "figures/descent.png",
                                            str(tmp_path / "download" / str(num)))
         assert Path(logged).read_bytes() == (job_dir / "figures" / "descent.png").read_bytes()
@@ -82,7 +82,7 @@ def test_a_figure_that_cannot_be_written_fails_its_job_not_the_sweep(cli, store,
 
     def unwritable_for_job_1(self, ctx):  # a title matplotlib cannot parse, found when drawn
         result = run(self, ctx)
-        if ctx.output_dir.name == "1":
+        if ctx.output_dir.name == "1-gradient_descent":
             result.figures["descent"].suptitle(r"$\frac{$")
         return result
 
@@ -92,7 +92,7 @@ def test_a_figure_that_cannot_be_written_fails_its_job_not_the_sweep(cli, store,
 
     assert code == 1
     assert err.strip().splitlines()[-1].startswith("gradkit: run ")
-    figure = f"{store.parent / 'sweep' / '1' / 'figures'}/descent.png"
+    figure = f"{store.parent / 'sweep' / '1-gradient_descent' / 'figures'}/descent.png"
     last = err.strip().splitlines()[-1]
     assert f"could not be closed: figure {figure} could not be written: ValueError: " in last
     parent, children = family(store, "gradient_descent")
