@@ -145,7 +145,9 @@ def gradkit(monkeypatch, capsys):
             code = 0
         except SystemExit as exit_:
             code = exit_.code or 0
-        return code, capsys.readouterr().err
+        captured = capsys.readouterr()
+        run.out = captured.out  # what the command printed on stdout, for the tests that read it
+        return code, captured.err
 
     return run
 

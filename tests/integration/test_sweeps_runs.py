@@ -219,3 +219,22 @@ def test_a_sweep_without_jobs_is_refused_before_any_work(cli, store):
     assert code == 1
     assert err.strip() == "gradkit: the sweep has no jobs: experiment.x=range(0) sweeps no values"
     assert runs_of(store, "basic_gradients") == []
+
+
+def test_a_sweep_ends_with_a_line_per_job_and_where_to_look(cli, gradkit, store, tmp_path):
+    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=30",
+                    "experiment.learning_rate=1e-4,2e-3,0.5", multirun=True)
+
+    assert code == 0, err
+    parent, children = family(store, "gradient_descent")
+    summary = gradkit.out[gradkit.out.index("3 jobs:"):].splitlines()
+    for line, child in zip(summary[1:4], children, strict=True):
+        objective = child.data.metrics["objective"]
+        assert line.split()[:2] == [f"#{child.data.tags['job_num']}", "gradient_descent"]
+        assert f"COMPLETED  objective={objective:.6g}  checks=passed" in line
+    assert parent.info.run_id in summary[4]
+    assert summary[5].endswith(str(tmp_path / "sweep/report/gradient_descent/comparison.png"))
+    best = min(children, key=lambda c: c.data.metrics["objective"])
+    assert summary[6].startswith("  best job (lowest objective): #1 max_iterations=30 "
+                                 "learning_rate=0.002")
+    assert summary[6].endswith(f"run {best.info.run_id}")

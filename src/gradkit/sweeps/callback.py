@@ -28,7 +28,8 @@ from gradkit.core.validation import ConfigError
 from gradkit.sweeps import closing, submitit_compat
 from gradkit.sweeps.plan import plan_jobs, swept_experiments
 from gradkit.sweeps.report import COMPLETED, report_sweep
-from gradkit.tracking.store import Tracker, run_name
+from gradkit.sweeps.summary import summary_lines
+from gradkit.tracking.store import Tracker, run_name, store_reason
 
 log = logging.getLogger("gradkit")
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -76,6 +77,20 @@ class SweepJob:
 
 
 _open_sweeps: list[SweepTracker] = []  # sweeps this process started and has not yet ended
+
+
+def print_summary(sweep: dict[str, Any]) -> None:
+    """The sweep's summary on stdout: a line per job, then where to look (nothing if the
+    store cannot be read any more)."""
+    records = [json.loads(path.read_text())
+               for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
+    try:
+        lines = summary_lines(sweep["tracker"], sweep["id"], records, sweep["parents"],
+                              sweep["dir"])
+    except Exception as error:  # the runs are logged; only the summary is lost
+        log.warning("no summary: the store could not be read (%s)", store_reason(error))
+        return
+    print("\n".join(lines), flush=True)
 
 
 def runs_here() -> bool:
@@ -165,8 +180,11 @@ class SweepTracker(Callback):
         job_file.write_text(json.dumps(record))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = self._sweep
         for line in self.end(interrupted=False):
             log.info(line)
+        if sweep is not None:
+            print_summary(sweep)
 
     def end(self, interrupted: bool) -> list[str]:
         """Report and end the parents once; one line about each, and, when interrupted, one
