@@ -91,10 +91,9 @@ class Pass:
 
 @contextmanager
 def same_randomness(device: torch.device) -> Iterator[None]:
-    """The block under a fixed random state (so that a chain's dropout drops the same units in
-    every pass), the caller's state restored afterwards."""
+    """The random state restored after the block, so that each pass starts from the same one
+    (a chain's dropout drops the same units in every pass)."""
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-        torch.manual_seed(0)
         yield
 
 
