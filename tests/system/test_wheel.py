@@ -125,6 +125,22 @@ def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, projec
     assert "identical" in replayed.stdout
 
 
+def test_a_user_projects_model_and_data_run_from_its_folder_without_pythonpath(
+        gradkit, project, env):
+    bare = {key: value for key, value in env.items() if key != "PYTHONPATH"}
+    listed = run(gradkit, "list", "--config-dir", "conf", cwd=project, env=bare).stdout
+    assert "model=small_convnet" in listed and "data=stripes" in listed
+
+    run(gradkit, "run", "--config-dir", "conf", "experiment=gradient_flow",
+        "model=small_convnet", "data=stripes", "tracking.root=own_model_store", cwd=project,
+        env=bare)
+
+    client = MlflowClient(f"sqlite:///{project / 'own_model_store' / 'mlflow.db'}")
+    [made] = client.search_runs([client.get_experiment_by_name("gradient_flow").experiment_id])
+    assert made.info.status == "FINISHED"
+    assert (made.data.tags["model"], made.data.tags["data"]) == ("small_convnet", "stripes")
+
+
 def test_the_command_names_its_subcommands(gradkit, project, env):
     assert "reproduce" in run(gradkit, "--help", cwd=project, env=env).stdout
     wrong = run(gradkit, "runn", cwd=project, env=env, check=False)

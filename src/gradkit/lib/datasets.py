@@ -86,7 +86,7 @@ class Data:
         order = (torch.randperm(count, generator=generator) if generator is not None
                  else torch.arange(count))
         for start in range(0, count, batch_size):
-            yield self.placed(part.items(order[start:start + batch_size]))
+            yield self.items(part, order[start:start + batch_size])
 
     def cycled(self, split: str, batch_size: int, steps: int,
                generator: torch.Generator | None = None) -> Iterator[Batch]:
@@ -113,12 +113,22 @@ class Data:
         part = self.parts[split]
         if is_map_style(part.source):
             count = len(part) if limit is None else min(limit, len(part))
-            return self.placed(part.items(torch.arange(count)))
+            return self.items(part, torch.arange(count))
         collected = list(itertools.islice(self.batches(split, 0), None))
         inputs = torch.cat([x for x, _ in collected])[:limit]
         targets = (None if collected[0][1] is None
                    else torch.cat([y for _, y in collected])[:limit])
         return inputs, targets
+
+    def items(self, part: Part, positions: torch.Tensor) -> Batch:
+        """The batch of `part`'s items at `positions`, placed; items that cannot be read or
+        stacked into a batch raised as a ConfigError naming the data."""
+        try:
+            batch = part.items(positions)
+        except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as error:
+            raise ConfigError(f"data={self.name}: its items do not make a batch: "
+                              f"{type(error).__name__}: {str(error).strip()}") from None
+        return self.placed(batch)
 
     def placed(self, batch: Batch) -> Batch:
         """`batch` on the run's device, floating tensors in the run's dtype."""
@@ -132,7 +142,7 @@ class Data:
         if is_map_style(part.source):
             if len(part) == 0:
                 raise ConfigError(f"data={self.name}: the train split is empty")
-            return self.placed(part.items(torch.arange(min(2, len(part)))))
+            return self.items(part, torch.arange(min(2, len(part))))
         batch = next(iter(self.batches("train", 0)), None)
         if batch is None:
             raise ConfigError(f"data={self.name}: the train split is empty")
