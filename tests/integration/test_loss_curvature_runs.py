@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import client_for, runs_of
 
 
@@ -13,11 +14,13 @@ def test_cli_run_logs_curvature(cli, store):
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     assert metrics["parameters"] == 49.0
-    assert {"top_eigenvalue.0", "top_eigenvalue.1", "top_eigenvalue.2", "trace_estimate",
-            "stability_limit", "check.top_eigenvalues.error", "check.trace.error",
+    assert {"top_eigenvalue.0", "top_eigenvalue.1", "top_eigenvalue.2", "bottom_eigenvalue.0",
+            "lambda_min", "trace_estimate", "stability_limit", "check.top_eigenvalues.error",
+            "check.bottom_eigenvalues.error", "check.trace.error",
             "check.trace_probes.error"} <= set(metrics)
     assert run.data.tags["checks"] == "passed"
-    for check in ("top_eigenvalues", "trace", "trace_probes"):  # logged beside each error
+    checks = ("top_eigenvalues", "bottom_eigenvalues", "trace", "trace_probes")
+    for check in checks:  # logged beside each error
         assert 0 <= metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
     assert metrics["check.top_eigenvalues.tolerance"] == 1e-6
     assert run.data.tags["exact_comparison"] == "done"
@@ -32,6 +35,43 @@ def test_cli_top_k_above_the_parameter_count_fails_before_any_run(cli, store):
     assert "experiment.top_k" in err and "7 parameters" in err
     assert "Traceback" not in err
     assert runs_of(store, "loss_curvature") == []
+
+
+@pytest.mark.parametrize("value", ["-1", "abc"])
+def test_cli_bad_batches_is_refused_in_one_line(cli, store, value):
+    code, err = cli("experiment=loss_curvature", f"experiment.batches={value}")
+
+    assert code != 0
+    [line] = [line for line in err.splitlines() if line.startswith("gradkit:")]
+    shown = "'abc'" if value == "abc" else value
+    assert line == f"gradkit: experiment.batches={shown} must be all or a number of batches >= 1"
+    assert "Traceback" not in err
+    assert runs_of(store, "loss_curvature") == []
+
+
+def test_cli_density_probes_zero_is_refused(cli, store):
+    code, err = cli("experiment=loss_curvature", "experiment.density_probes=0")
+
+    assert code != 0
+    assert "experiment.density_probes=0 must be >= 1" in err and "Traceback" not in err
+    assert runs_of(store, "loss_curvature") == []
+
+
+def test_cli_hessian_over_three_batches_of_a_chosen_dataset_with_its_density(cli, store):
+    code, err = cli("experiment=loss_curvature", "data=synthetic_regression",
+                    "experiment.hidden=[4]", "experiment.batch_size=20", "experiment.batches=3",
+                    "experiment.density=true", "experiment.hutchinson_samples=200")
+
+    assert code == 0, err
+    [run] = runs_of(store, "loss_curvature")
+    metrics = run.data.metrics
+    assert (metrics["items"], metrics["batches"]) == (60.0, 3.0)
+    assert metrics["parameters"] == 4 * 11 + 5  # the own MLP sized to 10 inputs
+    assert run.data.tags["checks"] == "passed"
+    for check in ("top_eigenvalues", "bottom_eigenvalues", "density_mass", "density_probes",
+                  "density_mean"):
+        assert 0 <= metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
+    assert run.data.tags["data"] == "synthetic_regression"
 
 
 def test_preset_first_jobs_run_as_a_smoke_sweep(cli, store):

@@ -1,9 +1,11 @@
 """What a Hessian says: definiteness, the kind of a stationary point, and its spectrum and
-trace from Hessian-vector products alone (Lanczos, Hutchinson)."""
+trace from Hessian-vector products alone (Lanczos, Hutchinson, stochastic Lanczos
+quadrature)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -72,18 +74,17 @@ def local_gradient_scale(hessian: torch.Tensor, point: torch.Tensor) -> float:
     return (torch.linalg.matrix_norm(hessian, 2) * (point.norm() + 1)).item()
 
 
-def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
-            iterations: int) -> list[torch.Tensor]:
-    """Ritz values (ascending) of a symmetric operator after each Lanczos step.
+def lanczos_tridiagonals(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+                         iterations: int) -> Iterator[torch.Tensor]:
+    """The Lanczos tridiagonal matrix T_k of a symmetric operator after each step k.
 
     Only products with the operator are needed (a Hessian-vector product for a Hessian).
     Full reorthogonalisation keeps the basis orthogonal in floating point; the run stops early
-    when the Krylov space is invariant (then its Ritz values are exact eigenvalues).
+    when the Krylov space is invariant (then T's eigenvalues are exact eigenvalues).
     """
     basis = [start / start.norm()]
     alphas: list[torch.Tensor] = []
     betas: list[torch.Tensor] = []
-    history = []
     for _ in range(min(iterations, start.numel())):
         w = matvec(basis[-1])
         alphas.append(torch.dot(w, basis[-1]))
@@ -93,13 +94,52 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
         tridiagonal = (torch.diag(torch.stack(alphas))
                        + torch.diag(torch.stack(betas), 1) + torch.diag(torch.stack(betas), -1)
                        if betas else torch.stack(alphas).reshape(1, 1))
-        history.append(torch.linalg.eigvalsh(tridiagonal))
+        yield tridiagonal
         beta = w.norm()
-        if beta <= 1e-12 * history[-1].abs().max():
+        if beta <= 1e-12 * torch.linalg.matrix_norm(tridiagonal, 2):
             break
         betas.append(beta)
         basis.append(w / beta)
-    return history
+
+
+def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+            iterations: int) -> list[torch.Tensor]:
+    """Ritz values (ascending) of a symmetric operator after each Lanczos step: the top ones
+    converge to its largest eigenvalues, the bottom ones to its smallest."""
+    return [torch.linalg.eigvalsh(t) for t in lanczos_tridiagonals(matvec, start, iterations)]
+
+
+def quadrature(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
+               iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss quadrature of the spectral measure of `start` (one probe of stochastic Lanczos
+    quadrature): nodes θ, the eigenvalues of the last Lanczos T, and weights w, the squares of
+    its eigenvectors' first entries, so that Σ w f(θ) = uᵀ f(A) u for u = start / ‖start‖,
+    exactly for polynomials f of degree < 2 x steps (the weights sum to 1)."""
+    *_, last = lanczos_tridiagonals(matvec, start, iterations)
+    nodes, vectors = torch.linalg.eigh(last)
+    return nodes, vectors[0] ** 2
+
+
+def gaussian_density(nodes: Sequence[torch.Tensor], weights: Sequence[torch.Tensor],
+                     grid: torch.Tensor, width: float) -> torch.Tensor:
+    """The spectral density estimate of stochastic Lanczos quadrature on `grid`: the mean over
+    probes of Σ w N(λ; θ, width²), one Gaussian of standard deviation `width` per node (as
+    PyHessian's density). It integrates to 1 over a grid that holds the nodes' Gaussians."""
+    theta, w = torch.cat(list(nodes)), torch.cat(list(weights)) / len(nodes)
+    gaussians = torch.exp(-0.5 * ((grid[:, None] - theta) / width) ** 2)
+    return gaussians @ w / (width * math.sqrt(2 * math.pi))
+
+
+def mean_operator(products: Sequence[tuple[Callable[[torch.Tensor], torch.Tensor], int]]
+                  ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v -> Σ_b (n_b / N) H_b v from (v -> H_b v, n_b) per batch, H_b the Hessian of batch b's
+    mean loss over its n_b items: the Hessian of the mean loss over all N items."""
+    total = sum(size for _, size in products)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        return sum(size / total * product(v) for product, size in products)
+
+    return apply
 
 
 def rademacher(samples: int, size: int, generator: torch.Generator,
