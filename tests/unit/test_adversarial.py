@@ -154,6 +154,17 @@ def test_pgd_is_at_least_as_strong_as_fgsm_and_apgd_as_pgd_on_the_trained_model(
     assert accuracy("apgd", 0.2, steps=100) <= accuracy("pgd", 0.2)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_apgd_returns_a_fooling_point_wherever_one_was_found(norm, trained):
+    """Fooled at some iterate (not robust): a fooling point; robust: the point of highest loss
+    (not the start, which `best_adversarial` holds there)."""
+    model, (x, y) = trained
+    run = apgd(model, x, y, 0.3 if norm == "l2" else 0.04, 10, norm, seeded(0))
+    wrong = model(run.adversarial).argmax(1) != y
+    assert torch.equal(wrong, ~run.robust)
+    assert torch.equal(run.adversarial[run.robust], run.best[run.robust])
+
+
 def test_one_pgd_l2_step_without_start_is_the_normalised_gradient_step():
     model = image_classifier("cnn", generator=seeded(5))
     x, y = images(32)
@@ -231,6 +242,37 @@ def test_apgd_halves_step_sizes_at_checkpoints_with_momentum_after_the_first_ste
     halvings = [sum(at < step for at in apgd_checkpoints(100)) for step in range(1, 101)]
     assert [sizes for sizes, _ in calls] == [[pytest.approx(0.2 / 2**h)] for h in halvings]
     assert [momentum for _, momentum in calls] == [1.0] + [0.75] * 99
+
+
+def test_apgd_restarts_a_reduced_example_from_its_best_point(monkeypatch):
+    """Every example reduced at the first checkpoint: the next step starts from the point of
+    highest loss so far (the first of equals), not from the last iterate."""
+    points, losses, currents = [], [], []
+    real_step, real_losses = adversarial.apgd_step, adversarial.example_losses
+
+    def step(x, current, *args):
+        currents.append(current.clone())
+        return real_step(x, current, *args)
+
+    def scored(model, point, y, targeted):
+        found = real_losses(model, point, y, targeted)
+        points.append(point.clone())
+        losses.append(found[0])
+        return found
+
+    monkeypatch.setattr(adversarial, "apgd_step", step)
+    monkeypatch.setattr(adversarial, "example_losses", scored)
+    monkeypatch.setattr(adversarial, "oscillating",
+                        lambda history, i, window: torch.ones(history.shape[1], dtype=torch.bool))
+    model = image_classifier("mlp", generator=seeded(6))
+    x, y = images()
+    apgd(model, x, y, 0.1, 100, generator=seeded(7))
+
+    first = apgd_checkpoints(100)[0]  # points[0] is the start, points[first] the last iterate
+    best = torch.stack(losses[:first + 1]).argmax(dim=0)
+    expected = torch.stack([points[b][n] for n, b in enumerate(best.tolist())])
+    assert torch.equal(currents[first], expected)
+    assert not torch.equal(currents[first], points[first])
 
 
 def test_one_apgd_step_is_a_projected_sign_step_of_twice_epsilon():
@@ -429,6 +471,21 @@ def test_another_model_is_trained_and_attacked(ctx):
     assert result.summary["model"] == "mlp" and own.summary["model"] == "own"
     assert result.summary["parameters"] == 64 * 64 + 64 + 64 * 10 + 10
     assert result.metrics["clean_accuracy"] != own.metrics["clean_accuracy"]
+
+
+def test_another_init_of_the_same_architecture_trains_its_own_weights(ctx, tmp_path):
+    """Same repr, another config: the cache key tells them apart."""
+    ctx = dataclasses.replace(ctx, cache_dir=tmp_path / "cache")
+    entries = []
+    for init in ("xavier_normal", "kaiming_normal", "xavier_normal"):
+        mlp = Choice("model", "mlp", {"_target_": "gradkit.lib.models.mlp_for", "hidden": [64],
+                                      "init": init})
+        chosen = dataclasses.replace(ctx, components=Components(model=mlp))
+        result = prepared(chosen, **FAST, attack="fgsm").run(chosen)
+        entries.append((result.summary["cache"], result.summary["cache_entry"]))
+
+    assert [status for status, _ in entries] == ["miss", "miss", "hit"]
+    assert entries[0][1] == entries[2][1] != entries[1][1]
 
 
 @pytest.mark.parametrize(("change", "key"), [

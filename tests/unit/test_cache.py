@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.data import TensorDataset
 
 from gradkit.core.components import Choice, Components
 from gradkit.core.experiment import RunContext
-from gradkit.lib import cache
+from gradkit.lib import cache, models
 from gradkit.lib.cache import cached, entry_key
 from gradkit.lib.data import digits
 from gradkit.lib.models import conv_net
@@ -203,6 +204,25 @@ def test_another_model_or_data_never_reads_anothers_weights(tmp_path):
     assert repr(runs[0][0]) == repr(runs[1][0])  # the repr alone would not tell them apart
     first, kaiming_model = runs[0][0].state_dict(), runs[1][0].state_dict()
     assert any(not torch.equal(t, kaiming_model[n]) for n, t in first.items())
+
+
+def test_a_changed_architecture_under_the_same_config_trains_afresh(tmp_path, monkeypatch):
+    """The model's repr is in the key: a model whose code changed (one more layer) under an
+    unchanged config never reads the old weights."""
+    ctx = context(tmp_path, model=MLP)
+    _, before = trained(ctx)
+    original = models.mlp_for
+
+    def deeper_mlp(input_shape, outputs, hidden=(64,)):
+        return nn.Sequential(original(input_shape, outputs, hidden), nn.Identity())
+
+    monkeypatch.setattr(models, "mlp_for", deeper_mlp)
+
+    deeper, after = trained(ctx)
+
+    assert isinstance(deeper[-1], nn.Identity)
+    assert (before.status, after.status) == ("miss", "miss")
+    assert before.key != after.key
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
