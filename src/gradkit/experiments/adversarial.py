@@ -1,10 +1,10 @@
-"""Section 7.2: FGSM, PGD (L-infinity and L2) and APGD attacks on a trained classifier, over
-its whole test split, batch by batch.
+"""Section 7.2: FGSM, PGD (L-infinity and L2) and APGD attacks on a trained classifier.
 
-The classifier (the digits CNN by default, or any `model=` on any classification `data=`) is
-trained once per training setting and kept in the weight cache, so an epsilon sweep attacks
-the same model in every job. Random starts and random targets draw from their own seed
-(`attack_seed`), apart from the data split and the model, so they vary without retraining.
+The whole test split is attacked, batch by batch. The classifier (the digits CNN by default,
+or any `model=` on any classification `data=`) is trained once per training setting and kept
+in the weight cache, so an epsilon sweep attacks the same model in every job. Random starts
+and random targets draw from their own seed (`attack_seed`), apart from the data split and the
+model, so they vary without retraining.
 """
 
 from __future__ import annotations
