@@ -129,6 +129,13 @@ def test_ball_excess_sees_a_point_outside_the_ball_or_the_box():
     assert ball_excess(x, x - 0.5, 1.0, "linf", (0.0, 1.0)) > 0  # below the box
 
 
+def test_default_training_reaches_95_percent_on_the_test_split(trained):
+    model, (x, y) = trained
+    with torch.no_grad():
+        assert (model(x).argmax(1) == y).float().mean() >= 0.95
+    assert len(y) == 360
+
+
 @pytest.mark.parametrize("attack", ATTACKS)
 def test_every_attack_raises_the_loss_and_lowers_the_accuracy(attack, trained):
     model, (x, y) = trained
