@@ -45,16 +45,6 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=lr)
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled mini-batches without end: a fresh permutation (drawn on the CPU) each pass."""
-    while True:
-        order = torch.randperm(len(x), generator=generator).to(x.device)
-        for start in range(0, len(x), batch_size):
-            chosen = order[start:start + batch_size]
-            yield x[chosen], y[chosen]
-
-
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
                 loader: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
                 loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> list[float]:
