@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -19,6 +20,7 @@ from gradkit.core.validation import ConfigError
 from gradkit.lib.data import digits_dataset, synthetic_classification, synthetic_regression
 from gradkit.lib.datasets import SPLITS, Data, Part, as_batch, split_by_seed
 from gradkit.lib.models import conv_net, mlp_for
+from gradkit.lib.training import evaluate_batches
 
 
 def own_data():
@@ -316,3 +318,14 @@ def test_the_built_in_models_fit_the_data_they_are_sized_to():
         conv_net((1, 6, 8), 2)
     with pytest.raises(ConfigError, match="takes \\(channels, height, width\\) inputs"):
         conv_net((10,), 2)
+
+
+def test_evaluation_of_batches_without_targets_has_a_loss_and_no_accuracy():
+    model = nn.Linear(3, 2)
+    batches = [(torch.ones(4, 3), None), (torch.zeros(2, 3), None)]
+
+    loss, accuracy = evaluate_batches(model, batches, lambda out, y: out.pow(2).mean())
+
+    expected = (4 * model(torch.ones(1, 3)).pow(2).mean() + 2 * model(torch.zeros(1, 3)).pow(
+        2).mean()).item() / 6
+    assert loss == pytest.approx(expected) and math.isnan(accuracy)

@@ -73,14 +73,15 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def evaluate_batches(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      loss_fn: Callable[..., torch.Tensor]) -> tuple[float, float]:
     """Mean `loss_fn` over the items of `loader` (weighted by batch size) and accuracy (NaN
-    unless the targets are class labels of 2-D logits)."""
+    unless the targets are class labels of 2-D logits; batches without targets have none)."""
     model.eval()
     total = correct = count = 0.0
     labelled = True
     for x, y in loader:
         output = model(x)
         total += loss_fn(output, y).item() * len(x)
-        labelled = labelled and output.dim() == 2 and not y.is_floating_point()
+        labelled = (labelled and y is not None and output.dim() == 2
+                    and not y.is_floating_point())
         if labelled:
             correct += (output.argmax(dim=1) == y).sum().item()
         count += len(x)
