@@ -112,7 +112,7 @@ class LossCurvature(Experiment):
               "the trace / n as its mean")
 
     def __init__(self, hidden: list[int] = (16, 16), activation: str = "tanh",
-                 batch_size: int = 64, batches: int | str = "all", iterations: int = 40,
+                 batch_size: int = 64, batches: int | str = 1, iterations: int = 40,
                  hutchinson_samples: int = 10000, top_k: int = 3, bottom_k: int = 3,
                  density: bool = False, density_probes: int = 10):
         self.hidden = check_widths("experiment.hidden", hidden)
