@@ -125,6 +125,9 @@ def test_from_config_reads_choices_split_and_refuses_keys_without_a_target():
     cfg.split.test = 0.9
     with pytest.raises(ConfigError, match=r"split.validation=0.1 \+ split.test=0.9"):
         Components.from_config(cfg, {})
+    cfg.split.test = 0.0
+    with pytest.raises(ConfigError, match=r"split.test=0.0 must be > 0"):
+        Components.from_config(cfg, {})
     cfg.split.test = 0.2
     cfg.data = {"_target_": None, "size": 3}
     with pytest.raises(ConfigError, match=r"data sets size but no data\._target_"):

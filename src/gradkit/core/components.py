@@ -93,9 +93,9 @@ class Components:
             name = choices.get(key) or (config["_target_"] if config else OWN)
             chosen[key] = Choice(key, name, config)
         split = cfg.get("split") or {}
-        validation = number("split.validation", split.get("validation", 0.2), minimum=0.0,
-                            maximum=0.9)
-        test = number("split.test", split.get("test", 0.2), minimum=0.0, maximum=0.9)
+        validation = number("split.validation", split.get("validation", 0.2), positive=True,
+                            maximum=0.9)  # every chosen dataset has all three splits
+        test = number("split.test", split.get("test", 0.2), positive=True, maximum=0.9)
         if validation + test >= 1:
             raise ConfigError(f"split.validation={validation} + split.test={test} must "
                               "leave a train split (sum < 1)")
