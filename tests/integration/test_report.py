@@ -249,3 +249,15 @@ def test_an_output_that_cannot_be_a_folder_is_one_line(store, tmp_path, capsys):
     assert code == 1
     assert err.strip() == (f"gradkit: output={blocker / 'report'}: the report cannot be written "
                            "there (Not a directory); choose a writable folder")
+
+
+def test_a_runs_model_and_data_are_named_in_the_report(cli, store, tmp_path, capsys):
+    code, err = cli("experiment=gradient_flow", "model=mlp", "data=synthetic_regression")
+    assert code == 0, err
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={tmp_path / 'r'}",
+                               "experiments=[gradient_flow]")
+
+    assert code == 0, err
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    assert ", on model=mlp, data=synthetic_regression:" in markdown
