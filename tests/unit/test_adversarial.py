@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
 from gradkit.core.components import Choice, Components
@@ -64,6 +65,14 @@ def attacked(attack: str, model, x, y, epsilon, box=(0.0, 1.0), targeted=False, 
     *_, final = walk(model, x, y, epsilon, 2.5 * epsilon / steps, steps, True, seeded(4), box,
                      targeted)
     return final
+
+
+@pytest.fixture(autouse=True)
+def _no_drawing(monkeypatch):
+    """Blank figures: these tests read checks and metrics (test_pngs draws the real ones), and
+    drawing was half of each run's time."""
+    monkeypatch.setattr(Adversarial, "plot_examples", lambda self, *args: Figure())
+    monkeypatch.setattr(Adversarial, "plot_confusion", lambda self, *args: Figure())
 
 
 def prepared(ctx, **parameters) -> Adversarial:

@@ -40,6 +40,13 @@ def himmelblau_hessian_eigenvalues(x, y):
     return torch.linalg.eigvalsh(h).tolist()
 
 
+@pytest.fixture(autouse=True)
+def _no_drawing(monkeypatch):
+    """A blank figure: these tests read critical points and checks (test_pngs draws the real
+    nine panels, a third of each run's time)."""
+    monkeypatch.setattr(Landscape, "plot", lambda self, *args, **kwargs: Figure())
+
+
 @pytest.fixture(scope="module")
 def himmelblau(tmp_path_factory):
     ctx = RunContext(torch.device("cpu"), torch.float32, torch.Generator(),
