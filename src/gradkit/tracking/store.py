@@ -105,6 +105,64 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+INCIDENTAL = ("tracking.", "plotting.")  # config keys that change no result: in config.yaml only
+WIDTHS = "hidden"  # a list of layer widths, also logged as its depth and largest width
+TARGET_TAG = "experiment_target"  # the experiment's class, which reproduce replays
+
+
+def is_incidental(key: str) -> bool:
+    """Whether config key `key` is left out of a run's MLflow params: where it was stored,
+    how it was plotted, and every `_target_` (a class path; the run's tags name the
+    experiment's class and the chosen model, data and loss)."""
+    return key.startswith(INCIDENTAL) or key.rpartition(".")[2] == "_target_"
+
+
+def logged_params(config: Mapping[str, Any]) -> dict[str, str]:
+    """A job's MLflow params: its flattened config without the incidental keys, and each
+    list of widths (`hidden`) also as `<key>.depth` (its length) and `<key>.width` (its
+    largest), so that MLflow's compare views can plot runs by them."""
+    params = {key: value for key, value in flatten(config).items() if not is_incidental(key)}
+    return params | _shapes(config)
+
+
+def _shapes(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """`<key>.depth` and `<key>.width` of every list of integer widths named WIDTHS."""
+    shapes: dict[str, str] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            shapes |= _shapes(value, f"{prefix}{key}.")
+        elif key == WIDTHS and isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value):
+            shapes |= {f"{prefix}{key}.depth": str(len(value)),
+                       f"{prefix}{key}.width": str(max(value, default=0))}
+    return shapes
+
+
+def log10_copies(names: tuple[str, ...], metrics: Mapping[str, float],
+                 params: Mapping[str, str]) -> dict[str, float]:
+    """`log10/<name>` of each of `names` that is a positive finite metric, or else a
+    positive finite `experiment.<name>` param; nothing for a nonpositive or non-finite value
+    (a diverged loss, a loss of exactly 0)."""
+    copies = {}
+    for name in names:
+        value = metrics.get(name, params.get(f"experiment.{name}"))
+        with suppress(TypeError, ValueError):
+            if math.isfinite(value := float(value)) and value > 0:
+                copies[f"log10/{name}"] = math.log10(value)
+    return copies
+
+
+def experiment_tags(cls: type) -> dict[str, str]:
+    """The tags of the MLflow experiment of an experiment class: its purpose as the
+    experiment's description (`mlflow.note.content`), its notebook `section` and what its
+    checks `proves`, as `gradkit list` shows them."""
+    from gradkit.cli.catalog import describe_module  # the docstring reader of `gradkit list`
+
+    section, purpose = describe_module(cls.__module__)
+    return {"mlflow.note.content": purpose, "section": section,
+            "proves": getattr(cls, "proves", "")}
+
+
 # globals that change results
 NAMED_KEYS = ("seed=", "dtype=", "device=", "deterministic=", "split.",
               *(f"{key}{sign}" for key in ("model", "data", "loss") for sign in "=."))
@@ -160,28 +218,35 @@ class Tracker:
         root = Path(tracking.get("root") or DEFAULT_ROOT).expanduser()
         return _local((base / root).resolve(), base)
 
-    def experiment_id(self, name: str) -> str:
-        """The id of MLflow experiment `name`, created on first use (looked up once)."""
+    def experiment_id(self, name: str, tags: Mapping[str, str] | None = None) -> str:
+        """The id of MLflow experiment `name`, created on first use (looked up once), with
+        `tags` (those it lacks set on an experiment that exists)."""
         if name not in self._experiment_ids:
-            self._experiment_ids[name] = self._find_or_create(name)
+            self._experiment_ids[name] = self._find_or_create(name, tags or {})
         return self._experiment_ids[name]
 
-    def _find_or_create(self, name: str) -> str:
+    def _find_or_create(self, name: str, tags: Mapping[str, str]) -> str:
         found = self.client.get_experiment_by_name(name)
-        if found is not None:
-            return found.experiment_id
-        location = (self.artifact_root / file_name(name)).as_uri() if self.artifact_root else None
-        try:
-            return self.client.create_experiment(name, artifact_location=location)
-        except MlflowException as error:  # another process created it meanwhile, or the
-            found = self.client.get_experiment_by_name(name)  # store cannot be written
-            if found is None:
-                raise self.failed(error) from None
-            return found.experiment_id
+        if found is None:
+            location = (self.artifact_root / file_name(name)).as_uri() \
+                if self.artifact_root else None
+            try:
+                return self.client.create_experiment(name, artifact_location=location,
+                                                     tags=tags)
+            except MlflowException as error:  # another process created it meanwhile, or
+                found = self.client.get_experiment_by_name(name)  # the store is unwritable
+                if found is None:
+                    raise self.failed(error) from None
+        for key, value in tags.items():  # a description edited in the UI stays
+            if key not in found.tags:
+                self.client.set_experiment_tag(found.experiment_id, key, value)
+        return found.experiment_id
 
     def start_run(self, experiment: str, name: str, tags: Mapping[str, str],
-                  parent_run_id: str | None = None) -> str:
-        """Create a RUNNING run and return its id."""
+                  parent_run_id: str | None = None,
+                  experiment_tags: Mapping[str, str] | None = None) -> str:
+        """Create a RUNNING run and return its id; `experiment_tags` describe its MLflow
+        experiment (`experiment_tags`)."""
         tags = {USER_TAG: _user(), **SOURCE_TAGS,
                 **{key: str(value)[:MAX_TAG_LENGTH] for key, value in tags.items()}}
         if "git_commit" in tags:  # MLflow's UI shows it in its Version column
@@ -189,8 +254,8 @@ class Tracker:
         if parent_run_id:
             tags[PARENT_TAG] = parent_run_id
         try:
-            run = self.client.create_run(self.experiment_id(experiment), run_name=name,
-                                         tags=tags)
+            run = self.client.create_run(self.experiment_id(experiment, experiment_tags),
+                                         run_name=name, tags=tags)
         except MlflowException as error:
             raise self.failed(error) from None
         if unclosed.pending(self.uri):  # the store answers again: end what was left open
@@ -208,12 +273,18 @@ class Tracker:
     def describe(self, run_id: str, experiment: str) -> str:
         """Where a run landed and how to open it in MLflow's UI, in one line."""
         where = f"run {run_id} in MLflow experiment {experiment}"
-        page = f"/#/experiments/{self.experiment_id(experiment)}/runs/{run_id}{UI_TRAINING_VIEW}"
+        url = self.run_url(run_id, self.experiment_id(experiment))
         if self.artifact_root is None:  # a server: link straight to the run
-            return f"{where}: {self.uri}{page}"
+            return f"{where}: {url}"
         root = self.artifact_root.parent
         store = "" if root == self.base / DEFAULT_ROOT else f" --store {root}"
-        return f"{where}, store {root}: `gradkit ui{store}`, then {UI_ADDRESS}{page}"
+        return f"{where}, store {root}: `gradkit ui{store}`, then {url}"
+
+    def run_url(self, run_id: str, experiment_id: str) -> str:
+        """A run's page in MLflow's UI: on the server, or where `gradkit ui` serves a local
+        store."""
+        address = self.uri if self.artifact_root is None else UI_ADDRESS
+        return f"{address}/#/experiments/{experiment_id}/runs/{run_id}{UI_TRAINING_VIEW}"
 
     def failed(self, error: BaseException) -> StoreError:
         """An MLflow error as one line naming the store."""
@@ -280,10 +351,11 @@ class Tracker:
 
     @contextmanager
     def run(self, experiment: str, name: str, tags: Mapping[str, str],
-            parent_run_id: str | None = None) -> Iterator[str]:
+            parent_run_id: str | None = None,
+            experiment_tags: Mapping[str, str] | None = None) -> Iterator[str]:
         """A run that ends FINISHED, FAILED (with an `error` tag) if the body raises, or KILLED
         if it is interrupted. A failing store becomes a StoreError."""
-        run_id = self.start_run(experiment, name, tags, parent_run_id)
+        run_id = self.start_run(experiment, name, tags, parent_run_id, experiment_tags)
         try:
             yield run_id
         except BaseException as error:
@@ -317,15 +389,16 @@ class Tracker:
         return True
 
     def log_result(self, run_id: str, params: Mapping[str, str], result: Result | None,
-                   max_series_points: int = 0) -> None:
-        """A job's params with its result's metrics, series and tags: one batch for a
-        typical job."""
+                   max_series_points: int = 0, log_scale: tuple[str, ...] = ()) -> None:
+        """A job's params with its result's metrics (and the `log10_copies` of those and the
+        params `log_scale` names), series and tags: one batch for a typical job."""
         metrics: list[Metric] = []
         tags: dict[str, str] = {}
         if result is not None:
             checks = {f"check.{name}.{part}": getattr(c, part)
                       for name, c in result.checks.items() for part in ("error", "tolerance")}
             metrics = [*metric_entries({**result.metrics, **checks,
+                                        **log10_copies(log_scale, result.metrics, params),
                                         "objective": result.objective}),
                        *series_entries(result.series, max_series_points)]
             tags = {**result.tags, "checks": "failed" if result.failed_checks else "passed"}
