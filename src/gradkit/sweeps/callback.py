@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import read_settings
 from gradkit.core.validation import ConfigError
+from gradkit.lib.progress import job_line
 from gradkit.sweeps import closing, submitit_compat
 from gradkit.sweeps.plan import plan_jobs, swept_experiments
 from gradkit.sweeps.report import COMPLETED, report_sweep
@@ -150,6 +152,24 @@ class SweepTracker(Callback):
         state_file = _state_file(sweep_dir)
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps({"sweep_id": sweep_id, "parents": parents}))
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A line as each job of a sweep starts: job k of N and the time left at the pace of
+        the jobs that ended so far (their records), since the sweep's state was written. In
+        joblib's or submitit's workers it runs there, logged to the worker's output."""
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        state_file = _state_file(Path(config.hydra.sweep.dir).resolve())
+        if not state_file.exists():
+            return
+        records = _records_dir(state_file.parents[1], json.loads(state_file.read_text())
+                               ["sweep_id"])
+        jobs = (self._sweep or {}).get("jobs")
+        label = (f"{config.hydra.runtime.choices.experiment} "
+                 f"{run_name(list(config.hydra.overrides.task))}")
+        log.info(job_line(int(config.hydra.job.num) + 1, None if jobs is None else len(jobs),
+                          label, time.time() - state_file.stat().st_mtime,
+                          len(list(records.glob("*.json")))))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
