@@ -17,6 +17,7 @@ from gradkit.core.validation import ConfigError
 from gradkit.experiments import gradient_descent
 from gradkit.experiments.gradient_descent import (
     DIVERGED_OBJECTIVE,
+    OUTCOMES,
     Descent,
     GradientDescent,
     descend,
@@ -460,3 +461,43 @@ def test_wrong_step_sizes_fail_the_trajectory_check(ctx, monkeypatch):
     monkeypatch.setattr(gradient_descent, "descend", long_steps)
 
     assert GradientDescent(max_iterations=20).run(ctx).failed_checks == ["trajectory"]
+
+
+def search_trials(count: int) -> list[dict]:
+    """Rows of an Optuna search's jobs: learning rate and momentum sampled, one of each per
+    trial; a diverged trial scores the penalty objective."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for num in range(count):
+        lr, momentum = 10 ** rng.uniform(-5, np.log10(5e-3)), rng.uniform(0, 0.95)
+        outcome = ("diverged", "converged", "max_iterations")[num % 3]
+        loss = float(rng.uniform(1e-4, 1.0))
+        rows.append({"job": num, "status": "COMPLETED", "outcome": outcome,
+                     "params": {"experiment.learning_rate": str(lr),
+                                "experiment.momentum": str(momentum),
+                                "experiment.function": "rosenbrock"},
+                     "metrics": {"final_loss": loss, "objective": DIVERGED_OBJECTIVE
+                                 if outcome == "diverged" else loss}})
+    return rows
+
+
+def test_a_searchs_figure_scatters_objective_against_lr_coloured_by_the_other_parameter():
+    trials = search_trials(20)
+
+    fig = GradientDescent.sweep_figure(
+        [*trials, {"job": 20, "status": "FAILED", "outcome": "", "params": {}, "metrics": {}}])
+
+    ax, bar = fig.axes
+    assert bar.get_ylabel() == "momentum"
+    drawn = [c for c in ax.collections if len(c.get_offsets()) and c.get_array() is not None]
+    points = sorted(tuple(xy) for c in drawn for xy in c.get_offsets())
+    assert points == sorted((float(t["params"]["experiment.learning_rate"]),
+                             t["metrics"]["objective"]) for t in trials)
+    colours = sorted(v for c in drawn for v in c.get_array())
+    assert colours == pytest.approx(sorted(float(t["params"]["experiment.momentum"])
+                                           for t in trials))
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels == [OUTCOMES["converged"], OUTCOMES["max_iterations"],
+                      "diverged (objective 1e+10)", "best trial (lowest objective)"]
+    assert ax.get_title() == "20 trials, 1 not shown (failed or not run)"
+    plt.close(fig)

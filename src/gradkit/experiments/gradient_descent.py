@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, integer, number, vector
 from gradkit.lib.functions import Objective, objective
-from gradkit.plotting import figure, lean_log_ticks
+from gradkit.plotting import colorbar, figure, lean_log_ticks
 
 GRADIENT_TOLERANCE = 1e-10
 TRAJECTORY_TOLERANCE = 1e-10  # replayed steps vs recorded, relative to the largest step
@@ -309,6 +309,8 @@ class GradientDescent(Experiment):
         varying = sorted(key for key in {k for j in done for k in j["params"]}
                          if key != LEARNING_RATE and not key.startswith(INCIDENTAL)
                          and len({j["params"].get(key) for j in done}) > 1)
+        if (other := searched(done, varying)) is not None:
+            return search_figure(done, other, len(jobs))
         groups: dict[str, list[dict[str, Any]]] = {}
         for job in done:
             label = " ".join(f"{key.removeprefix('experiment.')}={job['params'].get(key)}"
@@ -339,6 +341,52 @@ class GradientDescent(Experiment):
                title=title + (f", {failed} not shown (failed or not run)" if failed else ""))
         ax.legend(fontsize=8)
         return fig
+
+
+def searched(done: list[dict[str, Any]], varying: list[str]) -> str | None:
+    """The other parameter of a search's trials, beside the learning rate: the only one that
+    varies, a number; each trial has its own value of both (as a search samples them) and an
+    objective. None for a grid."""
+    if len(varying) != 1 or not all("objective" in job["metrics"] for job in done):
+        return None
+    try:
+        pairs = [(float(job["params"][LEARNING_RATE]), float(job["params"][varying[0]]))
+                 for job in done]
+    except (KeyError, ValueError):
+        return None
+    distinct = all(len(set(axis)) == len(done) for axis in zip(*pairs, strict=True))
+    return varying[0] if len(done) > 1 and distinct else None
+
+
+def search_figure(done: list[dict[str, Any]], other: str, total: int) -> Figure:
+    """A search's trials: objective against learning rate, coloured by `other` (a colour
+    bar), shaped by outcome, the best trial ringed."""
+    name = other.removeprefix("experiment.")
+    fig, ax = figure(f"Gradient descent search: objective against learning rate, by {name}",
+                     size=(9, 6))
+    lrs = np.array([float(job["params"][LEARNING_RATE]) for job in done])
+    objectives = np.array([job["metrics"]["objective"] for job in done])
+    values = np.array([float(job["params"][other]) for job in done])
+    norm = Normalize(values.min(), values.max())
+    shapes = {"converged": "o", "max_iterations": "s", "diverged": "X"}
+    labels = {**OUTCOMES, "diverged": f"diverged (objective {DIVERGED_OBJECTIVE:g})"}
+    for outcome, marker in shapes.items():
+        mine = np.array([job["outcome"] == outcome for job in done], dtype=bool)
+        points = ax.scatter(lrs[mine], objectives[mine], c=values[mine], norm=norm,
+                            cmap="viridis", marker=marker, s=70, edgecolors="black",
+                            linewidths=0.5, zorder=3)
+        ax.scatter([], [], marker=marker, color="gray", label=labels[outcome])
+    best = int(np.argmin(objectives))
+    ax.scatter(lrs[best], objectives[best], s=300, facecolors="none", edgecolors="tab:red",
+               linewidths=1.5, zorder=4, label="best trial (lowest objective)")
+    colorbar(fig, points, ax, label=name)
+    ax.set(xscale="log", yscale="log", xlabel="learning rate",
+           ylabel="objective (final loss, or its penalty when diverged)")
+    missing = total - len(done)
+    ax.set_title(f"{len(done)} trial{'s' if len(done) != 1 else ''}"
+                 + (f", {missing} not shown (failed or not run)" if missing else ""))
+    ax.legend(fontsize=8)
+    return fig
 
 
 def plot_path(ax, fn: Objective, path: np.ndarray) -> None:
