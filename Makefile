@@ -21,7 +21,7 @@ PYTEST := MLFLOW_DISABLE_TELEMETRY=true $(PY) -m pytest
 
 .DEFAULT_GOAL := help
 .PHONY: help list install run run-one sweep sweep-descent report reproduce test test-fast lint \
-	bench ui server clean clean-store
+	bench docs ui server clean clean-store
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,7 +65,11 @@ test-fast: $(STAMP) ## the unit tests alone, for the edit loop
 	$(PYTEST) -n auto tests/unit
 
 lint: $(STAMP) ## ruff
-	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff check src tests bench examples docs
+
+docs: $(STAMP) ## the docs site into site/, its parameter tables regenerated from the code first
+	$(PY) docs/gen_parameters.py
+	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: $(STAMP) ## every benchmark in bench/, results in bench/results/ (NOTEBOOK=<file>: its ratios)
 	@for script in $(filter-out bench/first_hour.py bench/suite.py,$(wildcard bench/*.py)); do \
@@ -82,8 +86,8 @@ server: $(STAMP) ## MLflow tracking server for tracking=server (bound to 127.0.0
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/server.db \
 		--artifacts-destination $(CURDIR)/mlruns/server-artifacts
 
-clean: ## remove outputs/ and caches (keeps the MLflow store)
-	rm -rf outputs multirun .pytest_cache .ruff_cache bench/results
+clean: ## remove outputs/, site/ and caches (keeps the MLflow store)
+	rm -rf outputs multirun site .pytest_cache .ruff_cache bench/results
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 clean-store: ## remove the MLflow store mlruns/ too
