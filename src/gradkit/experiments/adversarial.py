@@ -27,6 +27,7 @@ from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, boolean, choice, integer, number, vector
 from gradkit.lib.data import digits
 from gradkit.lib.models import conv_net
+from gradkit.lib.progress import track
 from gradkit.lib.training import TrainSpec, single_threaded, trained_classifier
 from gradkit.plotting import figure
 
@@ -516,7 +517,10 @@ class Adversarial(Experiment):
         tally = Tally(self.examples)
         excess = {"epsilon_ball": 0.0, "fgsm_equals_one_step_pgd": 0.0, "iterates_in_ball": 0.0}
         spread = [0.0, 0]  # |start - x| / epsilon summed over free pixels, and their count
-        for x, y in workload.data.batches("test", self.attack_batch_size):
+        size = workload.data.size("test")
+        for x, y in track(workload.data.batches("test", self.attack_batch_size),
+                          None if size is None else math.ceil(size / self.attack_batch_size),
+                          f"adversarial: {self.attack} on the test split", "batches"):
             aims = self.targets(y, workload.classes, draws)
             labels = y if aims is None else aims
             adversarial = self.perturb(model, x, labels, starts, excess, spread)

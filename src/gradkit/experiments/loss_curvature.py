@@ -37,6 +37,7 @@ from gradkit.lib.curvature import (
 from gradkit.lib.data import regression_batch
 from gradkit.lib.derivatives import hessian_operator
 from gradkit.lib.models import check_activation, check_widths, mlp
+from gradkit.lib.progress import track
 from gradkit.plotting import figure, lean_log_ticks
 
 INPUT_DIM, OUTPUT_DIM = 4, 1
@@ -265,7 +266,8 @@ class LossCurvature(Experiment):
         mass (∫ρ), its mean (∫λρ, an estimate of trace / n) and what that mean must be for
         these probes u (unit vectors): the mean of uᵀHu, one more product each."""
         probes = rademacher(self.density_probes, self.parameters, generator, theta)
-        nodes, weights = zip(*(quadrature(product, v, self.iterations) for v in probes),
+        nodes, weights = zip(*(quadrature(product, v, self.iterations) for v in
+                               track(probes, len(probes), "spectral density", "probes")),
                              strict=True)
         every = torch.cat(nodes)
         spread = (every.max() - every.min()).item() or max(every.abs().max().item(), 1.0)

@@ -37,6 +37,7 @@ from gradkit.core.validation import ConfigError, boolean, choice, integer, numbe
 from gradkit.lib.data import digits, hold_out
 from gradkit.lib.datasets import SPLITS, Batch
 from gradkit.lib.models import mlp_for
+from gradkit.lib.progress import track
 from gradkit.lib.training import OPTIMIZERS, evaluate_batches, make_optimizer, single_threaded
 from gradkit.plotting import figure, lean_log_ticks
 
@@ -136,8 +137,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer,
     saved_optimizer = copy.deepcopy(optimizer.state_dict())
     trace = RangeTest()
     try:
-        for lr, group in zip(schedule, micro_batches(loader, accumulation_steps),
-                             strict=False):
+        for lr, group in track(zip(schedule, micro_batches(loader, accumulation_steps),
+                                   strict=False), len(schedule), "lr_finder: range test"):
             for param_group in optimizer.param_groups:
                 param_group["lr"] = lr
             loss, norm = train_step(model, optimizer, group, loss_fn, scaler)
@@ -257,6 +258,8 @@ class LrFinder(Experiment):
 
     proves = ("the model and optimizer are restored bit for bit after the range test, and the "
               "schedule, smoothing, stop and suggestion rules hold on the logged curve")
+    # status tag -> its meaning: the test ends at its divergence threshold by design
+    normal_ends = (("diverged", "stopped at its divergence threshold"),)
 
     def __init__(self, optimizer: str = "sgd", start_lr: float = 1e-7, end_lr: float = 10.0,
                  num_iter: int = 100, step_mode: str = "exp", score: str = "validation",
@@ -398,7 +401,9 @@ class LrFinder(Experiment):
                 "train", self.batch_size, self.validation_steps * self.accumulation_steps,
                 torch.Generator().manual_seed(seed))
             scaler = new_scaler(self.amp)
-            for group in micro_batches(loader, self.accumulation_steps):
+            for group in track(micro_batches(loader, self.accumulation_steps),
+                               self.validation_steps,
+                               f"lr_finder: validation training at lr={lr * factor:.3g}"):
                 train_step(model, optimizer, group, self.workload.loss_of, scaler)
             trained[which] = (lr * factor, model)
         return trained

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from gradkit.lib.progress import track
+
 EIGENVALUE_TOLERANCE = 1e-12  # |λ| ≤ this x the curvature scale counts as zero
 STATIONARY_TOLERANCE = 1e-10  # ‖∇f‖ ≤ this x the gradient scale counts as zero
 
@@ -106,7 +108,9 @@ def lanczos(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
             iterations: int) -> list[torch.Tensor]:
     """Ritz values (ascending) of a symmetric operator after each Lanczos step: the top ones
     converge to its largest eigenvalues, the bottom ones to its smallest."""
-    return [torch.linalg.eigvalsh(t) for t in lanczos_tridiagonals(matvec, start, iterations)]
+    steps = lanczos_tridiagonals(matvec, start, iterations)
+    return [torch.linalg.eigvalsh(t)
+            for t in track(steps, min(iterations, start.numel()), "Lanczos", "iterations")]
 
 
 def quadrature(matvec: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor,
@@ -157,7 +161,10 @@ def hutchinson(matvecs: Callable[[torch.Tensor], torch.Tensor],
                probes: torch.Tensor) -> torch.Tensor:
     """Hutchinson's samples vᵀAv, one per probe v (a row of `probes`, e.g. `rademacher`),
     whose mean estimates tr A; `matvecs` maps a batch of probes to their products with A."""
-    return torch.cat([(chunk * matvecs(chunk)).sum(-1) for chunk in probes.split(PROBE_CHUNK)])
+    chunks = probes.split(PROBE_CHUNK)
+    return torch.cat([(chunk * matvecs(chunk)).sum(-1) for chunk in
+                      track(chunks, len(chunks), f"Hutchinson trace ({len(probes)} probes)",
+                            f"batches of {PROBE_CHUNK}")])
 
 
 def hutchinson_std(matrix: torch.Tensor, samples: int) -> float:

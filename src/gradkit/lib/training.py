@@ -18,6 +18,7 @@ from torch import nn
 from gradkit.core.components import Workload
 from gradkit.lib.cache import Entry, cached
 from gradkit.lib.datasets import Data
+from gradkit.lib.progress import track
 
 OPTIMIZERS = ("sgd", "adam")
 SGD_MOMENTUM = 0.9
@@ -47,12 +48,13 @@ def make_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer,
                 loader: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
-                loss_fn: Callable[..., torch.Tensor] = F.cross_entropy) -> list[float]:
-    """`steps` optimizer steps on `loss_fn` (cross-entropy by default); the loss of each
-    step's batch."""
+                loss_fn: Callable[..., torch.Tensor] = F.cross_entropy,
+                what: str = "training") -> list[float]:
+    """`steps` optimizer steps on `loss_fn` (cross-entropy by default), their progress
+    shown as `what`; the loss of each step's batch."""
     model.train()
     losses = []
-    for x, y in itertools.islice(loader, steps):
+    for x, y in track(itertools.islice(loader, steps), steps, what):
         optimizer.zero_grad()
         loss = loss_fn(model(x), y)
         loss.backward()
@@ -129,7 +131,7 @@ def trained_classifier(spec: TrainSpec, workload: Workload, cache_dir: Path | No
         loader = workload.data.cycled("train", spec.batch_size, spec.epochs * per_epoch,
                                       torch.Generator().manual_seed(spec.seed))
         losses = train_steps(model, optimizer, loader, spec.epochs * per_epoch,
-                             workload.loss_of)
+                             workload.loss_of, f"training the classifier ({spec.epochs} epochs)")
         epoch_loss = [sum(losses[i:i + per_epoch]) / per_epoch
                       for i in range(0, len(losses), per_epoch)]
         return {"state": model.state_dict(), "epoch_loss": epoch_loss}
