@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def build(config: Path, site: Path) -> subprocess.CompletedProcess:
-    """`mkdocs build --strict` of `config` into `site`."""
+    """`mkdocs build --strict` of `config` into `site` (not `--quiet`: it would hide the
+    warnings that `--strict` turns into a failure)."""
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
                            "--config-file", str(config), "--site-dir", str(site)],
                           capture_output=True, text=True, timeout=120)
