@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shutil
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import EXPERIMENTS, PARENT_TAG, client_for, runs_of
@@ -63,6 +65,15 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
             ([c.strip() for c in line.strip("|").split("|")] for line in lines)}
 
 
+NORMAL_ENDS = {("lr_finder", "diverged"): "stopped at its divergence threshold"}
+
+
+def ui_page(run) -> str:
+    """The run's page in MLflow's UI, as `gradkit run` prints it for a local store."""
+    return (f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+            f"{run.info.run_id}?workflowType=machine_learning")
+
+
 def summary_runs(store) -> list:
     return runs_of(store, report.REPORT_EXPERIMENT)
 
@@ -81,13 +92,18 @@ def test_report_of_every_demonstration(filled, tmp_path, capsys):
         assert (int(count), int(finished), int(failed), checks) == (
             len(runs), sum(r.info.status == "FINISHED" for r in runs), 0, f"{len(runs)} / 0")
         newest = max(runs, key=lambda r: r.info.start_time)
-        outcome = f" ({newest.data.tags['status']})" if "status" in newest.data.tags else ""
+        status = newest.data.tags.get("status")
+        outcome = f" ({NORMAL_ENDS.get((name, status), status)})" if status else ""
         assert latest.startswith(f"FINISHED{outcome}, checks passed")
-        assert f"Run {newest.info.run_id}" in markdown
-        assert f"figures/{name}.png" in markdown  # the latest run's main figure
+        assert f"figures/{name}.png" in markdown  # the headline run's main figure
+        if name != "gradient_descent":  # its sweep is newer: test_the_headline_...
+            single = max((r for r in runs if PARENT_TAG not in r.data.tags),
+                         key=lambda r: r.info.start_time)
+            assert f"Run [{single.info.run_id}]({ui_page(single)}), the latest standalone " \
+                   "run," in markdown
 
     page = (tmp_path / "report.html").read_text()
-    assert "src='data:image/png;base64," in page and "src='figures/" not in page
+    assert 'src="data:image/png;base64,' in page and 'src="figures/' not in page
     assert all(f"<td>{name}</td>" in page for name in EXPERIMENTS)
     [summary] = [r for r in summary_runs(filled) if f"run {r.info.run_id}" in out]
     assert summary.info.status == "FINISHED"
@@ -112,7 +128,8 @@ def test_sweep_section_names_the_best_job(filled, tmp_path, capsys):
     markdown = (tmp_path / "report.md").read_text()
     assert list(table_rows(markdown)) == ["gradient_descent"]
     assert f"Best job by objective (lowest): {best.info.run_name}," in markdown
-    assert f"run {best.info.run_id}." in markdown
+    assert f"run [{best.info.run_id}]({ui_page(best)})." in markdown
+    assert f"### Headline run: {best.info.run_name}\n" in markdown  # the sweep is newest
     assert f"figures/gradient_descent-sweep-{parent.info.run_id}.png" in markdown
     assert (tmp_path / "figures" / f"gradient_descent-sweep-{parent.info.run_id}.png").is_file()
 
@@ -132,7 +149,7 @@ def test_sweep_by_id(filled, tmp_path, capsys):
         code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
                                    f"sweeps=[{wanted}]")
         assert code == 0, err
-        assert f"parent run {parent.info.run_id}" in (tmp_path / "report.md").read_text()
+        assert f"parent run [{parent.info.run_id}]" in (tmp_path / "report.md").read_text()
 
 
 def test_failed_checks_are_listed_first(filled, tmp_path, empty_store, capsys):
@@ -261,3 +278,97 @@ def test_a_runs_model_and_data_are_named_in_the_report(cli, store, tmp_path, cap
     assert code == 0, err
     markdown = (tmp_path / "r" / "report.md").read_text()
     assert ", on model=mlp, data=synthetic_regression:" in markdown
+
+
+def test_contents_link_each_demonstration_and_its_sweeps_in_both_formats(filled, tmp_path,
+                                                                        capsys):
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                               "experiments=[gradient_descent,jacobian]")
+
+    assert code == 0, err
+    [parent] = [r for r in runs_of(filled, "gradient_descent") if "sweep_dir" in r.data.tags]
+    sweep = f"Sweep: {parent.info.run_name}"
+    markdown = (tmp_path / "report.md").read_text()
+    contents = markdown[markdown.index("## Contents\n"):markdown.index("| demonstration |")]
+    entries = re.findall(r"^( *)- \[(.+)\]\(#(.+)\)$", contents, re.MULTILINE)
+    assert [(indent, text) for indent, text, _ in entries] == [
+        ("", "jacobian (notebook 3.1)"), ("", "gradient_descent (notebook 4.2)"), ("  ", sweep)]
+    for _, text, anchor in entries:  # GitHub's and MkDocs' anchor of each heading
+        assert re.search(rf"^#+ {re.escape(text)}$", markdown, re.MULTILINE)
+        assert anchor == re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+    page = (tmp_path / "report.html").read_text()
+    nav = page[page.index("<nav>"):page.index("</nav>")]
+    targets = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', nav)
+    assert targets == [(anchor, text) for _, text, anchor in entries]
+    for anchor, text in targets:
+        assert re.search(rf'<h[23] id="{anchor}">{re.escape(text)}</h[23]>', page)
+
+    tracker = Tracker.from_config({"kind": "local", "root": str(filled)})
+    [jacobian] = runs_of(filled, "jacobian")
+    for run, experiment in ((parent, "gradient_descent"), (jacobian, "jacobian")):
+        url = ui_page(run)
+        assert tracker.describe(run.info.run_id, experiment).endswith(url)  # as `gradkit run`
+        assert f"[{run.info.run_id}]({url})" in markdown
+        assert f'<a href="{url}">{run.info.run_id}</a>' in page
+
+
+def test_an_lr_range_test_stopped_at_its_threshold_is_not_flagged_a_real_divergence_is(
+        filled, tmp_path, capsys):
+    [finder] = runs_of(filled, "lr_finder")
+    assert (finder.data.tags["status"], finder.data.metrics["diverged"]) == ("diverged", 1.0)
+    descents = sorted(runs_of(filled, "gradient_descent"), key=lambda r: r.info.start_time)
+    assert descents[-1].data.tags["status"] == "diverged"  # the sweep's last job: lr 1e-2
+
+    code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
+                               "experiments=[gradient_descent,lr_finder]")
+
+    assert code == 0, err
+    markdown = (tmp_path / "report.md").read_text()
+    rows = table_rows(markdown)
+    assert rows["lr_finder"][-1].startswith(
+        "FINISHED (stopped at its divergence threshold), checks passed")
+    assert "(diverged)" not in markdown[markdown.index("## lr_finder"):]
+    assert rows["gradient_descent"][-1].startswith("FINISHED (diverged), checks passed")
+
+
+def made_run(tracker: Tracker, name: str, tags: dict, status: str = "FINISHED",
+             objective: float | None = None, figure: Path | None = None) -> str:
+    """A run of experiment `demo` made directly in the store, a millisecond after the last."""
+    time.sleep(0.005)
+    run_id = tracker.start_run("demo", name, tags)
+    if objective is not None:
+        tracker.log_metrics(run_id, {"objective": objective})
+    if figure is not None:
+        tracker.log_artifact(run_id, figure, "figures")
+    tracker.end(run_id, status)
+    return run_id
+
+
+@pytest.mark.parametrize("standalone_last", [False, True], ids=["sweep newer", "run newer"])
+def test_the_headline_is_the_newer_of_the_latest_standalone_run_and_the_sweeps_best_job(
+        standalone_last, store, tmp_path, capsys):
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    figure = tmp_path / "figures" / "f.png"
+    figure.parent.mkdir()
+    figure.write_bytes(PNG_BYTES)
+    made_run(tracker, "standalone, older", {}, figure=figure)
+    parent = made_run(tracker, "the sweep", {"sweep_dir": "multirun/x", "sweep_id": "x"})
+    jobs = {PARENT_TAG: parent}
+    made_run(tracker, "job 0", jobs, objective=2.0, figure=figure)
+    made_run(tracker, "job 1", jobs, objective=0.5, figure=figure)  # the best
+    made_run(tracker, "job 2", jobs, "FAILED", objective=0.1, figure=figure)  # not finished
+    made_run(tracker, "job 3", jobs, objective=3.0, figure=figure)  # the last
+    if standalone_last:
+        made_run(tracker, "standalone, newer", {}, figure=figure)
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={tmp_path / 'r'}")
+
+    assert code == 0, err
+    markdown = (tmp_path / "r" / "report.md").read_text()
+    if standalone_last:
+        headline, which = "standalone, newer", "the latest standalone run"
+    else:
+        headline = "job 1"
+        which = "the best job (lowest objective) of the latest sweep, the sweep"
+    assert f"### Headline run: {headline}\n" in markdown
+    assert f"![demo: main figure of {headline}, {which}](figures/demo.png)" in markdown

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import html
 import math
+import re
 import shutil
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import jinja2
 from hydra.utils import get_class
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -101,8 +103,10 @@ class Demonstration:
     name: str
     section: str = ""
     proves: str = ""
+    normal_ends: dict[str, str] = field(default_factory=dict)  # status tag -> what it means
     runs: list[RunRecord] = field(default_factory=list)
     sweeps: list[Sweep] = field(default_factory=list)
+    latest_sweep: Sweep | None = None  # selected or not
 
     def count(self, status: str) -> int:
         return sum(run.status == status for run in self.runs)
@@ -119,15 +123,22 @@ class Demonstration:
     def latest(self) -> RunRecord | None:
         return self.runs[0] if self.runs else None
 
+    @property
+    def latest_standalone(self) -> RunRecord | None:
+        """The newest run that is no sweep's job."""
+        return next((run for run in self.runs if PARENT_TAG not in run.tags), None)
+
 
 def describe(demo: Demonstration, target: str, section: str) -> None:
-    """Fill in the notebook section (as `gradkit list` reads it) and what the checks prove."""
+    """Fill in the notebook section (as `gradkit list` reads it), what the checks prove and
+    which status tags are normal ends."""
     try:
         cls = get_class(target)
     except Exception:  # a run of an experiment this installation no longer has
         return
     demo.section = section
     demo.proves = getattr(cls, "proves", "")
+    demo.normal_ends = dict(getattr(cls, "normal_ends", ()))
 
 
 def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
@@ -153,10 +164,13 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
         describe(demo, known.get(name) or (demo.latest.params.get("experiment._target_", "")
                                            if demo.latest else ""),
                  entries[name].section if name in entries else "")
-        demo.sweeps = [Sweep(parent, [run for run in runs
-                                      if run.tags.get(PARENT_TAG) == parent.id])
-                       for parent in select_sweeps([r for r in runs if is_parent(r)],
-                                                   options.sweeps)]
+        jobs: dict[str, list[RunRecord]] = {}
+        for run in runs:
+            jobs.setdefault(run.tags.get(PARENT_TAG, ""), []).append(run)
+        parents = [run for run in runs if is_parent(run)]
+        demo.sweeps = [Sweep(parent, jobs.get(parent.id, []))
+                       for parent in select_sweeps(parents, options.sweeps)]
+        demo.latest_sweep = Sweep(parents[0], jobs.get(parents[0].id, [])) if parents else None
         demos.append(demo)
     if isinstance(options.sweeps, list):
         found = {key for demo in demos for sweep in demo.sweeps
@@ -191,65 +205,132 @@ def section_key(section: str) -> tuple[int, ...]:
 
 # --- the page ------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Link:
+    """Text that opens `url`."""
+
+    text: str
+    url: str
+
+
+Span = str | Link
+Cell = Span | list[Span]  # a cell or paragraph: text and links
+
+
+def spans(cell: Cell) -> list[Span]:
+    return cell if isinstance(cell, list) else [cell]
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+    anchor: str  # its id in the HTML; GitHub's and MkDocs' in the Markdown
+    kind: str = "heading"
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    spans: list[Span]
+    kind: str = "paragraph"
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[list[Span]]]
+    kind: str = "table"
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+    name: str  # relative to the page's folder
+    caption: str
+    kind: str = "figure"
+
+
+@dataclass(frozen=True)
+class Contents:
+    """Links to headings: each top entry with the entries under it."""
+
+    entries: list[tuple[Heading, list[Heading]]] = field(default_factory=list)
+    kind: str = "contents"
+
+
+def slug(text: str) -> str:
+    """A heading's anchor as GitHub and MkDocs make it: lower case, punctuation dropped,
+    spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", text.lower()).strip().replace(" ", "-") or "section"
+
+
 @dataclass
 class Page:
-    """A document as blocks, rendered as HTML (figures embedded) and as Markdown."""
+    """A document as blocks, rendered by one template per format from the same blocks."""
 
-    blocks: list[tuple] = field(default_factory=list)
+    folder: Path  # where it is written; its figures lie under it
+    blocks: list[Heading | Paragraph | Table | Image | Contents] = field(default_factory=list)
 
-    def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("heading", level, text))
+    def heading(self, level: int, text: str) -> Heading:
+        anchor = base = slug(text)
+        used = {block.anchor for block in self.blocks if isinstance(block, Heading)}
+        count = 0
+        while anchor in used:  # GitHub's numbering of repeated headings
+            count += 1
+            anchor = f"{base}-{count}"
+        heading = Heading(level, text, anchor)
+        self.blocks.append(heading)
+        return heading
 
-    def paragraph(self, text: str) -> None:
-        self.blocks.append(("paragraph", text))
+    def paragraph(self, *text: Span) -> None:
+        self.blocks.append(Paragraph(list(text)))
 
-    def table(self, headers: list[str], rows: list[list[str]]) -> None:
-        self.blocks.append(("table", headers, rows))
+    def table(self, headers: list[str], rows: list[list[Cell]]) -> None:
+        self.blocks.append(Table(headers, [[spans(cell) for cell in row] for row in rows]))
 
     def figure(self, path: Path, caption: str) -> None:
-        self.blocks.append(("figure", path, caption))
+        self.blocks.append(Image(path, path.relative_to(self.folder).as_posix(), caption))
+
+    def contents(self) -> Contents:
+        """A table of contents here, filled in as sections are added."""
+        block = Contents()
+        self.blocks.append(block)
+        return block
 
     @property
     def figures(self) -> list[Path]:
-        return [block[1] for block in self.blocks if block[0] == "figure"]
+        return [block.path for block in self.blocks if isinstance(block, Image)]
 
-    def html(self) -> str:
-        parts = [f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>gradkit summary"
-                 f"</title><style>{CSS}</style></head><body>"]
-        for kind, *rest in self.blocks:
-            if kind == "heading":
-                parts.append(f"<h{rest[0]}>{html.escape(rest[1])}</h{rest[0]}>")
-            elif kind == "paragraph":
-                parts.append(f"<p>{html.escape(rest[0])}</p>")
-            elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in rest[0])
-                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row)
-                               + "</tr>" for row in rest[1])
-                parts.append(f"<table><tr>{head}</tr>{body}</table>")
-            else:
-                data = base64.b64encode(rest[0].read_bytes()).decode()
-                parts.append(f"<figure><img src='data:image/png;base64,{data}' "
-                             f"alt='{html.escape(rest[1])}'><figcaption>{html.escape(rest[1])}"
-                             "</figcaption></figure>")
-        return "\n".join([*parts, "</body></html>\n"])
+    def render(self, form: str) -> str:
+        """The page as `html` (values autoescaped, figures embedded) or `md`."""
+        return TEMPLATES.get_template(f"report.{form}.j2").render(blocks=self.blocks, css=CSS)
 
-    def markdown(self, folder: Path) -> str:
-        parts = []
-        for kind, *rest in self.blocks:
-            if kind == "heading":
-                parts.append(f"{'#' * rest[0]} {md(rest[1])}")
-            elif kind == "paragraph":
-                parts.append(md(rest[0]))
-            elif kind == "table":
-                cells = [[md(c).replace("|", "\\|").replace("\n", " ") for c in row]
-                         for row in [rest[0], *rest[1]]]
-                lines = ["| " + " | ".join(row) + " |" for row in cells]
-                lines.insert(1, "|" + "---|" * len(rest[0]))
-                parts.append("\n".join(lines))
-            else:
-                parts.append(f"![{md(rest[1])}]({rest[0].relative_to(folder).as_posix()})")
-        return "\n\n".join(parts) + "\n"
 
+def md(text: str) -> str:
+    """Text from the store, inert in Markdown: its HTML is shown, not run."""
+    return html.escape(str(text), quote=False)
+
+
+def md_cell(text: str) -> str:
+    """Text in a Markdown table cell: inert, on one line, its pipes no column breaks."""
+    return md(text).replace("|", "\\|").replace("\n", " ")
+
+
+def md_label(text: str) -> str:
+    """A Markdown link's text: a cell's, its brackets no link syntax."""
+    return md_cell(text).replace("[", "\\[").replace("]", "\\]")
+
+
+def embedded(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("gradkit.reporting", "templates"),
+    autoescape=jinja2.select_autoescape(["html.j2"], default_for_string=False),
+    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    undefined=jinja2.StrictUndefined)
+TEMPLATES.filters.update(md=md, cell=md_cell, label=md_label, embed=embedded)
 
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;"
@@ -276,17 +357,35 @@ def runs_on(run: RunRecord) -> str:
     return f", on {', '.join(chosen)}" if chosen else ""
 
 
-def outcome(run: RunRecord) -> str:
-    """e.g. `FINISHED (diverged), checks passed`."""
+def outcome(run: RunRecord, normal_ends: dict[str, str]) -> str:
+    """e.g. `FINISHED (diverged), checks passed`; a status its experiment names a normal end
+    is said in its words."""
     status = run.tags.get("status")
     checks = run.tags.get("checks", "not run")
-    return f"{run.status}{f' ({status})' if status else ''}, checks {checks}"
+    said = normal_ends.get(status, status) if status else ""
+    return f"{run.status}{f' ({said})' if said else ''}, checks {checks}"
+
+
+def run_link(tracker: Tracker, run: RunRecord) -> Link:
+    """A run's id, linked to its page in MLflow's UI."""
+    return Link(run.id, tracker.run_url(run.id, run.experiment_id))
+
+
+def headline(demo: Demonstration) -> tuple[RunRecord, Sweep | None] | None:
+    """The run a demonstration is shown by, and the sweep it is the best job of: its latest
+    standalone run or its latest sweep's best job, whichever started later."""
+    best = demo.latest_sweep.best if demo.latest_sweep else None
+    single = demo.latest_standalone
+    if best is not None and (single is None or best.start_time > single.start_time):
+        return best, demo.latest_sweep
+    return (single, None) if single else None
 
 
 def build(tracker: Tracker, demos: list[Demonstration], options: Options,
-          figures: Path) -> Page:
-    """The summary page; figures it shows are written into `figures`."""
-    page = Page()
+          folder: Path) -> Page:
+    """The summary page; figures it shows are written into `folder`/figures."""
+    page = Page(folder)
+    figures = folder / "figures"
     page.heading(1, "gradkit summary")
     scope = [f"store {tracker.uri}", f"made {datetime.now():%Y-%m-%d %H:%M:%S}"]
     if options.since:
@@ -296,29 +395,36 @@ def build(tracker: Tracker, demos: list[Demonstration], options: Options,
     if not total:
         page.paragraph("The store holds no runs of these demonstrations yet: make some with "
                        "`make run` or `gradkit run experiment=NAME`.")
+    page.heading(2, "Contents")
+    contents = page.contents()
     page.table(["demonstration", "notebook section", "what its checks prove", "runs",
                 "FINISHED", "FAILED", "checks passed / failed", "latest run"],
                [[d.name, d.section or "-", d.proves or "-", str(len(d.runs)),
                  str(d.count("FINISHED")), str(d.count("FAILED")),
                  f"{len(d.checks('passed'))} / {len(d.failed_checks)}",
-                 f"{outcome(d.latest)}, {when(d.latest)}" if d.latest else "no runs"]
+                 f"{outcome(d.latest, d.normal_ends)}, {when(d.latest)}" if d.latest
+                 else "no runs"]
                 for d in demos])
     failing = [(demo, run) for demo in demos for run in demo.failed_checks]
     if failing:
-        page.heading(2, f"Failed checks ({plural(len(failing), 'run')})")
+        contents.entries.append(
+            (page.heading(2, f"Failed checks ({plural(len(failing), 'run')})"), []))
         page.table(["demonstration", "run", "run id", "started", "error"],
-                   [[demo.name, run.name, run.id, when(run),
+                   [[demo.name, run.name, run_link(tracker, run), when(run),
                      run.tags.get("error", "")] for demo, run in failing])
     if total:
         page.figure(save(overview_figure(demos), figures / "overview.png"),
                     "Runs per demonstration by status")
     for demo in demos:
-        add_demonstration(page, tracker, demo, figures)
+        contents.entries.append(add_demonstration(page, tracker, demo, figures))
     return page
 
 
-def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder: Path) -> None:
-    page.heading(2, demo.name + (f" (notebook {demo.section})" if demo.section else ""))
+def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration,
+                      folder: Path) -> tuple[Heading, list[Heading]]:
+    """A demonstration's section; its heading and its sweeps' headings."""
+    heading = page.heading(2, demo.name + (f" (notebook {demo.section})" if demo.section
+                                           else ""))
     if demo.proves:
         page.paragraph(f"Its checks prove that {demo.proves}.")
     other = len(demo.runs) - demo.count("FINISHED") - demo.count("FAILED")
@@ -326,49 +432,55 @@ def add_demonstration(page: Page, tracker: Tracker, demo: Demonstration, folder:
                    f"{demo.count('FAILED')} FAILED, {other} other (killed or running); checks "
                    f"passed in {len(demo.checks('passed'))}, failed in {len(demo.failed_checks)}"
                    ", not run in the others.")
-    latest = demo.latest
-    if latest is not None:
-        page.heading(3, f"Latest run: {latest.name}")
-        page.paragraph(f"Run {latest.id}, started {when(latest)}{runs_on(latest)}: "
-                       f"{outcome(latest)}.")
-        metrics = latest.metrics
-        key = sorted(name for name in metrics if not name.startswith("check."))
-        checks = sorted(name for name in metrics if name.startswith("check."))
-        rows = [[name, number(metrics[name])] for name in key[:MAX_METRICS] + checks]
-        if len(key) > MAX_METRICS:
-            rows.append([f"... {len(key) - MAX_METRICS} more in MLflow", ""])
-        page.table(["metric", "value"], rows)
-        with_figures = next((run for run in demo.runs[:FIGURE_SEARCH]
-                             if tracker.artifact_files(run.id, "figures")), latest)
-        caption = (f"{demo.name}: main figure of the latest run" if with_figures is latest else
-                   f"{demo.name}: main figure of {with_figures.name} "
-                   f"({with_figures.id}), the latest run that made figures")
-        copy_figure(page, tracker, with_figures.id, "figures",
-                    folder / f"{file_name(demo.name)}.png", caption)
-    for sweep in demo.sweeps:
-        add_sweep(page, tracker, demo, sweep, folder)
+    shown = headline(demo)
+    if shown is not None:
+        add_headline(page, tracker, demo, *shown, folder)
+    return heading, [add_sweep(page, tracker, demo, sweep, folder) for sweep in demo.sweeps]
+
+
+def add_headline(page: Page, tracker: Tracker, demo: Demonstration, run: RunRecord,
+                 sweep: Sweep | None, folder: Path) -> None:
+    """The run a demonstration is shown by: where it comes from, its metrics, its figure."""
+    which = ("the latest standalone run" if sweep is None else
+             f"the best job (lowest objective) of the latest sweep, {sweep.parent.name}")
+    page.heading(3, f"Headline run: {run.name}")
+    page.paragraph("Run ", run_link(tracker, run), f", {which}, started {when(run)}"
+                   f"{runs_on(run)}: {outcome(run, demo.normal_ends)}.")
+    metrics = run.metrics
+    key = sorted(name for name in metrics if not name.startswith("check."))
+    checks = sorted(name for name in metrics if name.startswith("check."))
+    rows: list[list[Cell]] = [[name, number(metrics[name])]
+                              for name in key[:MAX_METRICS] + checks]
+    if len(key) > MAX_METRICS:
+        rows.append([f"... {len(key) - MAX_METRICS} more in MLflow", ""])
+    page.table(["metric", "value"], rows)
+    with_figures = next((candidate for candidate in [run, *demo.runs[:FIGURE_SEARCH]]
+                         if tracker.artifact_files(candidate.id, "figures")), run)
+    caption = (f"{demo.name}: main figure of {run.name}, {which}" if with_figures is run else
+               f"{demo.name}: {run.name}, {which}, logged no figures; this is the main figure "
+               f"of {with_figures.name} ({with_figures.id}), the latest run that made figures")
+    copy_figure(page, tracker, with_figures.id, "figures",
+                folder / f"{file_name(demo.name)}.png", caption)
 
 
 def add_sweep(page: Page, tracker: Tracker, demo: Demonstration, sweep: Sweep,
-              folder: Path) -> None:
+              folder: Path) -> Heading:
+    """A sweep's section; its heading."""
     parent = sweep.parent
     failed = sum(run.status != "FINISHED" for run in sweep.children)
-    page.heading(3, f"Sweep: {parent.name}")
-    page.paragraph(f"Sweep {parent.tags.get('sweep_id', '?')}, parent run "
-                   f"{parent.id}: {parent.status}, {len(sweep.children)} job runs, "
-                   f"{failed} not finished.")
+    heading = page.heading(3, f"Sweep: {parent.name}")
+    page.paragraph(f"Sweep {parent.tags.get('sweep_id', '?')}, parent run ",
+                   run_link(tracker, parent), f": {parent.status}, {len(sweep.children)} job "
+                   f"runs, {failed} not finished.")
     best = sweep.best
     if best is not None:
         page.paragraph(f"Best job by objective (lowest): {best.name}, objective "
-                       f"{number(best.metrics['objective'])}, run {best.id}.")
+                       f"{number(best.metrics['objective'])}, run ", run_link(tracker, best),
+                       ".")
     copy_figure(page, tracker, parent.id, "report",
                 folder / f"{file_name(demo.name)}-sweep-{file_name(parent.id)}.png",
                 f"{demo.name}: comparison of the jobs of sweep {parent.name}")
-
-
-def md(text: str) -> str:
-    """Text from the store, inert in Markdown: its HTML is shown, not run."""
-    return html.escape(text, quote=False)
+    return heading
 
 
 def copy_figure(page: Page, tracker: Tracker, run_id: str, artifacts: str, target: Path,
@@ -423,9 +535,9 @@ def write_report(tracker: Tracker, demos: list[Demonstration], options: Options)
     except OSError as error:
         raise ConfigError(f"output={output}: the report cannot be written there "
                           f"({error.strerror}); choose a writable folder") from None
-    page = build(tracker, demos, options, figures)
-    (output / "report.html").write_text(page.html())
-    (output / "report.md").write_text(page.markdown(output))
+    page = build(tracker, demos, options, output)
+    (output / "report.html").write_text(page.render("html"))
+    (output / "report.md").write_text(page.render("md"))
     runs = [run for demo in demos for run in demo.runs]
     tags = {**fingerprint(Path.cwd()), "demonstrations": " ".join(d.name for d in demos),
             "since": str(options.since or ""), "sweeps": str(options.sweeps)}
