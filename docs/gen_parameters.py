@@ -1,10 +1,11 @@
-"""Write each demonstration page's parameter table from the code, as `gradkit list` does.
+"""Write the demonstrations' tables from the code, as `gradkit list` does.
 
-The table sits between the `<!-- parameters: begin` and `<!-- parameters: end -->` lines of
-docs/experiments/<name>.md; its rows (parameter, default, meaning) come from
-`gradkit.cli.catalog.experiments()`: the defaults of each experiment's constructor and the
-notes of its conf/experiment/<name>.yaml. Run by `make docs`; tests/system/test_docs.py checks
-that the committed tables equal freshly generated ones.
+Each table sits between a `<!-- NAME: begin` and a `<!-- NAME: end -->` line: `parameters` in
+docs/experiments/<name>.md (parameter, default, meaning), `demonstrations` in
+docs/experiments/index.md (each one's section and purpose). Their rows come from
+`gradkit.cli.catalog.experiments()`: each experiment's constructor defaults, its module's
+docstring and the notes of its conf/experiment/<name>.yaml. Run by `make docs`;
+tests/system/test_docs.py checks that the committed tables equal freshly generated ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from gradkit.cli.catalog import Entry, config_file, experiments
 
 PAGES = Path(__file__).resolve().parent / "experiments"
-BLOCK = re.compile(r"(<!-- parameters: begin[^\n]*-->\n).*?(<!-- parameters: end -->)", re.S)
 NOTE = re.compile(r"^#\s{3}(\w+(?:, \w+)*)\s{2,}(\S.*)$")  # `#   epochs, batch_size   meaning`
 MORE = re.compile(r"^#\s{4,}(\S.*)$")  # a note's continuation line
 
@@ -38,8 +38,9 @@ def notes(path: Path | None) -> dict[str, str]:
 
 def value(default: object) -> str:
     """A default as it is written in an override."""
-    return {None: "null", True: "true", False: "false"}.get(default, str(default)) \
-        if isinstance(default, (bool, type(None))) else str(default)
+    if default is None:
+        return "null"
+    return str(default).lower() if isinstance(default, bool) else str(default)
 
 
 def cell(text: object) -> str:
@@ -61,24 +62,36 @@ def table(entry: Entry) -> str:
     return "\n".join(rows) + "\n"
 
 
-def render(page: str, entry: Entry) -> str:
-    """`page` with its parameter block rewritten for `entry`."""
-    if not BLOCK.search(page):
-        raise SystemExit(f"docs: no parameters block in the page of {entry.name}")
-    return BLOCK.sub(lambda m: m[1] + table(entry) + m[2], page)
+def index(entries: list[Entry]) -> str:
+    """The `demonstrations` block: one row per experiment, in notebook order."""
+    rows = ["| demonstration | notebook section | what it does |", "|---|---|---|"]
+    rows += [f"| [`{e.name}`]({e.name}.md) | {e.section} | {cell(e.purpose)} |" for e in entries]
+    return "\n".join(rows) + "\n"
+
+
+def fill(path: Path, block: str, body: str) -> str:
+    """The text of `path` with its `block` between the markers replaced by `body`."""
+    marked = re.compile(rf"(<!-- {block}: begin[^\n]*-->\n).*?(<!-- {block}: end -->)", re.S)
+    page = path.read_text()
+    if not marked.search(page):
+        raise SystemExit(f"docs: {path} has no {block} block")
+    return marked.sub(lambda m: m[1] + body + m[2], page)
 
 
 def pages() -> dict[Path, str]:
-    """Every demonstration page as it should read, by path."""
-    return {PAGES / f"{e.name}.md": render((PAGES / f"{e.name}.md").read_text(), e)
-            for e in experiments()}
+    """Every page with a generated table, as it should read, by path."""
+    entries = experiments()
+    found = {PAGES / f"{e.name}.md": fill(PAGES / f"{e.name}.md", "parameters", table(e))
+             for e in entries}
+    return {**found, PAGES / "index.md": fill(PAGES / "index.md", "demonstrations",
+                                               index(entries))}
 
 
 def main() -> None:
     for path, text in pages().items():
         if path.read_text() != text:
             path.write_text(text)
-            print(f"docs: wrote {path.name}'s parameters")
+            print(f"docs: wrote the tables of {path.name}")
 
 
 if __name__ == "__main__":
