@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import csv
 import importlib.util
 
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of, untimed
+
+from gradkit.cli.catalog import describe_module
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
@@ -45,7 +48,18 @@ def test_a_run_lands_in_its_experiment_and_the_same_command_repeats_it(name, cli
     assert run.info.status == "FINISHED"
     params, tags = run.data.params, run.data.tags
     assert params["seed"] == "42"
-    assert params["experiment._target_"].rsplit(".", 2)[-2] == name
+    assert tags["experiment_target"].rsplit(".", 2)[-2] == name
+    assert not [key for key in params if key.startswith(("tracking.", "plotting."))
+                or key.endswith("_target_")]  # in config.yaml only (no model chosen here)
+    for key in [key for key in params if key.endswith(".hidden")]:  # e.g. experiment.hidden
+        widths = ast.literal_eval(params[key])
+        assert (params[f"{key}.depth"], params[f"{key}.width"]) == (
+            str(len(widths)), str(max(widths)))
+    experiment = client_for(store).get_experiment(run.info.experiment_id)
+    section, purpose = describe_module(tags["experiment_target"].rpartition(".")[0])
+    assert {key: experiment.tags.get(key) for key in ("mlflow.note.content", "section")} == {
+        "mlflow.note.content": purpose, "section": section}
+    assert experiment.tags["proves"] and not purpose.endswith("cannot be found)")
     assert METRICS.get(name, set()) | COMMON_METRICS <= set(run.data.metrics)
     assert set(tags) >= TAGS
     assert (tags["checks"], tags["seed"], tags["device"]) == ("passed", "42", "cpu")
@@ -127,7 +141,9 @@ def test_multirun_children_under_one_parent(cli, store, tmp_path):
     children = [r for r in runs if r is not parent]
     parent_id = parent.info.run_id
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0,
+                                   "best_objective": min(c.data.metrics["objective"]
+                                                         for c in children)}
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         assert child.info.status == "FINISHED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from conftest import client_for, runs_of
+from omegaconf import OmegaConf
 
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 
@@ -60,4 +61,7 @@ def test_figures_can_be_switched_off(cli, store):
     artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
     assert "figures" not in artifacts
     assert {"summary.json", "config.yaml"} <= artifacts
-    assert run.data.params["plotting.figures"] == "False"
+    assert "plotting.figures" not in run.data.params  # no result: in config.yaml only
+    config = client_for(store).download_artifacts(run.info.run_id, "config.yaml",
+                                                  str(store.parent / "download"))
+    assert OmegaConf.load(config).plotting.figures is False

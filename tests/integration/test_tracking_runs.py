@@ -9,6 +9,7 @@ import shutil
 import pytest
 from conftest import client_for, runs_of
 
+from gradkit.experiments.computational_graph import ComputationalGraph
 from gradkit.tracking.store import Tracker, metric_entries
 
 
@@ -102,3 +103,39 @@ def test_a_store_folder_may_be_named_with_uri_characters(folder, gradkit, empty_
     assert code == 0, err
     assert sorted(p.name for p in parent.iterdir()) == sorted([folder, fresh.name])
     assert len(runs_of(fresh, "basic_gradients")) == 1
+
+
+def test_an_mlflow_experiment_is_described_by_its_demonstration(cli, store):
+    """A new experiment gets its purpose, section and proof; one that exists gets those it
+    lacks, and a description edited in the UI stays."""
+    client = client_for(store)
+    edited = client.create_experiment("jacobian", tags={"mlflow.note.content": "mine"})
+    client.create_experiment("computational_graph")
+    for name in ("basic_gradients", "jacobian", "computational_graph"):
+        code, err = cli(f"experiment={name}")
+        assert code == 0, err
+
+    tags = {name: client.get_experiment_by_name(name).tags
+            for name in ("basic_gradients", "jacobian", "computational_graph")}
+    assert tags["basic_gradients"]["mlflow.note.content"] == (
+        "the derivative of a quadratic by autograd, checked against the analytic one")
+    assert tags["jacobian"]["mlflow.note.content"] == "mine"
+    assert client.get_experiment(edited).tags["section"] == "3.1"
+    assert (tags["computational_graph"]["section"], tags["computational_graph"]["proves"]) == (
+        "2.2", ComputationalGraph.proves)
+
+
+def test_a_user_experiment_is_described_by_its_own_module(cli, store):
+    code, err = cli("experiment=computational_graph", f"experiment._target_={__name__}.Mine")
+
+    assert code == 0, err
+    [run] = runs_of(store, "computational_graph")
+    assert run.data.tags["experiment_target"] == f"{__name__}.Mine"
+    tags = client_for(store).get_experiment(run.info.experiment_id).tags
+    assert (tags["mlflow.note.content"], tags["section"], tags["proves"]) == (
+        "a series logged into a real MLflow store, downsampled there and whole", "beyond",
+        Mine.proves)  # the first line of this module's docstring
+
+
+class Mine(ComputationalGraph):
+    proves = "nothing new"

@@ -1,12 +1,22 @@
-"""Tracking helpers (flatten, run names, series downsampling) and a series logged end to end."""
+"""Tracking helpers (flatten, logged params, log10 copies, experiment tags, run names, series
+downsampling)."""
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import pytest
 
-from gradkit.tracking.store import _steps, flatten, run_name
+from gradkit.experiments.gradient_descent import GradientDescent
+from gradkit.tracking.store import (
+    _steps,
+    experiment_tags,
+    flatten,
+    log10_copies,
+    logged_params,
+    run_name,
+)
 
 
 @pytest.mark.parametrize(("tree", "expected"), [
@@ -26,6 +36,49 @@ def test_flatten_dots_nested_keys_and_keeps_lists_as_leaves(tree, expected):
 
 def test_flatten_prefix():
     assert flatten({"x": {"y": 1}}, "run.") == {"run.x.y": "1"}
+
+
+def test_logged_params_leave_out_what_changes_no_result():
+    config = {"seed": 1, "tracking": {"kind": "local", "root": "/tmp/x", "uri": None},
+              "plotting": {"dpi": 100, "figures": True},
+              "experiment": {"_target_": "gradkit.experiments.jacobian.Jacobian", "x": 2},
+              "model": {"_target_": None}, "data": {"_target_": "my.Data", "n": 3}}
+
+    assert logged_params(config) == {"seed": "1", "experiment.x": "2",
+                                     "data._target_": "my.Data", "data.n": "3"}
+
+
+@pytest.mark.parametrize(("hidden", "depth", "width"), [
+    ([4, 16, 8], "3", "16"), ([64], "1", "64"), ([], "0", "0")])
+def test_a_list_of_widths_is_also_its_depth_and_largest_width(hidden, depth, width):
+    params = logged_params({"experiment": {"hidden": hidden}, "model": {"hidden": hidden},
+                            "other": {"sizes": [4, 16]}})
+
+    for group in ("experiment", "model"):
+        assert params[f"{group}.hidden"] == str(hidden)
+        assert (params[f"{group}.hidden.depth"], params[f"{group}.hidden.width"]) == (
+            depth, width)
+    assert "other.sizes.depth" not in params  # not a list of widths
+
+
+def test_log10_copies_of_positive_finite_metrics_and_params_only():
+    metrics = {"final_loss": 1e-4, "zero": 0.0, "negative": -1.0, "diverged": math.inf,
+               "undefined": math.nan}
+    params = {"experiment.learning_rate": "0.01", "experiment.name": "rosenbrock"}
+
+    copies = log10_copies(("final_loss", "learning_rate", "zero", "negative", "diverged",
+                           "undefined", "name", "absent"), metrics, params)
+
+    assert copies == pytest.approx({"log10/final_loss": -4.0, "log10/learning_rate": -2.0})
+
+
+def test_an_experiments_tags_are_its_purpose_section_and_proof():
+    tags = experiment_tags(GradientDescent)
+
+    assert tags == {"mlflow.note.content": "gradient descent on a 2-D test function, with "
+                                           "divergence as a result",
+                    "section": "4.2", "proves": GradientDescent.proves}
+    assert GradientDescent.proves
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [

@@ -81,6 +81,8 @@ class Experiment(ABC):
     """
 
     proves: str = ""  # what its checks prove, in one sentence
+    # metrics, or `experiment.` params, that span decades: also logged as `log10/<name>`
+    log_scale: tuple[str, ...] = ()
 
     @classmethod
     def takes_components(cls) -> bool:

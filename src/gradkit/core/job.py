@@ -22,7 +22,15 @@ from gradkit.core.validation import ConfigError
 from gradkit.lib import timing
 from gradkit.sweeps import callback as sweeps
 from gradkit.sweeps import closing
-from gradkit.tracking.store import StoreError, Tracker, flatten, run_name, write_result
+from gradkit.tracking.store import (
+    TARGET_TAG,
+    StoreError,
+    Tracker,
+    experiment_tags,
+    logged_params,
+    run_name,
+    write_result,
+)
 
 log = logging.getLogger("gradkit")
 
@@ -95,13 +103,15 @@ def _job(cfg: DictConfig) -> closing.Job:
     overrides = list(hydra_cfg.overrides.task)
     tags = {**fingerprint(Path(hydra_cfg.runtime.cwd)), "overrides": " ".join(overrides),
             "seed": settings.seed, "device": str(ctx.device), "dtype": settings.dtype,
-            "threads": ctx.threads, **components.names, **(sweep.tags if sweep else {})}
+            "threads": ctx.threads, TARGET_TAG: cfg.experiment._target_, **components.names,
+            **(sweep.tags if sweep else {})}
     name = f"#{sweep.job_num} {run_name(overrides)}" if sweep else run_name(overrides)
     parent = sweep.parent_run_id(option) if sweep else None
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = logged_params(OmegaConf.to_container(cfg, resolve=True))
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     try:
-        with tracker.run(option, name, tags, parent) as run_id:
+        with tracker.run(option, name, tags, parent, experiment_tags(type(experiment))) \
+                as run_id:
             result = pngs = None
             try:
                 try:
@@ -115,9 +125,11 @@ def _job(cfg: DictConfig) -> closing.Job:
                              describe_checks(result))
                 except BaseException:  # a failed or interrupted job keeps its params, config
                     with tracker.unless_failing():  # and log, if the store lets it
-                        tracker.log_result(run_id, params, result, settings.max_series_points)
+                        tracker.log_result(run_id, params, result, settings.max_series_points,
+                                           experiment.log_scale)
                     raise
-                tracker.log_result(run_id, params, result, settings.max_series_points)
+                tracker.log_result(run_id, params, result, settings.max_series_points,
+                                   experiment.log_scale)
                 if result.failed_checks:
                     raise ChecksFailed(f"{option}: checks failed: "
                                        f"{describe_checks(result)}; run {run_id}")

@@ -118,6 +118,7 @@ class GradientDescent(Experiment):
               "with the analytic gradient, the loss never rises where the descent lemma says so, "
               "the outcome agrees with the path, and the stability limit is where the iteration "
               "turns unstable")
+    log_scale = ("final_loss", "learning_rate")  # learning rate x start -> final loss
 
     def __init__(self, function: str = "rosenbrock", start: list[float] = (-1.5, 2.5),
                  learning_rate: float = 1e-3, max_iterations: int = 2000,

@@ -27,7 +27,7 @@ from gradkit.core import configs
 from gradkit.core.experiment import is_timing
 from gradkit.core.interrupts import is_termination
 from gradkit.core.validation import ConfigError
-from gradkit.tracking.store import RunRecord, Tracker, flatten
+from gradkit.tracking.store import TARGET_TAG, RunRecord, Tracker, flatten
 
 IDENTICAL, DIFFERS, UNREPRODUCIBLE = 0, 1, 2
 ENVIRONMENT_TAGS = ("git_commit", "git_dirty", "python", "platform", "device")
@@ -128,10 +128,10 @@ def replay_overrides(tracker: Tracker, run: RunRecord, store: list[str],
     replay that would instantiate anything but an experiment of gradkit or of `config_dirs`.
     """
     run_id = run.id
-    target = run.params.get("experiment._target_")
+    target = run.tags.get(TARGET_TAG) or run.params.get("experiment._target_")  # or older
     if not target:
         raise Unreproducible(f"run {run_id} was not made by gradkit (it has no "
-                             "experiment._target_ parameter)")
+                             f"{TARGET_TAG} tag)")
     with tempfile.TemporaryDirectory() as tmp:
         logged_path = tracker.download(run_id, "config.yaml", Path(tmp))
         if logged_path is None:

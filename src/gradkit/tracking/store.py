@@ -35,6 +35,7 @@ from gradkit.tracking import unclosed
 PARAMS_PER_CALL = 100  # MLflow's limits on one log_batch: params, tags (each)
 ENTRIES_PER_CALL = 1000  # and params, tags and metrics together
 MAX_TAG_LENGTH = 5000
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param's value
 PARENT_TAG = "mlflow.parentRunId"
 USER_TAG = "mlflow.user"
 SOURCE_TAGS = {"mlflow.source.name": "gradkit run", "mlflow.source.type": "LOCAL"}
@@ -110,18 +111,20 @@ WIDTHS = "hidden"  # a list of layer widths, also logged as its depth and larges
 TARGET_TAG = "experiment_target"  # the experiment's class, which reproduce replays
 
 
-def is_incidental(key: str) -> bool:
+def is_incidental(key: str, value: str) -> bool:
     """Whether config key `key` is left out of a run's MLflow params: where it was stored,
-    how it was plotted, and every `_target_` (a class path; the run's tags name the
-    experiment's class and the chosen model, data and loss)."""
-    return key.startswith(INCIDENTAL) or key.rpartition(".")[2] == "_target_"
+    how it was plotted, the experiment's class (tag TARGET_TAG; its MLflow experiment says
+    it) and the `_target_` of a model, data or loss left unchosen (`None`)."""
+    return key.startswith(INCIDENTAL) or key == "experiment._target_" or (
+        key.endswith("._target_") and value == "None")
 
 
 def logged_params(config: Mapping[str, Any]) -> dict[str, str]:
     """A job's MLflow params: its flattened config without the incidental keys, and each
     list of widths (`hidden`) also as `<key>.depth` (its length) and `<key>.width` (its
     largest), so that MLflow's compare views can plot runs by them."""
-    params = {key: value for key, value in flatten(config).items() if not is_incidental(key)}
+    params = {key: value for key, value in flatten(config).items()
+              if not is_incidental(key, value)}
     return params | _shapes(config)
 
 
