@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from itertools import pairwise
 from pathlib import Path
 
@@ -36,14 +37,32 @@ def test_learning_rate_sweep_reports_convergence_and_divergence(cli, store, tmp_
     assert code == 0, err
     parent, children = family(store, "gradient_descent")
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
     assert [c.data.params["experiment.learning_rate"] for c in children] == ["0.001", "0.01"]
     assert [c.data.tags["status"] for c in children] == ["max_iterations", "diverged"]
     assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
 
+    converged = children[0]  # the diverged job's objective is its 1e10 cap
+    assert converged.data.metrics["objective"] < children[1].data.metrics["objective"]
+    assert parent.data.params == {"grid.experiment.learning_rate": "0.001,0.01"}  # as swept
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0,
+                                   "best_objective": converged.data.metrics["objective"]}
+    assert (parent.data.tags["best_run_id"], parent.data.tags["best_job"]) == (
+        converged.info.run_id, "#0 learning_rate=0.001 max_iterations=200")
+    for child in children:  # learning rate x final loss on log axes, as logged
+        metrics = child.data.metrics
+        assert metrics["log10/learning_rate"] == pytest.approx(
+            math.log10(float(child.data.params["experiment.learning_rate"])))
+        assert metrics["log10/final_loss"] == pytest.approx(math.log10(metrics["final_loss"]))
     assert artifact_paths(store, parent.info.run_id, "report") == {
         "report/jobs.csv", "report/comparison.png"}
+    root = artifact_paths(store, parent.info.run_id, None)
+    assert root == {"comparison.png", "report"}
+    client = client_for(store)
+    assert Path(client.download_artifacts(parent.info.run_id, "comparison.png",
+                                          str(tmp_path / "top"))).read_bytes() == Path(
+        client.download_artifacts(parent.info.run_id, "report/comparison.png",
+                                  str(tmp_path / "report"))).read_bytes()
     rows = read_report(store, parent, tmp_path)
     assert [row["overrides"] for row in rows] == [
         "learning_rate=0.001 max_iterations=200", "learning_rate=0.01 max_iterations=200"]
@@ -99,7 +118,10 @@ def test_a_figure_that_cannot_be_written_fails_its_job_not_the_sweep(cli, store,
     assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
     assert f"{figure} could not be written: ValueError: " in children[1].data.tags["error"]
     assert parent.info.status == "FAILED"
-    assert parent.data.metrics == {"jobs": 3.0, "jobs_failed": 1.0}
+    best = min(children[0], children[2], key=lambda c: c.data.metrics["objective"])
+    assert parent.data.metrics == {"jobs": 3.0, "jobs_failed": 1.0,  # of the completed jobs
+                                   "best_objective": best.data.metrics["objective"]}
+    assert parent.data.tags["best_run_id"] == best.info.run_id
     assert parent.data.tags["failed_jobs"] == "#1 max_iterations=30 learning_rate=0.0002 (FAILED)"
 
 
@@ -118,9 +140,11 @@ def test_sweep_over_two_experiments_has_one_parent_each(cli, store, tmp_path):
     for experiment in ("jacobian", "computational_graph"):
         parent, children = family(store, experiment)
         assert parent.info.status == "FINISHED"
-        assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 0.0}
+        assert (parent.data.metrics["jobs"], parent.data.metrics["jobs_failed"]) == (2.0, 0.0)
+        assert parent.data.params == {"grid.experiment": "jacobian,computational_graph",
+                                      "grid.seed": "1,2"}
         assert [c.info.status for c in children] == ["FINISHED"] * 2
-        assert {c.data.params["experiment._target_"].split(".")[-2] for c in children} == {
+        assert {c.data.tags["experiment_target"].split(".")[-2] for c in children} == {
             experiment}
         rows = read_report(store, parent, tmp_path / experiment)
         assert [row["run_id"] for row in rows] == [c.info.run_id for c in children]

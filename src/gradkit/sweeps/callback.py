@@ -23,15 +23,16 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from gradkit.core.components import locate
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import read_settings
 from gradkit.core.validation import ConfigError
 from gradkit.lib.progress import job_line
 from gradkit.sweeps import closing, submitit_compat
-from gradkit.sweeps.plan import plan_jobs, swept_experiments
+from gradkit.sweeps.plan import grid, plan_jobs, swept_experiments
 from gradkit.sweeps.report import COMPLETED, report_sweep
 from gradkit.sweeps.summary import summary_lines
-from gradkit.tracking.store import Tracker, run_name, store_reason
+from gradkit.tracking.store import Tracker, experiment_tags, run_name, store_reason
 
 log = logging.getLogger("gradkit")
 SUBMITIT_LOCAL = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
@@ -49,6 +50,14 @@ def _records_dir(sweep_dir: Path, sweep_id: str) -> Path:
 def _jobs_of(jobs: list[dict[str, Any]] | None, experiment: str) -> int | None:
     """How many planned jobs run `experiment` (None when the sweeper plans as it goes)."""
     return None if jobs is None else sum(job["experiment"] == experiment for job in jobs)
+
+
+def _described(jobs: list[dict[str, Any]] | None, experiment: str) -> dict[str, str]:
+    """The MLflow experiment tags of `experiment`'s class, from the planned jobs (none
+    without a plan: its first job sets them)."""
+    target = next((job["target"] for job in jobs or [] if job["experiment"] == experiment
+                   and job["target"]), "")
+    return experiment_tags(locate("experiment._target_", target)) if target else {}
 
 
 @dataclass(frozen=True)
@@ -143,9 +152,12 @@ class SweepTracker(Callback):
             self._sweep = {"dir": sweep_dir, "id": sweep_id, "parents": parents, "jobs": jobs,
                            "tracker": tracker, "dpi": settings.dpi}
             _open_sweeps.append(self)  # from here on, an interruption still ends the parents
+            swept = grid(config)
             for experiment in swept_experiments(config):
                 if _jobs_of(jobs, experiment) != 1:
-                    parents[experiment] = tracker.start_run(experiment, name, tags)
+                    parents[experiment] = tracker.start_run(experiment, name, tags, None,
+                                                            _described(jobs, experiment))
+                    tracker.log_batch(parents[experiment], params=swept)
         except ConfigError as error:
             print(f"gradkit: {error}", file=sys.stderr)
             raise SystemExit(1) from None

@@ -20,13 +20,27 @@ from gradkit.core.errors import explain, one_line
 from gradkit.core.validation import ConfigError
 from gradkit.sweeps import compositions
 from gradkit.sweeps.hydra_compat import BASIC_SWEEPER, split_arguments
-from gradkit.tracking.store import run_name
+from gradkit.tracking.store import MAX_PARAM_LENGTH, run_name
 
 
 def _sweep_overrides(config: DictConfig) -> list[str]:
     """The sweeper's params followed by the command line's overrides, as the sweeper reads them."""
     params = config.hydra.sweeper.get("params") or {}
     return [f"{key}={value}" for key, value in params.items()] + list(config.hydra.overrides.task)
+
+
+def grid(config: DictConfig) -> dict[str, str]:
+    """The swept keys and their values, as a sweep's parent logs them: `grid.<key>` ->
+    `0.001,0.01,0.1` (a sweep the sweeper samples, e.g. `interval(0.001,0.1)`, as written)."""
+    swept = {}
+    for override in OverridesParser.create().parse_overrides(_sweep_overrides(config)):
+        if override.is_sweep_override():
+            try:
+                values = ",".join(override.sweep_string_iterator())
+            except (HydraException, TypeError, ValueError):  # sampled: no values to list
+                values = override.input_line.partition("=")[2]
+            swept[f"grid.{override.key_or_group.lstrip('+~')}"] = values[:MAX_PARAM_LENGTH]
+    return swept
 
 
 def swept_experiments(config: DictConfig) -> list[str]:

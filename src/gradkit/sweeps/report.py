@@ -4,6 +4,7 @@ commands that rerun what did not complete, and each parent ended with the right 
 from __future__ import annotations
 
 import csv
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ def _report_parent(tracker: Tracker, experiment: str, parent: str,
         missing = [job for job in jobs if job["status"] in ("KILLED", "NOT_RUN")]
         _log_report(tracker, parent, jobs, sweep_dir / "report" / experiment, dpi)
         tracker.log_metrics(parent, {"jobs": len(jobs), "jobs_failed": len(failed)})
+        best = best_row(jobs)
+        if best is not None:
+            tracker.log_metrics(parent, {"best_objective": best["metrics"]["objective"]})
+            tracker.set_tags(parent, {"best_run_id": best["run_id"],
+                                      "best_job": f"#{best['job']} {best['overrides']}"})
         if failed:
             names = "; ".join(f"#{job['job']} {job['overrides']} ({job['status']})"
                               for job in failed)
@@ -62,6 +68,13 @@ def _report_parent(tracker: Tracker, experiment: str, parent: str,
         tracker.end(parent, status, f"sweep parent of {experiment}")
     return (f"sweep parent {parent} ({experiment}) ended {status}: {len(jobs) - len(failed)} "
             f"of {len(jobs)} jobs completed, {len(missing)} killed or not run")
+
+
+def best_row(jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed job with the lowest finite objective (None if none has one)."""
+    scored = [job for job in jobs if job["status"] == COMPLETED and job["run_id"]
+              and math.isfinite(job["metrics"].get("objective", math.nan))]
+    return min(scored, key=lambda job: job["metrics"]["objective"], default=None)
 
 
 def _job_rows(tracker: Tracker, experiment: str, parent: str,
@@ -120,8 +133,10 @@ def _log_report(tracker: Tracker, parent: str, jobs: list[dict[str, Any]], folde
     target = next((job["target"] for job in jobs if job["target"]), "")
     figure_of = get_class(target).sweep_figure if target else Experiment.sweep_figure
     fig = figure_of(jobs) if jobs else None
-    if fig is not None:
-        tracker.log_artifact(parent, save(fig, folder / "comparison.png", dpi), "report")
+    if fig is not None:  # in report/, and at the top where MLflow's artifact view opens
+        comparison = save(fig, folder / "comparison.png", dpi)
+        tracker.log_artifact(parent, comparison, "report")
+        tracker.log_artifact(parent, comparison, None)
 
 
 def _write_csv(path: Path, jobs: list[dict[str, Any]]) -> None:
