@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,15 @@ def test_preset_runs_every_scenario_and_its_smoke_sweep(cli, store):
                 if "mlflow.parentRunId" in r.data.tags}
     assert children["healthy"].data.tags["findings"] == ""
     assert children["nan"].data.tags["findings"] == "nan_grad"
+    for scenario, run_ in children.items():  # NaN entries per layer, as MLflow holds them
+        metrics = run_.data.metrics
+        broken = {key.removeprefix("grad_nonfinite/") for key, count in metrics.items()
+                  if key.startswith("grad_nonfinite/") and count > 0}
+        assert broken == ({"0.weight", "0.bias"} if scenario == "nan" else set())
+        assert metrics["findings.nan_grad"] == len(broken)
+        assert all(math.isnan(metrics[f"grad_norm/{name}"]) for name in broken)
+        assert all(value > 0 for key, value in metrics.items() if key.startswith("grad_norm/")
+                   and key.removeprefix("grad_norm/") not in broken)
 
 
 def test_a_planted_scenario_is_refused_on_a_chosen_model_in_one_line(cli, store):

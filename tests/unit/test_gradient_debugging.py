@@ -59,6 +59,23 @@ def test_the_nan_is_traced_to_the_planted_sqrt(tmp_path):
     assert result.metrics["grad_norm/3.weight"] > 0  # the layers after the fault are untouched
 
 
+def test_a_nan_gradient_is_counted_per_parameter_and_has_no_norm(tmp_path):
+    """The planted sqrt(z * z) has a NaN slope at every unit of the first Linear's output:
+    each entry of that Linear's gradients is NaN, none of the later layers'."""
+    result = run("nan", tmp_path)
+    net = GradientDebugging(scenario="nan")
+
+    metrics = result.metrics
+    counts = {name.removeprefix("grad_nonfinite/"): value for name, value in metrics.items()
+              if name.startswith("grad_nonfinite/")}
+    assert {name for name, count in counts.items() if count} == {"0.weight", "0.bias"}
+    assert (counts["0.weight"], counts["0.bias"]) == (net.input_dim * net.hidden[0],
+                                                      net.hidden[0])
+    assert all(math.isnan(metrics[f"grad_{stat}/0.{kind}"]) for stat in ("norm", "to_weight")
+               for kind in ("weight", "bias"))  # not 0.0: no entry is finite
+    assert all(metrics[f"grad_norm/{name}"] > 0 for name, count in counts.items() if not count)
+
+
 def test_the_problematic_model_is_found_and_a_miss_fails_the_run(tmp_path):
     blind = run("problematic", tmp_path, vanishing=1e-7, exploding=1e300, imbalance=1e300)
     ours = run("problematic", tmp_path)

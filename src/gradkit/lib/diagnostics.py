@@ -602,13 +602,18 @@ def parameter_metrics(grads: dict[str, GradStats],
                       activations: dict[str, ActivationStats]) -> dict[str, float]:
     """Metrics `grad_<stat>/<parameter path>`, `weight_norm/<parameter path>`,
     `act_<stat>/<module path>`, `dead_fraction/<module path>` and `dead_units/<module path>`
-    (how many), plus the ratio of the largest to the smallest weight ‖∂L/∂W‖ / ‖W‖."""
+    (how many), plus the ratio of the largest to the smallest weight ‖∂L/∂W‖ / ‖W‖.
+    `grad_nonfinite/<parameter path>` counts its NaN and Inf entries; its `grad_norm` and
+    `grad_to_weight` are NaN when there are any (the other statistics are those of its
+    finite entries)."""
     metrics = {}
     for name, stats in grads.items():
-        metrics |= {f"grad_norm/{name}": stats.norm, f"grad_mean/{name}": stats.mean,
+        nonfinite = stats.nan_count + stats.inf_count
+        metrics |= {f"grad_norm/{name}": math.nan if nonfinite else stats.norm,
+                    f"grad_nonfinite/{name}": float(nonfinite), f"grad_mean/{name}": stats.mean,
                     f"grad_std/{name}": stats.std, f"grad_min/{name}": stats.min,
                     f"grad_max/{name}": stats.max, f"grad_zeros/{name}": stats.zero_fraction,
-                    f"grad_to_weight/{name}": stats.grad_to_weight,
+                    f"grad_to_weight/{name}": math.nan if nonfinite else stats.grad_to_weight,
                     f"weight_norm/{name}": stats.weight_norm}
     for name, stats in activations.items():
         metrics |= {f"act_mean/{name}": stats.mean, f"act_std/{name}": stats.std,
