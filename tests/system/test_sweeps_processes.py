@@ -28,8 +28,9 @@ def test_invalid_job_fails_the_sweep_but_not_the_valid_job(store, tmp_path):
     assert parent.info.status == "FAILED"
     assert "learning_rate=-1" in parent.data.tags["failed_jobs"]
     assert "learning_rate=0.001" not in parent.data.tags["failed_jobs"]
-    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 1.0}
     [valid] = [c for c in children if c.info.status == "FINISHED"]
+    assert parent.data.metrics == {"jobs": 2.0, "jobs_failed": 1.0,
+                                   "best_objective": valid.data.metrics["objective"]}
     assert valid.data.params["experiment.learning_rate"] == "0.001"
     assert valid.data.metrics["iterations"] == 50
     assert valid.data.tags["status"] == "max_iterations"
