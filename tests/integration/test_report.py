@@ -372,3 +372,22 @@ def test_the_headline_is_the_newer_of_the_latest_standalone_run_and_the_sweeps_b
         which = "the best job (lowest objective) of the latest sweep, the sweep"
     assert f"### Headline run: {headline}\n" in markdown
     assert f"![demo: main figure of {headline}, {which}](figures/demo.png)" in markdown
+
+
+def test_a_demonstration_of_the_users_own_config_is_described_by_its_runs_class(
+        store, tmp_path, capsys):
+    """A store's experiment gradkit does not list (a --config-dir of its own) is described
+    by the class its runs' `experiment_target` tag names: what its checks prove, its normal
+    ends."""
+    from gradkit.experiments.lr_finder import LrFinder
+
+    tracker = Tracker.from_config({"kind": "local", "root": str(store)})
+    made_run(tracker, "range test", {"experiment_target": "gradkit.experiments.lr_finder."
+                                     "LrFinder", "status": "diverged"})
+
+    code, _, err = make_report(capsys, f"tracking.root={store}", f"output={tmp_path / 'r'}")
+
+    assert code == 0, err
+    row = table_rows((tmp_path / "r" / "report.md").read_text())["demo"]
+    assert row[1] == LrFinder.proves
+    assert row[-1].startswith("FINISHED (stopped at its divergence threshold), checks not run")

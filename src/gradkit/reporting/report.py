@@ -35,7 +35,7 @@ from gradkit.core.names import file_name
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.validation import ConfigError, choice
 from gradkit.plotting import figure, save
-from gradkit.tracking.store import PARENT_TAG, RunRecord, Tracker
+from gradkit.tracking.store import PARENT_TAG, TARGET_TAG, RunRecord, Tracker
 
 REPORT_EXPERIMENT = "summary"
 NOT_DEMONSTRATIONS = (REPORT_EXPERIMENT, "Default")
@@ -132,6 +132,8 @@ class Demonstration:
 def describe(demo: Demonstration, target: str, section: str) -> None:
     """Fill in the notebook section (as `gradkit list` reads it), what the checks prove and
     which status tags are normal ends."""
+    if not target:  # a run made outside gradkit
+        return
     try:
         cls = get_class(target)
     except Exception:  # a run of an experiment this installation no longer has
@@ -161,8 +163,7 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
         if not runs and name not in known:
             continue  # an empty experiment of the store (MLflow's Default) is no demonstration
         demo = Demonstration(name, runs=[run for run in runs if not is_parent(run)])
-        describe(demo, known.get(name) or (demo.latest.params.get("experiment._target_", "")
-                                           if demo.latest else ""),
+        describe(demo, known.get(name) or (target_of(demo.latest) if demo.latest else ""),
                  entries[name].section if name in entries else "")
         jobs: dict[str, list[RunRecord]] = {}
         for run in runs:
@@ -180,6 +181,11 @@ def collect(tracker: Tracker, options: Options) -> list[Demonstration]:
                 raise ConfigError(f"sweeps: {wanted!r} matches no sweep of the selected "
                                   "demonstrations; give a sweep_id tag or a parent run id")
     return sorted(demos, key=lambda d: (not d.failed_checks, section_key(d.section), d.name))
+
+
+def target_of(run: RunRecord) -> str:
+    """The experiment class a run ran: its tag, or the param of runs made before the tag."""
+    return run.tags.get(TARGET_TAG) or run.params.get("experiment._target_", "")
 
 
 def is_parent(run: RunRecord) -> bool:
