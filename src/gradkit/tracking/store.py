@@ -148,10 +148,12 @@ def log10_copies(names: tuple[str, ...], metrics: Mapping[str, float],
     (a diverged loss, a loss of exactly 0)."""
     copies = {}
     for name in names:
-        value = metrics.get(name, params.get(f"experiment.{name}"))
-        with suppress(TypeError, ValueError):
-            if math.isfinite(value := float(value)) and value > 0:
-                copies[f"log10/{name}"] = math.log10(value)
+        try:
+            value = float(metrics.get(name, params.get(f"experiment.{name}")))
+        except (TypeError, ValueError):  # neither a metric nor a numeric param
+            continue
+        if math.isfinite(value) and value > 0:
+            copies[f"log10/{name}"] = math.log10(value)
     return copies
 
 
