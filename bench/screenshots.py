@@ -146,8 +146,9 @@ class Shooter:
         self.page, self.base, self.notes = page, base, []
 
     def open(self, route: str, ready: str | None = None) -> str:
-        """Go to `route` (a hash route of the UI, or a full URL) and let it render."""
+        """Load `route` (a hash route of the UI, or a full URL) afresh and let it render."""
         url = route if "://" in route else f"{self.base}/{route}"
+        self.page.goto("about:blank")  # a full load, as a pasted link: no state kept in memory
         self.page.goto(url, wait_until="load")
         if ready:
             self.page.locator(ready).first.wait_for(timeout=30_000)
@@ -244,9 +245,11 @@ def shoot_all(s: Shooter, eid: str, single: str, children: list[str], report: Pa
     s.shoot("c0_compare_clicked", "what the Compare button opens", {"title": "h1, h2"})
     compare = (f"#/compare-runs?runs={json.dumps(children, separators=(',', ':'))}"
                f"&experiments={json.dumps([eid])}&{ML}")
+    kept = s.page.evaluate("Object.keys(localStorage).join(', ')")
+    s.notes[-1] += f"\n  localStorage keys the UI kept so far: {kept}"
     s.open(compare, "[role=tab]")
     s.shoot("c1_compare_parallel", f"compare view of the sweep's {len(children)} jobs "
-            "(#/compare-runs?runs=[...]&experiments=[...]) as it opens",
+            "(#/compare-runs?runs=[...]&experiments=[...]) opened as a link",
             {"title": "h1, h2", "tabs": "[role=tab]", "chosen": "[class*=select-selection-item]"
              ", [class*=tag]"})
     s.click("Scatter Plot")
