@@ -130,7 +130,9 @@ def test_joblib_sweep_of_four_jobs(server, on_server, tmp_path):
     assert code == 0, err
     parent, children = family(server, "basic_gradients", tmp_path / "sweep")
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"jobs": 4.0, "jobs_failed": 0.0}
+    objectives = [c.data.metrics["objective"] for c in children]
+    assert parent.data.metrics == {"jobs": 4.0, "jobs_failed": 0.0,
+                                   "best_objective": min(objectives)}
     assert [c.info.status for c in children] == ["FINISHED"] * 4
     assert {c.data.tags["sweep_id"] for c in children} == {parent.data.tags["sweep_id"]}
     assert [c.data.metrics["grad"] for c in children] == [5.0, 7.0, 9.0, 11.0]  # 2x + 3
@@ -167,7 +169,7 @@ def test_reproduce_and_report_on_the_server(server, on_server, tmp_path, capsys)
 
     report.main([*store, f"output={tmp_path / 'report'}", "experiments=[basic_gradients]"])
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert f"Run {made.info.run_id}" in markdown  # the replay is the latest run
+    assert f"Run [{made.info.run_id}](" in markdown  # the replay is the latest run
     [summary] = runs_where(server, report.REPORT_EXPERIMENT, "")[:1]
     assert "report.html" in {a.path for a in MlflowClient(server).list_artifacts(
         summary.info.run_id)}
