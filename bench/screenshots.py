@@ -228,8 +228,7 @@ def shoot_all(s: Shooter, eid: str, single: str, children: list[str], report: Pa
             "lead here by the breadcrumb Runs)", RUNS_TABLE)
     s.page.get_by_test_id("column-selection-dropdown").first.click()
     s.pause()
-    s.shoot("b2_runs_table_columns", "its Columns menu: what is shown or hidden by default",
-            {"ticked": "[role=dialog] [aria-checked=true], [role=dialog] input:checked"})
+    s.shoot("b2_runs_table_columns", "its Columns menu: what is shown or hidden by default")
     s.page.keyboard.press("Escape")
     s.tick_columns(["final_loss", "experiment.learning_rate", "experiment.start"])
     s.page.get_by_role("button", name="Close").first.click()  # the MLflow Assistant panel
@@ -261,7 +260,7 @@ def shoot_all(s: Shooter, eid: str, single: str, children: list[str], report: Pa
     s.notes[-1] += "".join(f"\n  {line}" for line in chosen)
     s.click("Contour Plot")
     s.shoot("c4_compare_contour", "Contour Plot tab as it opens",
-            {**SELECTS, "message": "main p, main span"})
+            {**SELECTS, "message": "text=/unique data points/"})
     chosen = [s.choose("yaxis-selector", "experiment.start.0"),
               s.choose("zaxis-selector", "log10/final_loss")]
     s.shoot("c5_compare_contour_chosen", "Contour: x=experiment.learning_rate (default), "
@@ -273,6 +272,11 @@ def shoot_all(s: Shooter, eid: str, single: str, children: list[str], report: Pa
     s.open(f"#/experiments/{eid}/runs/{single}?{ML}", "[role=tab]")
     s.shoot("d1_run_overview", "one gradient_descent run (Overview tab)",
             {"tabs": "[role=tab]", "headings": "h2, h3"})
+    s.page.get_by_role("link", name="Runs", exact=True).first.click()
+    s.pause(3000)
+    s.shoot("d0_breadcrumb_runs", "a run link gradkit prints, then the Runs breadcrumb "
+            "(1 click)", {"headings": "h1, h2"})
+    s.open(f"#/experiments/{eid}/runs/{single}?{ML}", "[role=tab]")
     s.click("Model metrics")
     s.shoot("d2_run_metrics", "its Model metrics tab (a bar per metric)")
     s.click("Artifacts")
@@ -295,7 +299,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
-    for old in OUT.glob("*.png"):
+    for old in [*OUT.glob("*.png"), *OUT.glob("index.txt")]:
         old.unlink()
     with tempfile.TemporaryDirectory(prefix="gradkit-screens-") as tmp:
         work = Path(tmp)
