@@ -23,7 +23,8 @@ USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
   reproduce  a run replayed, diffed:    gradkit reproduce RUN_ID [--config-dir DIR] [KEY=VALUE ...]
   ui         MLflow's UI on a store:    gradkit ui [--store DIR] [--host HOST] [--port PORT]
 
-`gradkit run --help` lists every key; results go to outputs/ and mlruns/ in this folder."""
+`gradkit run [experiment=NAME] --help` lists the global keys and that experiment's;
+results go to outputs/ and mlruns/ in this folder."""
 
 
 def _run(args: list[str]) -> None:
