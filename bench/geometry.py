@@ -20,10 +20,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from common import RESULTS, best_of
 
 from gradkit.experiments.hessian import random_spd
 from gradkit.experiments.landscape import grid
@@ -39,21 +38,6 @@ from gradkit.lib.derivatives import (
 )
 from gradkit.lib.functions import OBJECTIVES, notebook_quadratic, quadratic
 from gradkit.lib.models import mlp
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-
-RESULTS = PROJECT_ROOT / "bench" / "results"
-
-
-def best_of(call: Callable[[], object], repeats: int) -> float:
-    """The best wall time of `repeats` calls, after one warm-up call."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def landscape(threads: int) -> dict:

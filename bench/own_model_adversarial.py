@@ -22,13 +22,11 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import PROJECT_ROOT, RESULTS, best_of
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-RESULTS = PROJECT_ROOT / "bench" / "results"
 USER_PROJECT = PROJECT_ROOT / "examples" / "user_project"
 sys.path.insert(0, str(USER_PROJECT))  # the project's package, as when gradkit runs in it
 
@@ -40,17 +38,6 @@ from gradkit.lib.training import TrainSpec, trained_classifier  # noqa: E402
 EPSILON, ALPHA, STEPS = 0.1, 0.025, 10
 REPEATS = 3
 SAME_TOLERANCE = 1e-6  # inputs in [0, 1]: float32 rounding of a few steps
-
-
-def best_of(call: Callable[[], object], repeats: int = REPEATS) -> float:
-    """The best wall time of `repeats` calls, after one warm-up call."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def project_context(folder: Path) -> RunContext:

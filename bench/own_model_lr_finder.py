@@ -23,12 +23,11 @@ import logging
 import math
 import os
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import PROJECT_ROOT, RESULTS, best_of
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from gradkit.core.components import Choice, Components
@@ -42,8 +41,6 @@ from gradkit.experiments.lr_finder import (
 )
 from gradkit.lib.training import make_optimizer
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-RESULTS = PROJECT_ROOT / "bench" / "results"
 sys.path.insert(0, str(PROJECT_ROOT / "examples" / "user_project"))
 
 SEED, BATCH, NUM_ITER, SMOOTH_F, DIVERGE_TH = 0, 64, 100, 0.05, 5.0
@@ -51,16 +48,6 @@ MODEL = {"_target_": "my_project.models.SmallConvNet", "in_channels": 1, "classe
          "width": 8}
 DATA = {"_target_": "my_project.data.Stripes", "size": 800, "noise": 0.3}
 
-
-def best_of(call: Callable[[], object], repeats: int) -> float:
-    """The best wall time of `repeats` calls, after one warm-up call."""
-    call()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 class OnePermutationPerPass(Sampler[int]):
