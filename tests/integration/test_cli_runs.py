@@ -8,8 +8,10 @@ import importlib.util
 
 import pytest
 from conftest import EXPERIMENTS, client_for, runs_of, untimed
+from hydra.utils import get_class
 
 from gradkit.cli.catalog import describe_module
+from gradkit.tracking.store import Tracker
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
@@ -55,6 +57,8 @@ def test_a_run_lands_in_its_experiment_and_the_same_command_repeats_it(name, cli
         widths = ast.literal_eval(params[key])
         assert (params[f"{key}.depth"], params[f"{key}.width"]) == (
             str(len(widths)), str(max(widths)))
+    headline = get_class(tags["experiment_target"]).headline
+    assert headline and set(headline) <= set(run.data.metrics)  # named as they are logged
     experiment = client_for(store).get_experiment(run.info.experiment_id)
     section, purpose = describe_module(tags["experiment_target"].rpartition(".")[0])
     assert {key: experiment.tags.get(key) for key in ("mlflow.note.content", "section")} == {
@@ -209,3 +213,23 @@ def test_a_misspelt_key_in_a_preset_names_the_preset_experiment(cli):
     assert code != 0
     assert ("experiment.learnin_rate is not a parameter of gradient_descent; its parameters: "
             "function, start, learning_rate") in err
+
+
+def test_headline_metrics_are_logged_first_and_said_when_the_run_ends(cli, gradkit, store,
+                                                                       monkeypatch):
+    logged = []
+    log_batch = Tracker.log_batch
+
+    def recording(self, run_id, params=None, metrics=None, tags=None):
+        logged.extend(metric.key for metric in metrics or [])
+        return log_batch(self, run_id, params, metrics, tags)
+
+    monkeypatch.setattr(Tracker, "log_batch", recording)
+    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=50")
+
+    assert code == 0, err
+    assert logged[:3] == ["final_loss", "iterations", "converged"]
+    [run] = runs_of(store, "gradient_descent")
+    metrics = run.data.metrics
+    assert (f"checks=passed; final_loss={metrics['final_loss']:.6g} iterations=50 "
+            "converged=0") in gradkit.out

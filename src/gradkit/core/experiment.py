@@ -39,6 +39,11 @@ class Check:
         return math.isfinite(self.error) and self.error <= self.tolerance
 
 
+def headline_first(metrics: dict[str, float], headline: tuple[str, ...]) -> dict[str, float]:
+    """`metrics` with the `headline` ones (those present) first, in their order."""
+    return {**{name: metrics[name] for name in headline if name in metrics}, **metrics}
+
+
 @dataclass
 class Result:
     """Everything one run produced; tracking logs it, experiments never log themselves."""
@@ -81,6 +86,9 @@ class Experiment(ABC):
     """
 
     proves: str = ""  # what its checks prove, in one sentence
+    # the metrics a reader looks at first: logged first (MLflow's compare views open on the
+    # first metric) and said when the run ends
+    headline: tuple[str, ...] = ()
     # metrics, or `experiment.` params, that span decades: also logged as `log10/<name>`
     log_scale: tuple[str, ...] = ()
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradkit.core import interrupts
 from gradkit.core.components import Components
 from gradkit.core.errors import UNEXPECTED, not_a_parameter
-from gradkit.core.experiment import Experiment, Result
+from gradkit.core.experiment import Experiment, Result, headline_first
 from gradkit.core.parameters import builtin_experiments
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import build_context, read_settings
@@ -119,10 +119,11 @@ def _job(cfg: DictConfig) -> closing.Job:
                     started = timing.now(ctx.device)
                     result = experiment.run(ctx)
                     result.metrics["job_seconds"] = timing.now(ctx.device) - started
+                    result.metrics = headline_first(result.metrics, experiment.headline)
                     pngs = write_result(result, output_dir, dpi=settings.dpi,
                                         figures=settings.figures)
-                    log.info("%s: objective=%.6g checks=%s", option, result.objective,
-                             describe_checks(result))
+                    log.info("%s: objective=%.6g checks=%s%s", option, result.objective,
+                             describe_checks(result), describe_headline(result, experiment))
                 except BaseException:  # a failed or interrupted job keeps its params, config
                     with tracker.unless_failing():  # and log, if the store lets it
                         tracker.log_result(run_id, params, result, settings.max_series_points,
@@ -154,6 +155,13 @@ def refuse_unused(components: Components, experiment: Experiment, option: str) -
         takers = [name for name, cls in builtin_experiments().items() if cls.takes_components()]
         raise ConfigError(f"{option} runs on no model, data or loss ({', '.join(chosen)} "
                           f"chosen); the experiments that do: {', '.join(takers)}")
+
+
+def describe_headline(result: Result, experiment: Experiment) -> str:
+    """`; final_loss=0.0021 iterations=2000`: the experiment's headline metrics of the run."""
+    shown = [f"{name}={result.metrics[name]:.6g}" for name in experiment.headline
+             if name in result.metrics]
+    return f"; {' '.join(shown)}" if shown else ""
 
 
 def describe_checks(result: Result) -> str:

@@ -105,6 +105,7 @@ class Accumulation(Experiment):
     batches of the train split, one by accumulating micro-batch gradients with each loss
     scaled by the micro-batch's share of the batch (1 / accumulation_steps)."""
 
+    headline = ("grad_rel_diff", "param_rel_diff.sgd")
     proves = ("accumulated micro-batch gradients, losses and the parameters they train under "
               "SGD equal full-batch training (without batch norm)")
     workload: Workload | None = None  # set by prepare

@@ -406,6 +406,7 @@ class Tally:
 class Adversarial(Experiment):
     """Attack a trained classifier (L-infinity or L2, radius epsilon) on its whole test split."""
 
+    headline = ("robust_accuracy", "clean_accuracy", "attack_success_rate")
     proves = ("every perturbation stays within epsilon and the input range, the attack raises "
               "the loss (lowers it toward the target), and FGSM equals one-step PGD bit for bit")
 

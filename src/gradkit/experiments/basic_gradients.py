@@ -16,6 +16,7 @@ TOLERANCE = 1e-12
 class BasicGradients(Experiment):
     """f(x) = a x^2 + b x + c at x; autograd df/dx against 2 a x + b."""
 
+    headline = ("grad", "analytic_grad")
     proves = "autograd's df/dx equals the analytic 2ax + b"
 
     def __init__(self, a: float = 1.0, b: float = 3.0, c: float = 1.0, x: float = 2.0):

@@ -196,6 +196,7 @@ class Checkpointing(Experiment):
     """A deep stack of blocks run plain and with `checkpoint_sequential`: saved activations,
     the measured peak of live tensor memory, time, and the gradients of both compared."""
 
+    headline = ("memory_saving", "time_overhead")
     proves = ("checkpointed gradients equal the plain ones, the checkpointed forward saves what "
               "its segments add up to, and the memory meter accounts for every byte left")
     workload: Workload | None = None  # set by prepare, with `chain`: the model as blocks

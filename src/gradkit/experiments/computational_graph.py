@@ -40,6 +40,7 @@ def chain_rule(x: float) -> dict[str, float]:
 class ComputationalGraph(Experiment):
     """Values, grad_fn names and gradients of every node, checked against the chain rule."""
 
+    headline = ("grad", "manual_grad")
     proves = "every node's autograd gradient equals the hand-derived chain rule"
 
     def __init__(self, x: float = 2.0):

@@ -148,6 +148,7 @@ class GradientDebugging(Experiment):
     """Run the gradient detector on a DiagnosticNet (input -> hidden ReLU layers -> 1) that has
     the fault of `scenario` planted, or (`scenario=none`) on any model as it is."""
 
+    headline = ("health_level",)
     proves = ("the detector finds each scenario's planted fault, and nothing in the healthy "
               "network; its statistics equal a float64 recomputation")
 

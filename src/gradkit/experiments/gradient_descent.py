@@ -114,6 +114,7 @@ def spectral_radius(step: float, momentum: float) -> float:
 class GradientDescent(Experiment):
     """Minimise a 2-D test function by gradient descent from `start`."""
 
+    headline = ("final_loss", "iterations", "converged")
     proves = ("autograd's gradient at the start equals the analytic one, every step replays "
               "with the analytic gradient, the loss never rises where the descent lemma says so, "
               "the outcome agrees with the path, and the stability limit is where the iteration "

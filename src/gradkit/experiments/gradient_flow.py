@@ -47,6 +47,7 @@ class GradientFlow(Experiment):
     """One forward/backward pass of a seeded network on one batch: gradient statistics of
     every parameter and activation statistics of every module output, by module path."""
 
+    headline = ("total_grad_norm", "health_level")
     proves = ("the reported per-parameter statistics equal a float64 recomputation, every "
               "parameter's gradient equals torch.func.grad, the dead units a finite-difference "
               "recount, and the rules answer probes right")

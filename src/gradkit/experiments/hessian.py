@@ -77,6 +77,7 @@ def timed(method, f, x: torch.Tensor) -> tuple[torch.Tensor, float]:
 class Hessian(Experiment):
     """The Hessian of a test function at `point`: three ways checked, eigen-analysed."""
 
+    headline = ("condition_number", "determinant")
     proves = ("row-by-row double backward, torch.func.hessian and autograd.functional.hessian "
               "each give the analytic Hessian (SymPy's for an expression), autograd the analytic "
               "gradient, and the point's kind "

@@ -38,6 +38,7 @@ def frobenius_norm(matrix: torch.Tensor) -> float:
 class Jacobian(Experiment):
     """J of f(x) = [x1^2, x1 x2, x2 x3] by row-wise backward, jacrev and jacfwd."""
 
+    headline = ("jacobian_norm", "determinant")
     proves = "row-wise backward, jacrev and jacfwd each give the analytic Jacobian"
 
     def __init__(self, point: list[float] = (1.0, 2.0, 3.0)):

@@ -201,6 +201,7 @@ def disagreements(oracle: torch.Tensor, found: list[dict[str, Any]],
 class Landscape(Experiment):
     """Values and gradients of a 2-D function on a grid; its critical points, classified."""
 
+    headline = ("value_min", "grad_norm_max")
     proves = ("the batched gradient equals the analytic one and the per-point loop on the grid,"
               " every critical point found is stationary and of the kind the analytic Hessian"
               " says, and an independent search finds the same ones")

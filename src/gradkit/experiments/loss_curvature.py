@@ -108,6 +108,7 @@ class LossCurvature(Experiment):
     """Sharpness (top Hessian eigenvalues), the bottom eigenvalues, the trace and the spectral
     density of a network's loss (own: an MLP on a regression batch)."""
 
+    headline = ("top_eigenvalue.0", "lambda_min")
     proves = ("Lanczos' top and bottom eigenvalues equal the full Hessian's, Hutchinson's trace "
               "is within its error of the exact trace, and the SLQ density integrates to 1 with "
               "the trace / n as its mean")

@@ -256,6 +256,7 @@ class LrFinder(Experiment):
     """Range-test the learning rate of a model on its data and loss (by default an MLP on the
     digits), then train at the advice."""
 
+    headline = ("suggested_lr", "min_loss_lr")
     proves = ("the model and optimizer are restored bit for bit after the range test, and the "
               "schedule, smoothing, stop and suggestion rules hold on the logged curve")
     # status tag -> its meaning: the test ends at its divergence threshold by design
