@@ -47,6 +47,12 @@ def _records_dir(sweep_dir: Path, sweep_id: str) -> Path:
     return sweep_dir / STATE_DIR / sweep_id
 
 
+def _read_records(sweep: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records the sweep's jobs left as they ended."""
+    return [json.loads(path.read_text())
+            for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
+
+
 def _jobs_of(jobs: list[dict[str, Any]] | None, experiment: str) -> int | None:
     """How many planned jobs run `experiment` (None when the sweeper plans as it goes)."""
     return None if jobs is None else sum(job["experiment"] == experiment for job in jobs)
@@ -93,8 +99,7 @@ _open_sweeps: list[SweepTracker] = []  # sweeps this process started and has not
 def print_summary(sweep: dict[str, Any]) -> None:
     """The sweep's summary on stdout: a line per job, then where to look (nothing if the
     store cannot be read any more)."""
-    records = [json.loads(path.read_text())
-               for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
+    records = _read_records(sweep)
     try:
         lines = summary_lines(sweep["tracker"], sweep["id"], records, sweep["parents"],
                               sweep["dir"])
@@ -228,8 +233,7 @@ class SweepTracker(Callback):
         closing.close_open()  # the last jobs' runs, before the report reads them
         _open_sweeps.remove(self)
         sweep = self._sweep
-        records = [json.loads(path.read_text())
-                   for path in _records_dir(sweep["dir"], sweep["id"]).glob("*.json")]
+        records = _read_records(sweep)
         lines = report_sweep(sweep["tracker"], sweep["parents"], sweep["jobs"], records,
                              sweep["dir"], sweep["dpi"], interrupted)
         if interrupted and sweep["jobs"] is not None:

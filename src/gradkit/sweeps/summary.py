@@ -6,9 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gradkit.sweeps.report import COMPLETED
 from gradkit.tracking.store import RunRecord, Tracker
-
-COMPLETED = "COMPLETED"
 
 
 def job_line(record: dict[str, Any], run: RunRecord | None, width: int) -> str:
@@ -26,8 +25,10 @@ def summary_lines(tracker: Tracker, sweep_id: str, records: list[dict[str, Any]]
                   parents: dict[str, str], sweep_dir: Path) -> list[str]:
     """A line per job (its experiment, overrides, status, objective, checks), then each
     parent's UI link, comparison figure and best job."""
-    runs = {run.tags.get("job_num"): run for run in tracker.search_runs(
-        list(tracker.experiments().values()), f"tags.sweep_id = '{sweep_id}'")}
+    found = tracker.search_runs(list(tracker.experiments().values()),
+                                f"tags.sweep_id = '{sweep_id}'")
+    runs = {run.tags.get("job_num"): run for run in found}
+    by_id = {run.id: run for run in found}
     records = sorted(records, key=lambda record: record["job"])
     width = max((len(record["experiment"]) for record in records), default=0)
     lines = [f"{len(records)} jobs:"]
@@ -37,20 +38,9 @@ def summary_lines(tracker: Tracker, sweep_id: str, records: list[dict[str, Any]]
         figure = sweep_dir / "report" / experiment / "comparison.png"
         if figure.is_file():
             lines.append(f"  comparison figure: {figure}")
-        best = best_job(experiment, records, runs)
-        if best is not None:
-            record, run = best
-            lines.append(f"  best job (lowest objective): #{record['job']} "
-                         f"{record['overrides']}, objective={run.metrics['objective']:.6g}, "
-                         f"run {run.id}")
+        best = by_id.get(parent)  # the sweep report tagged it with its best job
+        if best is not None and "best_job" in best.tags:
+            lines.append(f"  best job (lowest objective): {best.tags['best_job']}, "
+                         f"objective={best.metrics['best_objective']:.6g}, "
+                         f"run {best.tags['best_run_id']}")
     return lines
-
-
-def best_job(experiment: str, records: list[dict[str, Any]], runs: dict[str, RunRecord]
-             ) -> tuple[dict[str, Any], RunRecord] | None:
-    """The completed job of `experiment` with the lowest finite objective."""
-    scored = [(record, runs[str(record["job"])]) for record in records
-              if record["experiment"] == experiment and record["status"] == COMPLETED
-              and str(record["job"]) in runs
-              and math.isfinite(runs[str(record["job"])].metrics.get("objective", math.nan))]
-    return min(scored, key=lambda pair: pair[1].metrics["objective"], default=None)
