@@ -83,10 +83,9 @@ def hold_out(x: torch.Tensor, y: torch.Tensor, fraction: float, seed: int
 
 def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
     """scikit-learn's digits, split: pixel values 0..16 as uint8, labels as long."""
-    from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    images, labels = load_digits(return_X_y=True)
+    images, labels = _digits_table()
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=test_fraction, stratify=labels, random_state=seed)
     return {"train_x": torch.as_tensor(train_x, dtype=torch.uint8),
@@ -95,16 +94,23 @@ def _split_digits(seed: int, test_fraction: float) -> dict[str, torch.Tensor]:
             "test_y": torch.as_tensor(test_y, dtype=torch.long)}
 
 
-def digits_dataset() -> TensorDataset:
-    """scikit-learn's bundled 8x8 digits (1797 images, no download) as (N, 1, 8, 8) images in
-    [0, 1] and integer labels; read from its CSV without importing scikit-learn."""
+def _digits_table() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits, read from its CSV without importing scikit-learn:
+    pixel values 0..16 (N, 64) and labels, both uint8."""
     package = importlib.util.find_spec("sklearn")
     if package is None or not package.submodule_search_locations:
-        raise ModuleNotFoundError("data=digits needs scikit-learn (pip install scikit-learn)")
+        raise ModuleNotFoundError("the digits need scikit-learn (pip install scikit-learn)")
     table = np.loadtxt(Path(package.submodule_search_locations[0]) / DIGITS_CSV,
                        delimiter=",", dtype=np.uint8)
-    images = torch.from_numpy(table[:, :-1].astype(np.float32) / DIGIT_MAX)
-    return TensorDataset(images.reshape(-1, 1, 8, 8), torch.from_numpy(table[:, -1]).long())
+    return table[:, :-1], table[:, -1]
+
+
+def digits_dataset() -> TensorDataset:
+    """The bundled 8x8 digits (1797 images, no download) as (N, 1, 8, 8) images in [0, 1]
+    and integer labels."""
+    images, labels = _digits_table()
+    pixels = torch.from_numpy(images.astype(np.float32) / DIGIT_MAX)
+    return TensorDataset(pixels.reshape(-1, 1, 8, 8), torch.from_numpy(labels).long())
 
 
 def synthetic_regression(size: int = 512, input_dim: int = 10, output_dim: int = 1,
