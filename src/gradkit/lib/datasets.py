@@ -11,6 +11,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch.utils.data import Dataset, TensorDataset
@@ -148,9 +149,10 @@ class Data:
             raise ConfigError(f"data={self.name}: the train split is empty")
         return batch
 
-    @property
+    @cached_property
     def classes(self) -> int | None:
-        """Number of classes when the targets are integer labels (None: regression)."""
+        """Number of classes when the targets are integer labels (None: regression); without a
+        `classes` attribute the train split is scanned, once."""
         _, target = self.first
         if target is None or target.is_floating_point() or target.dim() != 1:
             return None
