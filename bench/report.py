@@ -51,7 +51,7 @@ def templates(folder: Path) -> dict[str, tuple[dict, dict]]:
         for fig in result.figures.values():
             save(fig, folder / "figure.png")
         metrics = {**result.metrics, "objective": result.objective,
-                   **{f"check.{c}.error": check.error for c, check in result.checks.items()}}
+                   **{f"check/{c}/error": check.error for c, check in result.checks.items()}}
         shapes[name] = (flatten(OmegaConf.to_container(cfg, resolve=True)), metrics)
     return shapes
 

@@ -119,7 +119,7 @@ def accumulation() -> dict[str, float]:
     result = Accumulation(optimizer_steps=REPEATS).run(context())
     for fig in result.figures.values():
         discard(fig)
-    full, accumulated = (result.metrics[f"seconds_per_step.{w}"] for w in ("full", "accumulated"))
+    full, accumulated = (result.metrics[f"seconds_per_step/{w}"] for w in ("full", "accumulated"))
     return {"step_full_s": full, "step_accumulated_s": accumulated,
             "accumulated_time_ratio": accumulated / full,
             "saved_bytes_ratio": result.metrics["saved_bytes_ratio"]}

@@ -111,7 +111,7 @@ def family(store: Path, experiment: str) -> tuple:
 
 
 def untimed(metrics: dict[str, float]) -> dict[str, float]:
-    """The metrics without wall-clock timings (`job_seconds`, `seconds.<method>`, ...): the
+    """The metrics without wall-clock timings (`job_seconds`, `seconds/<method>`, ...): the
     only ones that differ between two runs of one config."""
     return {key: value for key, value in metrics.items() if not is_timing(key)}
 

@@ -16,7 +16,7 @@ def test_small_convnet_on_stripes_reports_the_batch_norm_gap(cli, store, user_pr
     assert run_.info.status == "FINISHED"
     assert (run_.data.tags["model"], run_.data.tags["data"]) == ("small_convnet", "stripes")
     assert run_.data.tags["equivalence"] == "broken_by_batch_norm"
-    assert not any(name.startswith("check.") for name in metrics)
+    assert not any(name.startswith("check/") for name in metrics)
     assert metrics["batchnorm_gap"] > 1e-3
     assert {"grad_diff/features.0.weight", "grad_diff/features.1.weight",
             "grad_diff/mix.weight", "grad_diff/head.bias"} <= set(metrics)

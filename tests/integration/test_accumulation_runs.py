@@ -16,13 +16,13 @@ def test_default_run_end_to_end(cli, store):
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["equivalence"] == "holds"
     assert {"grad_max_abs_diff", "param_max_abs_diff", "loss_full", "loss_accumulated",
-            "saved_bytes.full_batch", "saved_bytes.micro_batch", "seconds_per_step.full",
-            "seconds_per_step.accumulated", "check.equivalence.error",
-            "param_rel_diff.sgd", "check.equivalence_sgd.error", "grad_diff/0.weight",
+            "saved_bytes/full_batch", "saved_bytes/micro_batch", "seconds_per_step/full",
+            "seconds_per_step/accumulated", "check/equivalence/error",
+            "param_rel_diff/sgd", "check/equivalence_sgd/error", "grad_diff/0.weight",
             "grad_diff/6.bias"} <= set(metrics)
     for check in ("equivalence", "loss", "equivalence_sgd"):
-        assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
-        assert metrics[f"check.{check}.tolerance"] == pytest.approx(1e-6 * 128**0.5)
+        assert metrics[f"check/{check}/error"] <= metrics[f"check/{check}/tolerance"]
+        assert metrics[f"check/{check}/tolerance"] == pytest.approx(1e-6 * 128**0.5)
 
 
 def test_a_chosen_model_and_data_keep_the_identity(cli, store):
@@ -34,7 +34,7 @@ def test_a_chosen_model_and_data_keep_the_identity(cli, store):
     assert run_.info.status == "FINISHED"
     assert (run_.data.tags["model"], run_.data.tags["data"]) == ("cnn", "digits")
     assert run_.data.tags["equivalence"] == "holds"
-    assert run_.data.metrics["check.equivalence.error"] <= 1e-6
+    assert run_.data.metrics["check/equivalence/error"] <= 1e-6
     assert {"grad_diff/0.weight", "grad_diff/7.bias"} <= set(run_.data.metrics)
 
 
@@ -69,6 +69,6 @@ def test_preset_and_its_smoke_sweep(cli, store):
     assert code == 0, err
     children = {int(r.data.params["experiment.accumulation_steps"]): r.data.metrics
                 for r in runs_of(store, "accumulation") if "mlflow.parentRunId" in r.data.tags}
-    assert children[2]["saved_bytes.micro_batch"] == children[1]["saved_bytes.micro_batch"] / 2
+    assert children[2]["saved_bytes/micro_batch"] == children[1]["saved_bytes/micro_batch"] / 2
     assert children[1]["micro_batch"] == 128 and children[2]["micro_batch"] == 64
-    assert all(m["check.equivalence.error"] <= 1e-6 for m in children.values())
+    assert all(m["check/equivalence/error"] <= 1e-6 for m in children.values())

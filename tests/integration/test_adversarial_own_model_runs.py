@@ -29,5 +29,5 @@ def test_attacks_run_on_the_projects_conv_net_and_stripes(attack, epsilon, cli, 
     assert metrics["robust_accuracy"] < metrics["clean_accuracy"]
     assert metrics["attacked_loss"] > metrics["clean_loss"]
     for check in ("epsilon_ball", "loss_raised"):
-        assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
+        assert metrics[f"check/{check}/error"] <= metrics[f"check/{check}/tolerance"]
     assert (tmp_path / "run" / "figures" / "examples.png").is_file()

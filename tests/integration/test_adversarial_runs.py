@@ -29,8 +29,8 @@ def test_runs_train_once_then_read_the_cache(cli, store):
     first = runs[0].data.metrics
     assert all(untimed(r.data.metrics) == untimed(first) for r in runs[1:])  # same attack
     assert all(r.info.status == "FINISHED" and r.data.tags["checks"] == "passed" for r in runs)
-    assert first["check.epsilon_ball.error"] <= 2 * torch.finfo(torch.float32).eps
-    assert first["check.fgsm_equals_one_step_pgd.error"] == 0.0
+    assert first["check/epsilon_ball/error"] <= 2 * torch.finfo(torch.float32).eps
+    assert first["check/fgsm_equals_one_step_pgd/error"] == 0.0
     assert first["robust_accuracy"] < first["clean_accuracy"]
     assert first["linf"] == pytest.approx(0.1, abs=1e-6)
     assert 0 < first["attack_success_rate"] <= 1
@@ -52,8 +52,8 @@ def test_another_attack_seed_reuses_the_trained_model_and_draws_another_start(cl
         metrics = run.data.metrics
         assert run.data.tags["checks"] == "passed"
         for check in ("epsilon_ball", "iterates_in_ball", "random_start"):
-            assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
-        assert metrics["check.random_start.tolerance"] < 0.05  # of a mean |δ| / ε of 1/2
+            assert metrics[f"check/{check}/error"] <= metrics[f"check/{check}/tolerance"]
+        assert metrics["check/random_start/tolerance"] < 0.05  # of a mean |δ| / ε of 1/2
 
 
 def test_model_and_data_choices_key_their_own_weights(cli, store):

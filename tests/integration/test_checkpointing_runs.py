@@ -15,14 +15,14 @@ def test_run_end_to_end(cli, store):
     metrics = run_.data.metrics
     assert run_.info.status == "FINISHED"
     for which in ("plain", "checkpointed"):
-        assert {f"saved_bytes.{which}", f"peak_bytes.{which}",
-                f"seconds.{which}"} <= set(metrics)
+        assert {f"saved_bytes/{which}", f"peak_bytes/{which}",
+                f"seconds/{which}"} <= set(metrics)
     assert {"time_overhead", "output_abs_diff", "grad_max_abs_diff",
-            "check.gradients_equal.error", "check.saved_by_segment.error",
-            "check.memory_meter.error"} <= set(metrics)
+            "check/gradients_equal/error", "check/saved_by_segment/error",
+            "check/memory_meter/error"} <= set(metrics)
     assert run_.data.tags["checks"] == "passed"
-    assert metrics["saved_bytes.checkpointed"] < metrics["saved_bytes.plain"]
-    assert metrics["peak_bytes.checkpointed"] < metrics["peak_bytes.plain"]
+    assert metrics["saved_bytes/checkpointed"] < metrics["saved_bytes/plain"]
+    assert metrics["peak_bytes/checkpointed"] < metrics["peak_bytes/plain"]
 
 
 def test_a_chosen_chain_on_chosen_data_end_to_end(cli, store):
@@ -33,7 +33,7 @@ def test_a_chosen_chain_on_chosen_data_end_to_end(cli, store):
     [run_] = runs_of(store, "checkpointing")
     assert run_.info.status == "FINISHED" and run_.data.tags["checks"] == "passed"
     assert (run_.data.tags["model"], run_.data.tags["data"]) == ("mlp", "synthetic_regression")
-    assert run_.data.metrics["check.gradients_equal.error"] == 0.0
+    assert run_.data.metrics["check/gradients_equal/error"] == 0.0
     assert run_.data.metrics["loss"] > 0
 
 
@@ -65,6 +65,6 @@ def test_preset_and_its_smoke_sweep(cli, store):
                     multirun=True)
 
     assert code == 0, err
-    saved = {int(r.data.params["experiment.segments"]): r.data.metrics["saved_bytes.checkpointed"]
+    saved = {int(r.data.params["experiment.segments"]): r.data.metrics["saved_bytes/checkpointed"]
              for r in runs_of(store, "checkpointing") if "mlflow.parentRunId" in r.data.tags}
     assert saved[4] < saved[0]

@@ -15,10 +15,10 @@ from gradkit.tracking.store import Tracker
 
 # Metrics each experiment documents (experiments not listed are held to the common ones only).
 METRICS = {
-    "basic_gradients": {"value", "grad", "analytic_grad", "check.grad.error"},
-    "computational_graph": {"grad", "manual_grad", "check.chain_rule.error"},
-    "jacobian": {"jacobian_norm", "determinant", "check.backward_rows.error",
-                 "check.jacrev.error", "check.jacfwd.error"},
+    "basic_gradients": {"value", "grad", "analytic_grad", "check/grad/error"},
+    "computational_graph": {"grad", "manual_grad", "check/chain_rule/error"},
+    "jacobian": {"jacobian_norm", "determinant", "check/backward_rows/error",
+                 "check/jacrev/error", "check/jacfwd/error"},
 }
 
 

@@ -21,7 +21,7 @@ def test_default_run_end_to_end_with_findings_in_the_summary(cli, store, tmp_pat
     assert run_.info.status == "FINISHED"
     assert run_.data.tags["health"] == "warning"
     assert "dead_units" in run_.data.tags["findings"].split(",")
-    assert run_.data.metrics["check.detects_planted_fault.error"] == 0.0
+    assert run_.data.metrics["check/detects_planted_fault/error"] == 0.0
     path = client_for(store).download_artifacts(run_.info.run_id, "summary.json",
                                                 str(tmp_path / "download"))
     summary = json.loads(Path(path).read_text())
@@ -71,7 +71,7 @@ def test_preset_runs_every_scenario_and_its_smoke_sweep(cli, store):
         broken = {key.removeprefix("grad_nonfinite/") for key, count in metrics.items()
                   if key.startswith("grad_nonfinite/") and count > 0}
         assert broken == ({"0.weight", "0.bias"} if scenario == "nan" else set())
-        assert metrics["findings.nan_grad"] == len(broken)
+        assert metrics["findings/nan_grad"] == len(broken)
         assert all(math.isnan(metrics[f"grad_norm/{name}"]) for name in broken)
         assert all(value > 0 for key, value in metrics.items() if key.startswith("grad_norm/")
                    and key.removeprefix("grad_norm/") not in broken)
@@ -97,4 +97,4 @@ def test_scenario_none_diagnoses_a_chosen_model_as_it_is(cli, store):
     assert run_.info.status == "FINISHED" and run_.data.tags["checks"] == "passed"
     assert {"grad_norm/0.weight", "grad_norm/3.weight", "grad_norm/7.weight",
             "dead_units/0", "dead_units/3"} <= set(metrics)
-    assert "check.detects_planted_fault.error" not in metrics
+    assert "check/detects_planted_fault/error" not in metrics

@@ -47,7 +47,7 @@ def test_gradkits_cnn_on_the_digits(cli, store):
     assert {"grad_norm/0.weight", "grad_norm/3.bias", "grad_to_weight/7.weight",
             "dead_fraction/0", "dead_fraction/3"} <= set(metrics)
     assert "depth" not in metrics  # the own MLP's hidden layers: not this model's
-    assert metrics["loss"] > 0 and metrics["check.per_parameter.error"] <= 1e-6
+    assert metrics["loss"] > 0 and metrics["check/per_parameter/error"] <= 1e-6
 
 
 def test_a_misfit_of_model_and_data_is_refused_before_any_run(cli, store, user_project):

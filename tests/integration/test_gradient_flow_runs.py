@@ -18,9 +18,9 @@ def test_default_run_end_to_end(cli, store):
     assert tags["findings"] == ""
     assert {"grad_norm/0.weight", "grad_mean/6.weight", "grad_std/2.bias", "act_mean/4",
             "dead_fraction/0", "dead_units/2", "weight_norm/0.weight", "total_grad_norm",
-            "max_min_ratio", "check.per_parameter_stats.error"} <= set(metrics)
-    assert metrics["check.per_parameter_stats.error"] <= 1e-6
-    assert {"check.per_parameter.error", "check.dead_units.error", "check.rules.error",
+            "max_min_ratio", "check/per_parameter_stats/error"} <= set(metrics)
+    assert metrics["check/per_parameter_stats/error"] <= 1e-6
+    assert {"check/per_parameter/error", "check/dead_units/error", "check/rules/error",
             "grad_to_weight/0.weight", "min_grad_to_weight"} <= set(metrics)
 
 

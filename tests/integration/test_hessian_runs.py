@@ -15,8 +15,8 @@ def test_cli_run_tags_a_point_that_is_not_critical(cli, store):
     assert run.data.tags["definiteness"] == "positive_definite"
     assert run.data.tags["point_kind"] == "not_critical"
     assert run.data.metrics["grad_norm"] == 2.0
-    assert {"seconds.rows", "check.rows.error", "check.torch_func.error",
-            "check.autograd_functional.error", "condition_number"} <= set(run.data.metrics)
+    assert {"seconds/rows", "check/rows/error", "check/torch_func/error",
+            "check/autograd_functional/error", "condition_number"} <= set(run.data.metrics)
 
 
 def test_cli_non_symmetric_matrix_fails_before_any_run(cli, store):

@@ -29,10 +29,10 @@ def test_cli_run_logs_critical_points(cli, store, tmp_path):
     [run] = runs_of(store, "landscape")
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    assert (metrics["critical_points.minimum"], metrics["critical_points.saddle"],
-            metrics["critical_points.maximum"]) == (4.0, 4.0, 1.0)
-    assert {"check.gradient.error", "check.loop_agreement.error",
-            "check.stationary.error", "gradient_seconds"} <= set(metrics)
+    assert (metrics["critical_points/minimum"], metrics["critical_points/saddle"],
+            metrics["critical_points/maximum"]) == (4.0, 4.0, 1.0)
+    assert {"check/gradient/error", "check/loop_agreement/error",
+            "check/stationary/error", "gradient_seconds"} <= set(metrics)
     summary = client_for(store).download_artifacts(run.info.run_id, "summary.json",
                                                    str(tmp_path / "download"))
     points = json.loads(Path(summary).read_text())["critical_points"]
@@ -75,8 +75,8 @@ def test_cli_run_of_an_expression_finds_its_degenerate_point(cli, store):
     assert run.info.status == "FINISHED"
     assert run.data.params["experiment.function"] == "x**4 - y**4"
     assert "x**4 - y**4" in run.info.run_name
-    assert run.data.metrics["critical_points.degenerate"] == 1.0
-    assert run.data.metrics["check.complete.error"] == 0.0
+    assert run.data.metrics["critical_points/degenerate"] == 1.0
+    assert run.data.metrics["check/complete/error"] == 0.0
     assert run.data.tags["checks"] == "passed"
 
 

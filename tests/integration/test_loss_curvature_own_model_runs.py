@@ -28,6 +28,6 @@ def test_small_convnet_on_stripes_finishes_with_its_checks_and_density(cli, stor
     assert metrics["parameters"] == 1332
     assert (metrics["items"], metrics["batches"]) == (16.0, 1.0)
     for check in CHECKS:
-        assert 0 <= metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
-    assert metrics["lambda_min"] < 0 < metrics["top_eigenvalue.0"]
+        assert 0 <= metrics[f"check/{check}/error"] <= metrics[f"check/{check}/tolerance"]
+    assert metrics["lambda_min"] < 0 < metrics["top_eigenvalue/0"]
     assert abs(metrics["density_mass"] - 1) < 1e-4

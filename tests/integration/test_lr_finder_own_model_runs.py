@@ -22,13 +22,13 @@ def test_the_range_test_runs_on_the_projects_conv_net_and_stripes(cli, store, us
     metrics, tags = run.data.metrics, run.data.tags
     assert (run.info.status, tags["checks"]) == ("FINISHED", "passed")
     assert (tags["model"], tags["data"]) == ("small_convnet", "stripes")
-    assert (metrics["data.train_size"], metrics["data.validation_size"],
-            metrics["data.test_size"]) == (480, 160, 160)  # 800 stripes, split 0.2 / 0.2
-    assert metrics["check.schedule.error"] <= metrics["check.schedule.tolerance"]
+    assert (metrics["data/train_size"], metrics["data/validation_size"],
+            metrics["data/test_size"]) == (480, 160, 160)  # 800 stripes, split 0.2 / 0.2
+    assert metrics["check/schedule/error"] <= metrics["check/schedule/tolerance"]
     steps = int(metrics["iterations_run"])
     linear = np.linspace(1e-7, 1.0, 30)
     assert np.isclose(linear[5:steps - 3], metrics["suggested_lr"], rtol=1e-9).any()
     for which in ("lr_over_10", "suggested", "lr_times_10"):
-        assert 0.0 <= metrics[f"validation.accuracy.{which}"] <= 1.0
-    assert 0.0 <= metrics["test.accuracy"] <= 1.0
+        assert 0.0 <= metrics[f"validation/accuracy/{which}"] <= 1.0
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0
     assert (tmp_path / "run" / "figures" / "lr_finder.png").is_file()

@@ -51,8 +51,8 @@ def test_a_regression_run_finishes_with_losses_and_no_accuracy(cli, store):
     assert (run.info.status, run.data.tags["checks"]) == ("FINISHED", "passed")
     assert (run.data.tags["model"], run.data.tags["data"]) == ("mlp", "synthetic_regression")
     assert not [name for name in metrics if "accuracy" in name]
-    assert {"suggested_lr", "validation.loss.suggested", "test.loss"} <= set(metrics)
-    assert metrics["objective"] == metrics["validation.loss.suggested"]
+    assert {"suggested_lr", "validation/loss/suggested", "test/loss"} <= set(metrics)
+    assert metrics["objective"] == metrics["validation/loss/suggested"]
 
 
 def test_a_test_that_diverges_at_once_is_a_finished_run_without_a_suggestion(cli, store):
@@ -65,9 +65,9 @@ def test_a_test_that_diverges_at_once_is_a_finished_run_without_a_suggestion(cli
     assert (run.info.status, run.data.tags["status"]) == ("FINISHED", "no_suggestion")
     assert metrics["iterations_run"] < 3 + 3 + 2
     assert metrics["diverged"] == 1.0
-    assert not {"suggested_lr", "validation.accuracy.suggested"} & set(metrics)
+    assert not {"suggested_lr", "validation/accuracy/suggested"} & set(metrics)
     assert math.isnan(metrics["objective"])
-    assert metrics["check.state_restored.error"] == 0.0
+    assert metrics["check/state_restored/error"] == 0.0
 
 
 def test_preset_sweeps_optimizers_by_batch_sizes_and_its_first_jobs_run(cli, store, tmp_path):
@@ -100,9 +100,9 @@ def assert_logged_run(run) -> None:
     assert run.info.status == "FINISHED"
     assert tags["checks"] == "passed"
     for check in ("state_restored", "schedule", "smoothing", "stop_rule", "suggestion"):
-        assert metrics[f"check.{check}.error"] <= metrics[f"check.{check}.tolerance"]
-    assert (metrics["data.train_size"] + metrics["data.validation_size"],
-            metrics["data.test_size"]) == (1437, 360)
+        assert metrics[f"check/{check}/error"] <= metrics[f"check/{check}/tolerance"]
+    assert (metrics["data/train_size"] + metrics["data/validation_size"],
+            metrics["data/test_size"]) == (1437, 360)
     assert tags["status"] in ("completed", "diverged")
     assert metrics["diverged"] == float(tags["status"] == "diverged")
     assert ("diverged_at_lr" in metrics) == (tags["status"] == "diverged")
@@ -112,8 +112,8 @@ def assert_logged_run(run) -> None:
     assert np.isclose(schedule[5:steps - 3], metrics["suggested_lr"], rtol=1e-9).any()
     assert np.isclose(schedule[:steps], metrics["min_loss_lr"], rtol=1e-9).any()
     for which in ("lr_over_10", "suggested", "lr_times_10"):
-        assert 0.0 <= metrics[f"validation.accuracy.{which}"] <= 1.0
-        assert metrics[f"validation.loss.{which}"] > 0
-    assert 0.0 <= metrics["test.accuracy"] <= 1.0 and metrics["test.loss"] > 0
-    assert metrics["objective"] == metrics["validation.loss.suggested"]
+        assert 0.0 <= metrics[f"validation/accuracy/{which}"] <= 1.0
+        assert metrics[f"validation/loss/{which}"] > 0
+    assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/loss"] > 0
+    assert metrics["objective"] == metrics["validation/loss/suggested"]
     assert metrics["lr"] == pytest.approx(schedule[steps - 1], rel=1e-9)  # the last step's lr

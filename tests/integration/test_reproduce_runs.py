@@ -64,7 +64,7 @@ def test_wall_clock_timings_are_shown_but_not_compared(cli, store, capsys):
 
     assert code == 0, err
     made = replay_of(store, "hessian", original.info.run_id)
-    timings = [name for name in original.data.metrics if name.startswith("seconds.")]
+    timings = [name for name in original.data.metrics if name.startswith("seconds/")]
     assert len(timings) == 3
     assert all(made.data.metrics[name] > 0 for name in timings)
     assert "(4 wall-clock timings, marked ~ where they differ, not compared)" in out

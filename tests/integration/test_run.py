@@ -36,7 +36,7 @@ def test_a_failed_check_fails_the_run_and_the_job(cli, store):
     (run,) = runs_of(store, "computational_graph")  # the option's name, whatever the class
     assert run.info.status == "FAILED"
     assert run.data.tags["checks"] == "failed"
-    assert run.data.metrics["check.identity.error"] == 0.5
+    assert run.data.metrics["check/identity/error"] == 0.5
     artifacts = {a.path for a in client_for(store).list_artifacts(run.info.run_id)}
     assert {"summary.json", "run.log"} <= artifacts
 

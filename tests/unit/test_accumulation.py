@@ -68,7 +68,7 @@ def test_accumulated_gradients_and_parameters_equal_full_batch_ones(dropout):
     assert result.tags == {"equivalence": "holds"}
     assert result.metrics["grad_rel_diff"] <= 1e-6
     assert result.metrics["param_rel_diff"] <= 1e-6
-    assert result.metrics["param_rel_diff.sgd"] <= 1e-6
+    assert result.metrics["param_rel_diff/sgd"] <= 1e-6
     assert result.metrics["loss_accumulated"] == pytest.approx(result.metrics["loss_full"],
                                                                rel=1e-6)
     assert result.series["loss_full"] == pytest.approx(result.series["loss_accumulated"],
@@ -84,7 +84,7 @@ def test_a_gradient_four_times_too_large_shows_in_the_sgd_parameters(monkeypatch
     result = run(optimizer_steps=10)
 
     assert result.metrics["param_rel_diff"] < 2e-4  # Adam barely sees the gradient's scale
-    assert result.metrics["param_rel_diff.sgd"] > 20 * result.metrics["param_rel_diff"]
+    assert result.metrics["param_rel_diff/sgd"] > 20 * result.metrics["param_rel_diff"]
     assert set(result.failed_checks) == {"equivalence", "loss", "equivalence_sgd"}
 
 
@@ -95,14 +95,14 @@ def test_fifty_correct_steps_pass_though_adam_blows_up_the_rounding():
 
     assert result.metrics["param_rel_diff"] > 1e-5
     assert result.failed_checks == []
-    assert result.metrics["param_rel_diff.sgd"] < 1e-6
+    assert result.metrics["param_rel_diff/sgd"] < 1e-6
 
 
 def test_float64_gap_is_at_rounding_level():
     result = run(torch.float64)
 
     assert result.metrics["grad_rel_diff"] < 1e-13
-    assert result.metrics["param_rel_diff.sgd"] < 1e-13
+    assert result.metrics["param_rel_diff/sgd"] < 1e-13
     assert result.checks["equivalence"].tolerance == pytest.approx(1e-12 * 128**0.5)
 
 
@@ -128,8 +128,8 @@ def test_batch_norm_breaks_the_equivalence_without_failing():
 def test_saved_activations_by_hand_and_one_over_steps():
     result = run(accumulation_steps=4, micro_batch=8)
 
-    assert result.metrics["saved_bytes.full_batch"] == 32 * FLOATS_SAVED_PER_SAMPLE * 4
-    assert result.metrics["saved_bytes.micro_batch"] == 8 * FLOATS_SAVED_PER_SAMPLE * 4
+    assert result.metrics["saved_bytes/full_batch"] == 32 * FLOATS_SAVED_PER_SAMPLE * 4
+    assert result.metrics["saved_bytes/micro_batch"] == 8 * FLOATS_SAVED_PER_SAMPLE * 4
     assert result.metrics["saved_bytes_ratio"] == 0.25
     assert result.metrics["effective_batch"] == 32
 
@@ -140,7 +140,7 @@ def test_times_per_step_fit_in_the_run():
     elapsed = time.perf_counter() - start
 
     for way in ("full", "accumulated"):
-        assert 0 < result.metrics[f"seconds_per_step.{way}"] < elapsed / 3
+        assert 0 < result.metrics[f"seconds_per_step/{way}"] < elapsed / 3
 
 
 def test_effective_batch_sets_the_micro_batch():
@@ -166,9 +166,9 @@ def test_bad_input_names_its_key(kwargs, key):
 
 def test_sweep_figure_skips_failed_jobs():
     done = {"job": 0, "status": "COMPLETED", "params": {"experiment.accumulation_steps": "2"},
-            "metrics": {"saved_bytes.micro_batch": 1e5, "grad_rel_diff": 1e-7,
-                        "param_rel_diff": 0.0, "seconds_per_step.full": 0.01,
-                        "seconds_per_step.accumulated": 0.02}}
+            "metrics": {"saved_bytes/micro_batch": 1e5, "grad_rel_diff": 1e-7,
+                        "param_rel_diff": 0.0, "seconds_per_step/full": 0.01,
+                        "seconds_per_step/accumulated": 0.02}}
     failed = {"job": 1, "status": "FAILED", "params": {}, "metrics": {}}
 
     assert isinstance(Accumulation.sweep_figure([done, failed]), Figure)

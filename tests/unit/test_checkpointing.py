@@ -71,8 +71,8 @@ def test_checkpointed_gradients_equal_plain_ones(block, segments):
     assert result.metrics["output_abs_diff"] <= 1e-6
     input_bytes = 10 * 50 * 4  # the input is allocated before the passes
     for way in ("plain", "checkpointed"):
-        assert result.metrics[f"peak_bytes.{way}"] >= result.metrics[
-            f"saved_bytes.{way}"] - input_bytes
+        assert result.metrics[f"peak_bytes/{way}"] >= result.metrics[
+            f"saved_bytes/{way}"] - input_bytes
     assert isinstance(result.figures["checkpointing"], Figure)
 
 
@@ -157,9 +157,9 @@ def test_the_peak_is_measured_and_counts_the_gradient_buffers():
 
     grad_bytes = 16 * (256 * 256 + 256) * 4
     for way in ("plain", "checkpointed"):
-        assert result.metrics[f"saved_bytes.{way}"] < 0.1 * 2**20
-        assert grad_bytes <= result.metrics[f"peak_bytes.{way}"] < 1.1 * grad_bytes
-    assert result.metrics["saved_bytes.checkpointed"] < result.metrics["saved_bytes.plain"]
+        assert result.metrics[f"saved_bytes/{way}"] < 0.1 * 2**20
+        assert grad_bytes <= result.metrics[f"peak_bytes/{way}"] < 1.1 * grad_bytes
+    assert result.metrics["saved_bytes/checkpointed"] < result.metrics["saved_bytes/plain"]
 
 
 def test_the_end_state_of_a_pass_is_accounted_for_byte_by_byte():
@@ -205,9 +205,9 @@ def test_a_meter_that_misreads_the_passes_fails_the_run(spoil, monkeypatch):
 def test_checkpointing_saves_memory_on_the_notebook_chain():
     none, four = run(segments=0, depth=8), run(segments=4, depth=8)
 
-    assert none.metrics["saved_bytes.checkpointed"] == none.metrics["saved_bytes.plain"]
-    assert four.metrics["saved_bytes.checkpointed"] < 0.6 * four.metrics["saved_bytes.plain"]
-    assert four.metrics["peak_bytes.checkpointed"] < four.metrics["peak_bytes.plain"]
+    assert none.metrics["saved_bytes/checkpointed"] == none.metrics["saved_bytes/plain"]
+    assert four.metrics["saved_bytes/checkpointed"] < 0.6 * four.metrics["saved_bytes/plain"]
+    assert four.metrics["peak_bytes/checkpointed"] < four.metrics["peak_bytes/plain"]
     assert four.metrics["memory_saving"] > 0.1
     assert none.metrics["memory_saving"] == 0.0
 
@@ -225,9 +225,9 @@ def test_bad_input_names_its_key(kwargs, key):
 
 def test_sweep_figure_skips_failed_jobs():
     done = [{"job": i, "status": "COMPLETED", "params": {"experiment.segments": str(s)},
-             "metrics": {"peak_bytes.checkpointed": 1e6 / (s + 1),
-                         "saved_bytes.checkpointed": 1e6 / (s + 1),
-                         "seconds.checkpointed": 0.01, "seconds.plain": 0.01}}
+             "metrics": {"peak_bytes/checkpointed": 1e6 / (s + 1),
+                         "saved_bytes/checkpointed": 1e6 / (s + 1),
+                         "seconds/checkpointed": 0.01, "seconds/plain": 0.01}}
             for i, s in enumerate((0, 2))]
     failed = {"job": 2, "status": "FAILED", "params": {}, "metrics": {}}
 

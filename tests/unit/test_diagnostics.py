@@ -132,7 +132,7 @@ def test_rules(grads, kinds, level):
     metrics, tags = verdict(found)
     assert tags["health"] == level
     assert tags["findings"].split(",") if kinds else tags["findings"] == ""
-    assert sum(v for k, v in metrics.items() if k.startswith("findings.")) == len(kinds)
+    assert sum(v for k, v in metrics.items() if k.startswith("findings/")) == len(kinds)
 
 
 def test_thresholds_are_validated_with_their_keys():

@@ -167,7 +167,7 @@ def test_jacobian_experiment_at_point(point, ctx):
     expected = hand_jacobian(point)
     x1, x2, _ = point
 
-    entries = [[result.metrics[f"jacobian.{i}{j}"] for j in range(3)] for i in range(3)]
+    entries = [[result.metrics[f"jacobian/{i}{j}"] for j in range(3)] for i in range(3)]
     for reported in (result.summary["jacobian"], result.summary["analytic_jacobian"], entries):
         torch.testing.assert_close(torch.tensor(reported, dtype=torch.float64), expected,
                                    rtol=1e-12, atol=1e-12)

@@ -35,7 +35,7 @@ def test_each_planted_fault_is_found(scenario, seed, tmp_path):
         assert kinds == [] and result.tags["health"] == "healthy"
     else:
         assert expected in kinds
-        assert result.metrics[f"findings.{expected}"] >= 1
+        assert result.metrics[f"findings/{expected}"] >= 1
     assert isinstance(result.figures["gradient_debugging"], Figure)
 
 
@@ -127,7 +127,7 @@ def test_bad_input_in_the_constructor():
 def test_sweep_figure_lists_failed_jobs_too():
     done = {"job": 0, "overrides": "scenario=nan", "status": "COMPLETED",
             "params": {"experiment.scenario": "nan"},
-            "metrics": {"health_level": 2.0, "findings.nan_grad": 1.0}}
+            "metrics": {"health_level": 2.0, "findings/nan_grad": 1.0}}
     failed = {"job": 1, "overrides": "scenario=healthy", "status": "FAILED", "params": {},
               "metrics": {}}
 

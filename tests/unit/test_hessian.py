@@ -36,9 +36,9 @@ def test_rosenbrock_at_its_minimum(ctx):
     result = Hessian(function="rosenbrock", point=[1, 1]).run(ctx)
     m = result.metrics
 
-    assert (m["eigenvalue.0"], m["eigenvalue.1"]) == pytest.approx(
+    assert (m["eigenvalue/0"], m["eigenvalue/1"]) == pytest.approx(
         ((1002 - ROOT) / 2, (1002 + ROOT) / 2), rel=1e-12)
-    assert (round(m["eigenvalue.0"], 5), round(m["eigenvalue.1"], 5)) == (0.39936, 1001.60064)
+    assert (round(m["eigenvalue/0"], 5), round(m["eigenvalue/1"], 5)) == (0.39936, 1001.60064)
     assert m["determinant"] == pytest.approx(802 * 200 - 400**2, rel=1e-12)
     assert m["trace"] == pytest.approx(1002, rel=1e-12)
     assert m["condition_number"] == pytest.approx((1002 + ROOT) / (1002 - ROOT), rel=1e-10)
@@ -47,7 +47,7 @@ def test_rosenbrock_at_its_minimum(ctx):
     assert set(result.checks) == {"rows", "torch_func", "autograd_functional", "gradient",
                                   "classification"}
     assert result.failed_checks == []
-    assert {"seconds.rows", "seconds.torch_func", "seconds.autograd_functional"} <= set(m)
+    assert {"seconds/rows", "seconds/torch_func", "seconds/autograd_functional"} <= set(m)
     torch.testing.assert_close(torch.tensor(result.summary["hessian"], dtype=torch.float64),
                                rosenbrock_hessian(1, 1), rtol=1e-12, atol=1e-12)
 
@@ -59,7 +59,7 @@ def test_a_positive_definite_hessian_off_the_minimum_is_not_a_minimum(point, gra
     assert result.tags == {"definiteness": "positive_definite", "point_kind": "not_critical"}
     assert result.metrics["grad_norm"] == pytest.approx(grad_norm, rel=1e-12)
     eigenvalues = torch.linalg.eigvalsh(rosenbrock_hessian(*point)).tolist()
-    assert [result.metrics["eigenvalue.0"], result.metrics["eigenvalue.1"]] == pytest.approx(
+    assert [result.metrics["eigenvalue/0"], result.metrics["eigenvalue/1"]] == pytest.approx(
         eigenvalues, rel=1e-12)
 
 
@@ -68,7 +68,7 @@ def test_notebook_quadratic_at_its_default_point(ctx):
     m = result.metrics
 
     # A = [[3, 1], [1, 2]]: eigenvalues (5 -+ sqrt 5) / 2; grad = A [2, 1] + [1, -2] = [8, 2]
-    assert (m["eigenvalue.0"], m["eigenvalue.1"]) == pytest.approx(
+    assert (m["eigenvalue/0"], m["eigenvalue/1"]) == pytest.approx(
         ((5 - 5**0.5) / 2, (5 + 5**0.5) / 2), rel=1e-12)
     assert (m["determinant"], m["trace"]) == pytest.approx((5.0, 5.0), rel=1e-12)
     assert m["grad_norm"] == pytest.approx(68**0.5, rel=1e-12)
@@ -97,7 +97,7 @@ def test_random_problem_of_higher_dimension(ctx):
     result = experiment.run(ctx)
     fn = experiment.objective(torch.Generator().manual_seed(0))
 
-    eigenvalues = [result.metrics[f"eigenvalue.{i}"] for i in range(30)]
+    eigenvalues = [result.metrics[f"eigenvalue/{i}"] for i in range(30)]
     assert eigenvalues == sorted(eigenvalues)
     assert eigenvalues[0] >= 1 and eigenvalues[-1] <= 100
     assert result.tags["definiteness"] == "positive_definite"
@@ -259,7 +259,7 @@ def test_invalid_parameter_names_its_key(kwargs, key):
 
 def job(num: int, point: str, eigenvalues, grad_norm, condition) -> dict:
     done = eigenvalues is not None
-    metrics = ({**{f"eigenvalue.{i}": v for i, v in enumerate(eigenvalues)},
+    metrics = ({**{f"eigenvalue/{i}": v for i, v in enumerate(eigenvalues)},
                 "grad_norm": grad_norm, "condition_number": condition} if done else {})
     return {"job": num, "experiment": "hessian", "overrides": f"point={point}",
             "status": "COMPLETED" if done else "KILLED", "outcome": "",

@@ -68,8 +68,8 @@ def test_himmelblau_has_four_minima_four_saddles_and_one_maximum(himmelblau):
         assert match["value"] == pytest.approx(
             (x * x + y - 11) ** 2 + (x + y * y - 7) ** 2, abs=1e-9)
     metrics = himmelblau.metrics
-    assert (metrics["critical_points.minimum"], metrics["critical_points.saddle"],
-            metrics["critical_points.maximum"], metrics["critical_points.degenerate"]) == (
+    assert (metrics["critical_points/minimum"], metrics["critical_points/saddle"],
+            metrics["critical_points/maximum"], metrics["critical_points/degenerate"]) == (
         4.0, 4.0, 1.0, 0.0)
     assert all(check.passed for check in himmelblau.checks.values())
 
@@ -101,7 +101,7 @@ def test_single_minimum(function, expected, ctx):
     [point] = result.summary["critical_points"]
     assert point["kind"] == "minimum"
     assert (point["x"], point["y"]) == pytest.approx(expected, abs=1e-12)
-    assert result.metrics["critical_points.minimum"] == 1.0
+    assert result.metrics["critical_points/minimum"] == 1.0
     assert result.failed_checks == []
 
 
@@ -110,7 +110,7 @@ def test_a_window_without_stationary_points_finds_none(ctx):
                        resolution=20).run(ctx)
 
     assert result.summary["critical_points"] == []
-    assert sum(result.metrics[f"critical_points.{k}"] for k in
+    assert sum(result.metrics[f"critical_points/{k}"] for k in
                ("minimum", "maximum", "saddle", "degenerate")) == 0
     assert result.checks["stationary"].passed
 
@@ -199,7 +199,7 @@ def test_a_degenerate_critical_point_is_found_and_called_degenerate(function, ct
     [point] = result.summary["critical_points"]
     assert (point["x"], point["y"]) == pytest.approx((0.0, 0.0), abs=1e-6)
     assert point["kind"] == "degenerate"
-    assert result.metrics["critical_points.degenerate"] == 1.0
+    assert result.metrics["critical_points/degenerate"] == 1.0
     assert result.summary["critical_sets"] == []
     assert result.failed_checks == []
 
@@ -210,8 +210,8 @@ def test_cosines_have_sixteen_minima_twenty_five_maxima_forty_saddles(ctx):
     result = Landscape(function="cos(3*x) + cos(3*y)", resolution=20).run(ctx)
 
     metrics = result.metrics
-    assert (metrics["critical_points.minimum"], metrics["critical_points.maximum"],
-            metrics["critical_points.saddle"]) == (16.0, 25.0, 40.0)
+    assert (metrics["critical_points/minimum"], metrics["critical_points/maximum"],
+            metrics["critical_points/saddle"]) == (16.0, 25.0, 40.0)
     for p in result.summary["critical_points"]:
         kx, ky = (round(v / (math.pi / 3)) for v in (p["x"], p["y"]))
         assert (p["x"], p["y"]) == pytest.approx((kx * math.pi / 3, ky * math.pi / 3), abs=1e-9)
@@ -231,7 +231,7 @@ def test_a_ring_of_minima_is_one_critical_set(ctx):
     [centre] = result.summary["critical_points"]  # the maximum at the origin, alone
     assert centre["kind"] == "maximum"
     assert result.metrics["critical_sets"] == 1.0
-    assert result.metrics["critical_points.degenerate"] == 0.0
+    assert result.metrics["critical_points/degenerate"] == 0.0
     assert result.failed_checks == []
 
 
@@ -281,7 +281,7 @@ def job(num: int, function: str, resolution: int, seconds: float | None,
             "status": status if done else "FAILED", "outcome": "",
             "params": {"experiment.function": function,
                        "experiment.resolution": str(resolution)} if done else {},
-            "metrics": {"gradient_seconds": seconds, "critical_points.minimum": 1.0}
+            "metrics": {"gradient_seconds": seconds, "critical_points/minimum": 1.0}
             if done else {}}
 
 
@@ -339,5 +339,5 @@ def test_a_critical_set_reported_as_isolated_points_fails_the_run(ctx, monkeypat
 
     result = Landscape(function="(x**2 + y**2 - 1)**2", resolution=30).run(ctx)
 
-    assert result.metrics["critical_points.degenerate"] > 20
+    assert result.metrics["critical_points/degenerate"] > 20
     assert result.failed_checks == ["complete"]

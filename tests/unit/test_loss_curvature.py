@@ -222,14 +222,14 @@ def test_top_and_bottom_eigenvalues_and_trace_against_the_full_hessian(ctx):
 
     m = result.metrics
     assert m["parameters"] == 6 * (INPUT_DIM + 1) + 7 == len(theta)
-    assert [m["top_eigenvalue.0"], m["top_eigenvalue.1"]] == pytest.approx(
+    assert [m["top_eigenvalue/0"], m["top_eigenvalue/1"]] == pytest.approx(
         exact.flip(0)[:2].tolist(), rel=1e-10)
-    assert [m[f"bottom_eigenvalue.{i}"] for i in range(3)] == pytest.approx(
+    assert [m[f"bottom_eigenvalue/{i}"] for i in range(3)] == pytest.approx(
         exact[:3].tolist(), rel=1e-9)
-    assert exact[0] < 0 and m["lambda_min"] == m["bottom_eigenvalue.0"]
+    assert exact[0] < 0 and m["lambda_min"] == m["bottom_eigenvalue/0"]
     assert result.checks["top_eigenvalues"].error < 1e-10
     assert result.checks["bottom_eigenvalues"].error < 1e-10
-    assert m["stability_limit"] == 2 / m["top_eigenvalue.0"]
+    assert m["stability_limit"] == 2 / m["top_eigenvalue/0"]
     assert m["exact_trace"] == pytest.approx(torch.trace(full).item(), rel=1e-12)
     assert m["min_eigenvalue"] == pytest.approx(exact[0].item(), rel=1e-9, abs=1e-12)
     assert abs(m["trace_estimate"] - m["exact_trace"]) <= 5 * hutchinson_std(full, 50)
@@ -239,8 +239,8 @@ def test_top_and_bottom_eigenvalues_and_trace_against_the_full_hessian(ctx):
                                   "trace_probes"}
     assert result.failed_checks == []
     assert result.tags == {"exact_comparison": "done"}
-    assert len(result.series["ritz_value.0"]) == m["lanczos_iterations"] == 30
-    assert len(result.series["bottom_ritz_value.2"]) == 30
+    assert len(result.series["ritz_value/0"]) == m["lanczos_iterations"] == 30
+    assert len(result.series["bottom_ritz_value/2"]) == 30
     assert result.series["trace_running_mean"][-1] == pytest.approx(m["trace_estimate"])
     assert result.summary["model"] == "MLP 4→6→1 (tanh)"
 
@@ -319,7 +319,7 @@ def test_a_model_too_large_for_the_full_hessian_still_reports_lambda_min_and_den
     assert result.failed_checks == []
     assert result.tags["exact_comparison"] == f"skipped: 2245 parameters > {EXACT_LIMIT}"
     assert "exact_trace" not in result.metrics
-    assert math.isfinite(result.metrics["top_eigenvalue.0"])
+    assert math.isfinite(result.metrics["top_eigenvalue/0"])
     assert result.metrics["lambda_min"] < 0
 
 
@@ -376,7 +376,7 @@ def job(num: int, hidden: str, parameters: float | None, top: float = 1.0) -> di
     return {"job": num, "experiment": "loss_curvature", "overrides": f"hidden={hidden}",
             "status": "COMPLETED" if done else "NOT_RUN", "outcome": "",
             "params": {"experiment.hidden": hidden} if done else {},
-            "metrics": {"parameters": parameters, "top_eigenvalue.0": top,
+            "metrics": {"parameters": parameters, "top_eigenvalue/0": top,
                         "trace_estimate": 2 * top} if done else {}}
 
 

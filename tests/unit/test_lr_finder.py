@@ -160,7 +160,7 @@ def test_a_train_scored_run_logs_no_validation_curve_and_passes_its_checks(ctx):
 
     assert "validation_loss" not in result.series
     assert result.failed_checks == []
-    assert "validation.loss.suggested" in result.metrics  # the advice is still validated
+    assert "validation/loss/suggested" in result.metrics  # the advice is still validated
     series = result.series
     assert smoothing_error(series["batch_loss"], series["smoothed_loss"], 0.05) <= 1e-12
 
@@ -238,7 +238,7 @@ def test_a_mixed_precision_run_on_cuda_passes_its_checks(tmp_path):
                       validation_steps=5).run(ctx)
 
     assert result.failed_checks == []
-    assert result.summary["amp"] is True and "validation.loss.suggested" in result.metrics
+    assert result.summary["amp"] is True and "validation/loss/suggested" in result.metrics
 
 
 def test_range_test_steps_every_lr_regardless_of_dataset_size():
@@ -403,12 +403,12 @@ def test_advice_is_chosen_on_the_validation_split_and_the_test_split_reported_ap
     result = prepared(ctx, num_iter=40, skip_start=5, skip_end=3, validation_steps=30).run(ctx)
     metrics = result.metrics
 
-    assert (metrics["data.train_size"], metrics["data.validation_size"],
-            metrics["data.test_size"]) == (1150, 287, 360)  # 1437 training images, 20% held
-    assert result.objective == metrics["validation.loss.suggested"]
-    assert {"test.loss", "test.accuracy"} <= set(metrics)
-    assert not [name for name in metrics if name.startswith("test.") and "lr_" in name]
-    assert metrics["test.loss"] != metrics["validation.loss.suggested"]
+    assert (metrics["data/train_size"], metrics["data/validation_size"],
+            metrics["data/test_size"]) == (1150, 287, 360)  # 1437 training images, 20% held
+    assert result.objective == metrics["validation/loss/suggested"]
+    assert {"test/loss", "test/accuracy"} <= set(metrics)
+    assert not [name for name in metrics if name.startswith("test/") and "lr_" in name]
+    assert metrics["test/loss"] != metrics["validation/loss/suggested"]
     assert len(result.series["validation_loss"]) == len(result.series["batch_loss"])
     assert set(result.checks) == {"state_restored", "schedule", "smoothing", "stop_rule",
                                   "suggestion"}
@@ -499,7 +499,7 @@ def test_sweep_figure_overlays_curves_and_survives_jobs_that_did_not_run(tmp_pat
     _write_series(folder / "series.csv", {"lr": trace.lrs, "validation_loss": [2.3, 1.9, 1.2],
                                           "smoothed_loss": trace.smoothed})
     jobs = [job(0, output_dir=str(folder), suggested_lr=1e-2,
-                **{"validation.accuracy.suggested": 0.9}),
+                **{"validation/accuracy/suggested": 0.9}),
             job(1, output_dir=str(tmp_path / "gone"), iterations_run=3.0),  # no suggestion
             job(2, "FAILED"), job(3, "NOT_RUN"), job(4, "KILLED")]
 

@@ -105,7 +105,7 @@ class Accumulation(Experiment):
     batches of the train split, one by accumulating micro-batch gradients with each loss
     scaled by the micro-batch's share of the batch (1 / accumulation_steps)."""
 
-    headline = ("grad_rel_diff", "param_rel_diff.sgd")
+    headline = ("grad_rel_diff", "param_rel_diff/sgd")
     proves = ("accumulated micro-batch gradients, losses and the parameters they train under "
               "SGD equal full-batch training (without batch norm)")
     workload: Workload | None = None  # set by prepare
@@ -240,9 +240,9 @@ class Accumulation(Experiment):
                 with meter.measure():
                     out = probe(rows)
                 out.square().mean().backward()
-            memory[f"saved_bytes.{name}"] = float(meter.bytes)
+            memory[f"saved_bytes/{name}"] = float(meter.bytes)
             if peak:
-                memory[f"cuda_peak_bytes.{name}"] = peak["bytes"]
+                memory[f"cuda_peak_bytes/{name}"] = peak["bytes"]
         return memory
 
     def _result(self, pairs: dict[str, tuple[Way, Way]], memory: dict[str, float],
@@ -257,17 +257,17 @@ class Accumulation(Experiment):
         metrics = {
             "grad_max_abs_diff": grad_gap, "grad_rel_diff": grad_gap / grad_scale,
             "param_max_abs_diff": param_gap, "param_rel_diff": param_gap / param_scale,
-            "param_max_abs_diff.sgd": sgd_gap, "param_rel_diff.sgd": sgd_gap / sgd_scale,
+            "param_max_abs_diff/sgd": sgd_gap, "param_rel_diff/sgd": sgd_gap / sgd_scale,
             "loss_full": full.losses[0], "loss_accumulated": accumulated.losses[0],
             "final_loss_full": full.losses[-1],
             "final_loss_accumulated": accumulated.losses[-1],
-            "seconds_per_step.full": float(np.median(full.seconds)),
-            "seconds_per_step.accumulated": float(np.median(accumulated.seconds)),
+            "seconds_per_step/full": float(np.median(full.seconds)),
+            "seconds_per_step/accumulated": float(np.median(accumulated.seconds)),
             "effective_batch": float(self.effective_batch),
             "micro_batch": float(self.micro_batch),
             **memory,
-            "saved_bytes_ratio": memory["saved_bytes.micro_batch"] / memory[
-                "saved_bytes.full_batch"],
+            "saved_bytes_ratio": memory["saved_bytes/micro_batch"] / memory[
+                "saved_bytes/full_batch"],
             **{f"grad_diff/{name}": gap for name, gap in param_gaps.items()},
         }
         batch_norm = has_batch_norm(full.model)
@@ -321,11 +321,11 @@ class Accumulation(Experiment):
         loss_ax.plot(steps, accumulated.losses, "x--", markersize=9, label="accumulated")
         loss_ax.set(title=f"Loss under Adam\n(parameter gap after {len(steps)} steps: Adam "
                           f"{metrics['param_max_abs_diff']:.1e}, SGD "
-                          f"{metrics['param_max_abs_diff.sgd']:.1e})",
+                          f"{metrics['param_max_abs_diff/sgd']:.1e})",
                     xlabel="optimizer step",
                     ylabel=f"{type(self.workload.loss).__name__} (of the whole batch)")
         loss_ax.legend()
-        kib = [metrics["saved_bytes.full_batch"] / 1024, metrics["saved_bytes.micro_batch"] / 1024]
+        kib = [metrics["saved_bytes/full_batch"] / 1024, metrics["saved_bytes/micro_batch"] / 1024]
         bars = memory_ax.bar([f"full batch\n({self.effective_batch})",
                               f"micro-batch\n({self.micro_batch})"], kib,
                              color=["tab:blue", "tab:orange"])
@@ -338,19 +338,19 @@ class Accumulation(Experiment):
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
         """Saved-activation memory, gradient/parameter gaps and time against accumulation
         steps."""
-        done = sorted((j for j in jobs if "saved_bytes.micro_batch" in j["metrics"]
+        done = sorted((j for j in jobs if "saved_bytes/micro_batch" in j["metrics"]
                        and "experiment.accumulation_steps" in j["params"]),
                       key=lambda j: int(j["params"]["experiment.accumulation_steps"]))
         if not done:
             return None
         steps = [int(j["params"]["experiment.accumulation_steps"]) for j in done]
         metric = {key: [j["metrics"].get(key, math.nan) for j in done] for key in (
-            "saved_bytes.micro_batch", "grad_rel_diff", "param_rel_diff", "param_rel_diff.sgd",
-            "seconds_per_step.full", "seconds_per_step.accumulated",
-            "check.equivalence.tolerance")}
+            "saved_bytes/micro_batch", "grad_rel_diff", "param_rel_diff", "param_rel_diff/sgd",
+            "seconds_per_step/full", "seconds_per_step/accumulated",
+            "check/equivalence/tolerance")}
         fig, axes = figure("Gradient accumulation sweep: memory falls, gradients stay equal",
                            1, 3, size=(17, 5))
-        kib = np.array(metric["saved_bytes.micro_batch"]) / 1024
+        kib = np.array(metric["saved_bytes/micro_batch"]) / 1024
         axes[0].plot(steps, kib, "o-", label="measured")
         axes[0].plot(steps, kib[0] * steps[0] / np.array(steps), "--", color="gray",
                      label="first point × 1/steps")
@@ -360,19 +360,19 @@ class Accumulation(Experiment):
         axes[0].set(title="Activations saved per micro-batch forward",
                     xlabel="accumulation steps", ylabel="saved tensors (KiB, log)")
         for key, marker in (("grad_rel_diff", "o"), ("param_rel_diff", "s"),
-                            ("param_rel_diff.sgd", "D")):
+                            ("param_rel_diff/sgd", "D")):
             values = np.array(metric[key])
             axes[1].plot(steps, np.where(values > 0, values, np.nan), marker=marker, label=key)
             for x in np.array(steps)[values == 0]:
                 axes[1].annotate("= 0", (x, 0.03), xycoords=("data", "axes fraction"),
                                  ha="center", color="tab:green", fontweight="bold")
-        axes[1].plot(steps, metric["check.equivalence.tolerance"], color="tab:red",
+        axes[1].plot(steps, metric["check/equivalence/tolerance"], color="tab:red",
                      linestyle="--", label="tolerance")
         axes[1].set_yscale("log")
         axes[1].set(title="Full batch vs accumulated: relative gap (= 0: identical)",
                     xlabel="accumulation steps", ylabel="max |difference| / max |value| (log)")
-        for key in ("seconds_per_step.full", "seconds_per_step.accumulated"):
-            axes[2].plot(steps, np.array(metric[key]) * 1e3, "o-", label=key.split(".")[1])
+        for key in ("seconds_per_step/full", "seconds_per_step/accumulated"):
+            axes[2].plot(steps, np.array(metric[key]) * 1e3, "o-", label=key.split("/")[1])
         axes[2].set(title="Time per optimizer step", xlabel="accumulation steps",
                     ylabel="milliseconds")
         for ax in axes:

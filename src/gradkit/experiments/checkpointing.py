@@ -268,11 +268,11 @@ class Checkpointing(Experiment):
             plain.grads, kept.grads, strict=True))
         scale = max(g.abs().max().item() for g in plain.grads) or 1.0
         metrics = {
-            "saved_bytes.plain": float(plain.saved_bytes),
-            "saved_bytes.checkpointed": float(kept.saved_bytes),
-            "peak_bytes.plain": plain.peak_bytes,
-            "peak_bytes.checkpointed": kept.peak_bytes,
-            "seconds.plain": best["plain"], "seconds.checkpointed": best["checkpointed"],
+            "saved_bytes/plain": float(plain.saved_bytes),
+            "saved_bytes/checkpointed": float(kept.saved_bytes),
+            "peak_bytes/plain": plain.peak_bytes,
+            "peak_bytes/checkpointed": kept.peak_bytes,
+            "seconds/plain": best["plain"], "seconds/checkpointed": best["checkpointed"],
             "time_overhead": best["checkpointed"] / best["plain"] - 1,
             "memory_saving": 1 - kept.peak_bytes / plain.peak_bytes,
             "output_abs_diff": (plain.output - kept.output).abs().max().item(),
@@ -315,14 +315,14 @@ class Checkpointing(Experiment):
                 ("saved_bytes", "saved for backward (forward pass)"),
                 ("peak_bytes", "peak live memory, forward + backward (measured)")),
                 strict=True):
-            values = [metrics[f"{key}.{way}"] / MIB for way in ways]
+            values = [metrics[f"{key}/{way}"] / MIB for way in ways]
             bars = memory_ax.bar(positions + offset, values, 0.4, label=label)
             memory_ax.bar_label(bars, [f"{v:.3g}" for v in values], padding=2)
         memory_ax.set_xticks(positions, ways)
         memory_ax.set(title=f"Memory (peak saving {metrics['memory_saving']:.0%})",
                       ylabel="MiB")
         memory_ax.legend()
-        ms = [metrics[f"seconds.{way}"] * 1e3 for way in ways]
+        ms = [metrics[f"seconds/{way}"] * 1e3 for way in ways]
         bars = time_ax.bar(ways, ms, color=["tab:blue", "tab:orange"])
         time_ax.bar_label(bars, [f"{v:.1f} ms" for v in ms], padding=2)
         time_ax.set(title=f"Forward + backward, best of {self.repeats} "
@@ -333,7 +333,7 @@ class Checkpointing(Experiment):
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
         """Measured peak memory, saved activations and time against the number of segments."""
-        done = sorted((j for j in jobs if "peak_bytes.checkpointed" in j["metrics"]
+        done = sorted((j for j in jobs if "peak_bytes/checkpointed" in j["metrics"]
                        and "experiment.segments" in j["params"]),
                       key=lambda j: int(j["params"]["experiment.segments"]))
         if not done:
@@ -344,15 +344,15 @@ class Checkpointing(Experiment):
             "Gradient checkpointing sweep: memory against recomputation", 1, 2, size=(14, 5))
         for key, label, style in (("peak_bytes", "peak live memory (measured)", "o-"),
                                   ("saved_bytes", "saved for backward", "s--")):
-            values = [j["metrics"][f"{key}.checkpointed"] / MIB for j in done]
+            values = [j["metrics"][f"{key}/checkpointed"] / MIB for j in done]
             memory_ax.plot(positions, values, style, label=label)
-        peaks = [j["metrics"]["peak_bytes.checkpointed"] for j in done]
+        peaks = [j["metrics"]["peak_bytes/checkpointed"] for j in done]
         best = int(np.argmin(peaks))
         memory_ax.scatter([positions[best]], [peaks[best] / MIB], s=250, marker="*",
                           color="tab:red", zorder=3,
                           label=f"lowest peak: {segments[best]} segments")
         memory_ax.set(title="Memory", xlabel="segments (0 = no checkpointing)", ylabel="MiB")
-        for key, label in (("seconds.checkpointed", "checkpointed"), ("seconds.plain", "plain")):
+        for key, label in (("seconds/checkpointed", "checkpointed"), ("seconds/plain", "plain")):
             time_ax.plot(positions, [j["metrics"][key] * 1e3 for j in done], marker="o",
                          label=label)
         time_ax.set(title="Forward + backward time", xlabel="segments (0 = no checkpointing)",

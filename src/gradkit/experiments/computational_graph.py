@@ -67,8 +67,8 @@ class ComputationalGraph(Experiment):
         error = max(abs(row["grad"] - row["manual_grad"]) / max(1.0, abs(row["manual_grad"]))
                     for row in table)
         metrics = {"grad": x.grad.item(), "manual_grad": manual["x"]}
-        metrics |= {f"node_value.{row['node']}": row["value"] for row in table}
-        metrics |= {f"node_grad.{row['node']}": row["grad"] for row in table}
+        metrics |= {f"node_value/{row['node']}": row["value"] for row in table}
+        metrics |= {f"node_grad/{row['node']}": row["grad"] for row in table}
         return Result(
             metrics=metrics,
             checks={"chain_rule": Check(error, TOLERANCE)},

@@ -280,7 +280,7 @@ class GradientDebugging(Experiment):
                 rows.append([scenario, *["" for _ in KINDS], job["status"].lower()])
                 colours.append(["white", *["white" for _ in KINDS], "lightgray"])
                 continue
-            counts = [int(metrics.get(f"findings.{kind}", 0)) for kind in KINDS]
+            counts = [int(metrics.get(f"findings/{kind}", 0)) for kind in KINDS]
             level = HEALTH_LEVELS[int(metrics["health_level"])]
             rows.append([scenario, *[str(c) if c else "" for c in counts], level])
             colours.append(["white", *[_HIGHLIGHT[kind] if c else "white"

@@ -148,14 +148,14 @@ class Hessian(Experiment):
         independent = kind_by_cholesky(expected.cpu(), grad_norm, gradient_scale)
         checks["classification"] = Check(float(independent != tags["point_kind"]), 0.0)
         metrics = {
-            **{f"eigenvalue.{i}": v for i, v in enumerate(eig)},
+            **{f"eigenvalue/{i}": v for i, v in enumerate(eig)},
             "determinant": torch.linalg.det(hessian).item(),
             "trace": torch.trace(hessian).item(),
             "condition_number": condition,
             "grad_norm": grad_norm,
             "gradient_scale": gradient_scale,
             "value": fn.value(x).item(),
-            **{f"seconds.{name}": s for name, s in seconds.items()},
+            **{f"seconds/{name}": s for name, s in seconds.items()},
         }
         return Result(
             metrics=metrics,
@@ -177,7 +177,7 @@ class Hessian(Experiment):
         MLflow stores an infinite condition number as the largest float: drawn as ∞.
         """
         done = [j for j in jobs if "condition_number" in j["metrics"]
-                and "eigenvalue.0" in j["metrics"]]
+                and "eigenvalue/0" in j["metrics"]]
         if not done:
             return None
         fig, ax = figure("Hessian sweep: condition number and point kind",
@@ -187,8 +187,8 @@ class Hessian(Experiment):
         labels, values, kinds = [], [], []
         for job in done:
             metrics = job["metrics"]
-            eig = [metrics[f"eigenvalue.{i}"] for i in range(len(metrics))
-                   if f"eigenvalue.{i}" in metrics]
+            eig = [metrics[f"eigenvalue/{i}"] for i in range(len(metrics))
+                   if f"eigenvalue/{i}" in metrics]
             kinds.append(point_kind(eig, metrics.get("grad_norm", math.inf),
                                     metrics.get("gradient_scale", 0.0)))
             labels.append(f"#{job['job']} {job['params'].get('experiment.function', '?')} at "

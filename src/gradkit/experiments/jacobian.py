@@ -62,7 +62,7 @@ class Jacobian(Experiment):
         jac = ways["backward_rows"]
         norm = frobenius_norm(jac)
         metrics = {"jacobian_norm": norm, "determinant": torch.linalg.det(jac).item()}
-        metrics |= {f"jacobian.{i}{j}": jac[i, j].item() for i in range(3) for j in range(3)}
+        metrics |= {f"jacobian/{i}{j}": jac[i, j].item() for i in range(3) for j in range(3)}
         return Result(
             metrics=metrics,
             checks=checks,

@@ -244,7 +244,7 @@ class Landscape(Experiment):
             "value_mean": values.mean().item(), "value_std": values.std().item(),
             "grad_norm_mean": magnitude.mean().item(), "grad_norm_max": magnitude.max().item(),
             "gradient_seconds": seconds,
-            **{f"critical_points.{kind}": float(n) for kind, n in counts.items()},
+            **{f"critical_points/{kind}": float(n) for kind, n in counts.items()},
             "critical_sets": float(len(sets)),
         }
         return Result(
@@ -364,7 +364,7 @@ class Landscape(Experiment):
             group.sort(key=lambda j: int(j["params"]["experiment.resolution"]))
             sizes = [int(j["params"]["experiment.resolution"]) ** 2 for j in group]
             seconds = [j["metrics"]["gradient_seconds"] for j in group]
-            found = {sum(j["metrics"].get(f"critical_points.{k}", 0) for k in KINDS)
+            found = {sum(j["metrics"].get(f"critical_points/{k}", 0) for k in KINDS)
                      for j in group}
             counts = "/".join(f"{n:.0f}" for n in sorted(found))
             ax.loglog(sizes, seconds, marker=marker,

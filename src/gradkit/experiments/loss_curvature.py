@@ -108,7 +108,7 @@ class LossCurvature(Experiment):
     """Sharpness (top Hessian eigenvalues), the bottom eigenvalues, the trace and the spectral
     density of a network's loss (own: an MLP on a regression batch)."""
 
-    headline = ("top_eigenvalue.0", "lambda_min")
+    headline = ("top_eigenvalue/0", "lambda_min")
     proves = ("Lanczos' top and bottom eigenvalues equal the full Hessian's, Hutchinson's trace "
               "is within its error of the exact trace, and the SLQ density integrates to 1 with "
               "the trace / n as its mean")
@@ -197,8 +197,8 @@ class LossCurvature(Experiment):
         samples = hutchinson(product, probes)
         trace = samples.mean().item()
         metrics = {
-            **{f"top_eigenvalue.{i}": v for i, v in enumerate(top)},
-            **{f"bottom_eigenvalue.{i}": v for i, v in enumerate(bottom)},
+            **{f"top_eigenvalue/{i}": v for i, v in enumerate(top)},
+            **{f"bottom_eigenvalue/{i}": v for i, v in enumerate(bottom)},
             "lambda_min": bottom[0],
             "trace_estimate": trace,
             "trace_std_error": (samples.std() / math.sqrt(len(samples))).item(),
@@ -209,9 +209,9 @@ class LossCurvature(Experiment):
             "loss": sum(size / items * f(theta) for f, size in losses).item(),
             "lanczos_iterations": float(len(history)),
         }
-        series = {f"ritz_value.{i}": [h.flip(0)[i].item() if len(h) > i else math.nan
+        series = {f"ritz_value/{i}": [h.flip(0)[i].item() if len(h) > i else math.nan
                                       for h in history] for i in range(self.top_k)}
-        series |= {f"bottom_ritz_value.{i}": [h[i].item() if len(h) > i else math.nan
+        series |= {f"bottom_ritz_value/{i}": [h[i].item() if len(h) > i else math.nan
                                               for h in history] for i in range(self.bottom_k)}
         series["trace_running_mean"] = (samples.cumsum(0) / torch.arange(
             1, len(samples) + 1, device=samples.device)).tolist()
@@ -322,11 +322,11 @@ class LossCurvature(Experiment):
         fig, axes = figure(title, 2, 2, size=(14, 10), layout=None)
         fig.subplots_adjust(left=0.07, right=0.97, bottom=0.07, top=0.9, wspace=0.25,
                             hspace=0.3)
-        steps = np.arange(1, len(series["ritz_value.0"]) + 1)
+        steps = np.arange(1, len(series["ritz_value/0"]) + 1)
         scale = spectrum.abs().max().item() if spectrum is not None else None
-        ends = [(f"ritz_value.{i}", f"top {i}", "-", spectrum.flip(0)[i].item()
+        ends = [(f"ritz_value/{i}", f"top {i}", "-", spectrum.flip(0)[i].item()
                  if spectrum is not None else None) for i in range(self.top_k)]
-        ends += [(f"bottom_ritz_value.{i}", f"bottom {i}", ":", spectrum[i].item()
+        ends += [(f"bottom_ritz_value/{i}", f"bottom {i}", ":", spectrum[i].item()
                   if spectrum is not None else None) for i in range(self.bottom_k)]
         colours = itertools.cycle(["tab:blue", "tab:orange", "tab:green", "tab:red",
                                    "tab:purple", "tab:brown"])
@@ -415,7 +415,7 @@ class LossCurvature(Experiment):
     @classmethod
     def sweep_figure(cls, jobs: list[dict[str, Any]]) -> Figure | None:
         """Top eigenvalue and trace against the parameter count, one point per width."""
-        done = [j for j in jobs if {"parameters", "top_eigenvalue.0", "trace_estimate"}
+        done = [j for j in jobs if {"parameters", "top_eigenvalue/0", "trace_estimate"}
                 <= set(j["metrics"])]
         if not done:
             return None
@@ -423,7 +423,7 @@ class LossCurvature(Experiment):
         fig, axes = figure("Loss curvature sweep: sharpness and trace against model size", 1, 2,
                            size=(13, 5.5))
         sizes = [j["metrics"]["parameters"] for j in done]
-        for ax, key, label in ((axes[0], "top_eigenvalue.0", "top eigenvalue λmax"),
+        for ax, key, label in ((axes[0], "top_eigenvalue/0", "top eigenvalue λmax"),
                                (axes[1], "trace_estimate", "Hutchinson trace estimate")):
             values = [j["metrics"][key] for j in done]
             errors = [j["metrics"].get("trace_std_error", 0.0) if key == "trace_estimate"

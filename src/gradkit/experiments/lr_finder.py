@@ -332,7 +332,7 @@ class LrFinder(Experiment):
         sizes = {split: workload.data.size(split) for split in SPLITS}
         metrics = {"min_loss_lr": trace.lrs[best], "min_smoothed_loss": trace.smoothed[best],
                    "iterations_run": len(trace.lrs), "diverged": float(trace.diverged),
-                   **{f"data.{split}_size": size for split, size in sizes.items()
+                   **{f"data/{split}_size": size for split, size in sizes.items()
                       if size is not None}}
         if trace.diverged:
             metrics["diverged_at_lr"] = trace.lrs[-1]
@@ -346,13 +346,13 @@ class LrFinder(Experiment):
             scores = {which: (lr, *evaluate_split(m, workload, "validation"))
                       for which, (lr, m) in trained.items()}
             for which, (_, loss, accuracy) in scores.items():
-                metrics[f"validation.loss.{which}"] = loss
+                metrics[f"validation/loss/{which}"] = loss
                 if not math.isnan(accuracy):
-                    metrics[f"validation.accuracy.{which}"] = accuracy
-            metrics["test.loss"], test_accuracy = evaluate_split(trained["suggested"][1],
+                    metrics[f"validation/accuracy/{which}"] = accuracy
+            metrics["test/loss"], test_accuracy = evaluate_split(trained["suggested"][1],
                                                                  workload, "test")
             if not math.isnan(test_accuracy):
-                metrics["test.accuracy"] = test_accuracy
+                metrics["test/accuracy"] = test_accuracy
         status = "no_suggestion" if index is None else (
             "diverged" if trace.diverged else "completed")
         series = {"lr": trace.lrs, "batch_loss": trace.batch_losses,
@@ -522,7 +522,7 @@ class LrFinder(Experiment):
         rows = range(len(done))
         for row, job in zip(rows, done, strict=True):
             lr = job["metrics"].get("suggested_lr")
-            accuracy = job["metrics"].get("validation.accuracy.suggested")
+            accuracy = job["metrics"].get("validation/accuracy/suggested")
             if lr is None or accuracy is None:
                 bar_ax.text(0.5, row, "no suggestion", ha="center", va="center",
                             transform=bar_ax.get_yaxis_transform())

@@ -627,10 +627,10 @@ HEALTH_LEVELS = ("healthy", "warning", "critical")
 
 
 def verdict(found: list[Finding]) -> tuple[dict[str, float], dict[str, str]]:
-    """Metrics (`health_level` 0/1/2, `findings.<kind>` = parameters or modules flagged) and
+    """Metrics (`health_level` 0/1/2, `findings/<kind>` = parameters or modules flagged) and
     tags (`health`, `findings` as comma-separated kinds, empty when healthy)."""
     level = health(found)
     kinds = [kind for kind in KINDS if any(f.kind == kind for f in found)]
     metrics = {"health_level": float(HEALTH_LEVELS.index(level))}
-    metrics |= {f"findings.{kind}": float(sum(f.kind == kind for f in found)) for kind in KINDS}
+    metrics |= {f"findings/{kind}": float(sum(f.kind == kind for f in found)) for kind in KINDS}
     return metrics, {"health": level, "findings": ",".join(kinds)}

@@ -453,8 +453,8 @@ def add_headline(page: Page, tracker: Tracker, demo: Demonstration, run: RunReco
     page.paragraph("Run ", run_link(tracker, run), f", {which}, started {when(run)}"
                    f"{runs_on(run)}: {outcome(run, demo.normal_ends)}.")
     metrics = run.metrics
-    key = sorted(name for name in metrics if not name.startswith("check."))
-    checks = sorted(name for name in metrics if name.startswith("check."))
+    key = sorted(name for name in metrics if not name.startswith("check/"))
+    checks = sorted(name for name in metrics if name.startswith("check/"))
     rows: list[list[Cell]] = [[name, number(metrics[name])]
                               for name in key[:MAX_METRICS] + checks]
     if len(key) > MAX_METRICS:

@@ -400,7 +400,7 @@ class Tracker:
         metrics: list[Metric] = []
         tags: dict[str, str] = {}
         if result is not None:
-            checks = {f"check.{name}.{part}": getattr(c, part)
+            checks = {f"check/{name}/{part}": getattr(c, part)
                       for name, c in result.checks.items() for part in ("error", "tolerance")}
             metrics = [*metric_entries({**result.metrics, **checks,
                                         **log10_copies(log_scale, result.metrics, params),
