@@ -15,8 +15,10 @@ Without Chromium or playwright it prints one line saying what is missing and exi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -131,6 +133,14 @@ def sweep_runs(base: str) -> tuple[str, str, list[str]]:
     single = next(run for run, parent in parent_of.items()
                   if not parent and run not in parent_of.values())
     return eid, single, children
+
+
+def chart_sections(page) -> list[str]:
+    """The section headings of a run's Model metrics tab, e.g. `check/descent (2)`: MLflow
+    renders each heading's name and its chart count on lines of their own."""
+    lines = [line.strip() for line in page.inner_text("body").splitlines()]
+    return [f"{name} {count}" for name, count in itertools.pairwise(lines)
+            if re.fullmatch(r"\(\d+\)", count)]
 
 
 def texts(page, selector: str, limit: int = 60) -> list[str]:
@@ -279,6 +289,7 @@ def shoot_all(s: Shooter, eid: str, single: str, children: list[str], report: Pa
     s.open(f"#/experiments/{eid}/runs/{single}?{ML}", "[role=tab]")
     s.click("Model metrics")
     s.shoot("d2_run_metrics", "its Model metrics tab (a bar per metric)")
+    s.notes[-1] += f"\n  sections, top to bottom: {' | '.join(chart_sections(s.page))}"
     s.click("Artifacts")
     s.click("figures")
     s.page.get_by_text(".png").first.click()
