@@ -72,28 +72,6 @@ def test_learning_rate_sweep_reports_convergence_and_divergence(cli, store, tmp_
     assert [row["run_id"] for row in rows] == [c.info.run_id for c in children]
 
 
-def test_a_job_run_closes_with_its_figure_after_the_next_job_computed(cli, store, tmp_path):
-    """Each job's figure is drawn while the next job computes; its run ends FINISHED only
-    once the PNG and the job's folder are logged, and its log holds its own lines only. Its
-    duration in MLflow is its own job's: it ends before the next job starts."""
-    code, err = cli("experiment=gradient_descent", "experiment.max_iterations=30",
-                    "experiment.learning_rate=1e-4,2e-4,3e-4", multirun=True)
-
-    assert code == 0, err
-    _, children = family(store, "gradient_descent")
-    assert [c.info.status for c in children] == ["FINISHED"] * 3
-    for earlier, later in pairwise(children):
-        assert earlier.info.end_time <= later.info.start_time
-    client = client_for(store)
-    for num, child in enumerate(children):
-        job_dir = tmp_path / "sweep" / f"{num}-gradient_descent"  # named after its experiment
-        logged = client.download_artifacts(child.info.run_id, "figures/descent.png",
-                                           str(tmp_path / "download" / str(num)))
-        assert Path(logged).read_bytes() == (job_dir / "figures" / "descent.png").read_bytes()
-        log = (job_dir / "run.log").read_text()
-        assert f"running #{num} " in log and log.count("running #") == 1
-
-
 def test_a_figure_that_cannot_be_written_fails_its_job_not_the_sweep(cli, store, monkeypatch):
     """A run that cannot be closed (its figure failed, drawn after the job returned) ends
     FAILED with the reason; the other jobs finish, the report and the exit status say so."""
@@ -246,11 +224,26 @@ def test_a_sweep_without_jobs_is_refused_before_any_work(cli, store):
 
 
 def test_a_sweep_ends_with_a_line_per_job_and_where_to_look(cli, gradkit, store, tmp_path):
+    """Each job's figure is drawn while the next job computes; its run ends FINISHED only
+    once the PNG and the job's folder are logged, and its log holds its own lines only. Its
+    duration in MLflow is its own job's: it ends before the next job starts. The sweep's
+    closing lines name every job, the parent run, the comparison figure and the best job."""
     code, err = cli("experiment=gradient_descent", "experiment.max_iterations=30",
                     "experiment.learning_rate=1e-4,2e-3,0.5", multirun=True)
 
     assert code == 0, err
     parent, children = family(store, "gradient_descent")
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    for earlier, later in pairwise(children):
+        assert earlier.info.end_time <= later.info.start_time
+    client = client_for(store)
+    for num, child in enumerate(children):
+        job_dir = tmp_path / "sweep" / f"{num}-gradient_descent"  # named after its experiment
+        logged = client.download_artifacts(child.info.run_id, "figures/descent.png",
+                                           str(tmp_path / "download" / str(num)))
+        assert Path(logged).read_bytes() == (job_dir / "figures" / "descent.png").read_bytes()
+        log = (job_dir / "run.log").read_text()
+        assert f"running #{num} " in log and log.count("running #") == 1
     summary = gradkit.out[gradkit.out.index("3 jobs:"):].splitlines()
     for line, child in zip(summary[1:4], children, strict=True):
         objective = child.data.metrics["objective"]
