@@ -75,6 +75,19 @@ def _no_drawing(monkeypatch):
     monkeypatch.setattr(Adversarial, "plot_confusion", lambda self, *args: Figure())
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A weight cache for this module's runs."""
+    return tmp_path_factory.mktemp("weights")
+
+
+@pytest.fixture
+def ctx(ctx, weights) -> RunContext:
+    """The test's context with the module's weight cache: these tests attack a classifier,
+    whose training (the same for every run of one model and setting) is done once."""
+    return dataclasses.replace(ctx, cache_dir=weights)
+
+
 def prepared(ctx, **parameters) -> Adversarial:
     experiment = Adversarial(**parameters)
     experiment.prepare(ctx)
