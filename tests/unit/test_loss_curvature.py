@@ -19,7 +19,6 @@ from gradkit.experiments.loss_curvature import (
     INPUT_DIM,
     LossCurvature,
     flat_loss,
-    parameter_count,
 )
 from gradkit.lib.curvature import (
     gaussian_density,
@@ -32,7 +31,7 @@ from gradkit.lib.curvature import (
 )
 from gradkit.lib.data import regression_batch
 from gradkit.lib.derivatives import hessian_operator
-from gradkit.lib.models import mlp
+from gradkit.lib.models import mlp, parameter_count
 
 
 def curvature(ctx, **kwargs):
@@ -177,7 +176,8 @@ def test_parameter_count_and_flat_loss_match_the_model(hidden):
 
     loss, theta = flat_loss(model, x, y)
 
-    assert parameter_count(hidden) == sum(p.numel() for p in model.parameters()) == len(theta)
+    assert parameter_count(model) == sum((i + 1) * o for i, o in pairwise([INPUT_DIM, *hidden, 1]))
+    assert len(theta) == parameter_count(model)
     expected = torch.nn.functional.mse_loss(model(x), y)
     assert loss(theta).item() == pytest.approx(expected.item(), rel=1e-14)
     grads = torch.autograd.grad(expected, list(model.parameters()))
@@ -311,7 +311,7 @@ def test_too_few_iterations_fail_the_eigenvalue_check(ctx):
 
 def test_a_model_too_large_for_the_full_hessian_still_reports_lambda_min_and_density(ctx):
     hidden = [44, 44]
-    assert parameter_count(hidden) > EXACT_LIMIT
+    assert parameter_count(mlp(INPUT_DIM, hidden, 1)) > EXACT_LIMIT
     result = curvature(ctx, hidden=hidden, iterations=8, hutchinson_samples=20, top_k=1,
                        bottom_k=1, density=True, density_probes=2)
 

@@ -28,7 +28,7 @@ from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, 
 from gradkit.core.validation import ConfigError, boolean, integer, number
 from gradkit.lib.data import regression_batch
 from gradkit.lib.memory import SavedTensorMeter, cuda_peak
-from gradkit.lib.models import check_widths, mlp
+from gradkit.lib.models import check_widths, mlp, parameter_count
 from gradkit.lib.timing import now
 from gradkit.plotting import figure, lean_log_ticks
 
@@ -265,6 +265,7 @@ class Accumulation(Experiment):
             "seconds_per_step/accumulated": float(np.median(accumulated.seconds)),
             "effective_batch": float(self.effective_batch),
             "micro_batch": float(self.micro_batch),
+            "parameters": float(parameter_count(full.model)),
             **memory,
             "saved_bytes_ratio": memory["saved_bytes/micro_batch"] / memory[
                 "saved_bytes/full_batch"],
@@ -289,7 +290,7 @@ class Accumulation(Experiment):
                                                ctx.components.names, batch_norm)},
             summary={"effective_batch": self.effective_batch, "micro_batch": self.micro_batch,
                      "dropout_masks": "drawn once per full batch, sliced per micro-batch",
-                     "parameters": sum(p.numel() for p in full.model.parameters()),
+                     "parameters": parameter_count(full.model),
                      "train_items": self.workload.data.size("train"),
                      "batch_norm": ("batch statistics per micro-batch: the gap is reported, "
                                     "not checked") if batch_norm else "none"},

@@ -26,7 +26,7 @@ from gradkit.core.components import Workload
 from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, boolean, choice, integer, number, vector
 from gradkit.lib.data import digits
-from gradkit.lib.models import conv_net
+from gradkit.lib.models import conv_net, parameter_count
 from gradkit.lib.progress import track
 from gradkit.lib.training import TrainSpec, single_threaded, trained_classifier
 from gradkit.plotting import figure
@@ -495,7 +495,7 @@ class Adversarial(Experiment):
         ctx.log.info("adversarial: classifier %s (cache %s)", entry.key, entry.status)
         model.requires_grad_(False)
         tally, checks = self.attack_split(model, workload)
-        metrics = self.metrics(tally)
+        metrics = {**self.metrics(tally), "parameters": float(parameter_count(model))}
         return Result(
             metrics=metrics,
             series={"train_loss": list(entry.payload["epoch_loss"])},
@@ -505,7 +505,7 @@ class Adversarial(Experiment):
             summary={"test_size": int(tally.sums["count"]),
                      "train_size": workload.data.size("train"), "cache_entry": entry.key,
                      "cache": entry.status, **names,
-                     "parameters": sum(p.numel() for p in model.parameters())},
+                     "parameters": parameter_count(model)},
             tags={"cache": entry.status, "cache_entry": entry.key},
             objective=metrics["robust_accuracy"],
         )

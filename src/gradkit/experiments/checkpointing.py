@@ -18,7 +18,7 @@ from gradkit.core.components import OWN, Workload
 from gradkit.core.experiment import DTYPE_TOLERANCE, Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, choice, integer
 from gradkit.lib.memory import SavedTensorMeter, live_memory
-from gradkit.lib.models import ACTIVATIONS, check_activation, mlp
+from gradkit.lib.models import ACTIVATIONS, check_activation, mlp, parameter_count
 from gradkit.lib.timing import now
 from gradkit.plotting import figure
 
@@ -276,7 +276,7 @@ class Checkpointing(Experiment):
             "time_overhead": best["checkpointed"] / best["plain"] - 1,
             "memory_saving": 1 - kept.peak_bytes / plain.peak_bytes,
             "output_abs_diff": (plain.output - kept.output).abs().max().item(),
-            "loss": plain.loss,
+            "loss": plain.loss, "parameters": float(parameter_count(model)),
             "grad_max_abs_diff": grad_gap,
         }
         checks = {
@@ -291,7 +291,7 @@ class Checkpointing(Experiment):
             summary={"segment_blocks": segment_bounds(len(model), self.segments or 1),
                      "segment_saved_bytes": pieces, "expected_saved_bytes": expected,
                      "seconds": times, "blocks": len(model),
-                     "parameters": sum(p.numel() for p in model.parameters())},
+                     "parameters": parameter_count(model)},
             objective=kept.peak_bytes,
         )
 

@@ -40,7 +40,7 @@ from gradkit.lib.diagnostics import (
     rules_check,
     verdict,
 )
-from gradkit.lib.models import check_widths, linear_layers, mlp
+from gradkit.lib.models import check_widths, linear_layers, mlp, parameter_count
 from gradkit.plotting import figure
 
 DEAD_BIAS = -1.0  # hidden biases that switch most ReLU units off for N(0, 1) inputs
@@ -219,7 +219,8 @@ class GradientDebugging(Experiment):
             tags["nonfinite_origin"] = f"{origin.operation} ({origin.kind}, {origin.phase})"
         metrics = {**parameter_metrics(diagnosis.grads, diagnosis.activations),
                    **health_metrics, "loss": diagnosis.loss,
-                   "nonfinite_origin_found": float(origin is not None)}
+                   "nonfinite_origin_found": float(origin is not None),
+                   "parameters": float(parameter_count(model))}
         planted = self.scenario != "none"
         missed = missed_faults(spec, diagnosis) if planted else None
         checks = {

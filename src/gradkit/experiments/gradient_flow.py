@@ -36,7 +36,7 @@ from gradkit.lib.diagnostics import (
     rules_check,
     verdict,
 )
-from gradkit.lib.models import check_activation, check_init, check_widths, mlp
+from gradkit.lib.models import check_activation, check_init, check_widths, mlp, parameter_count
 from gradkit.plotting import figure, lean_log_ticks
 
 MAX_LABELLED = 25  # parameters named on an x axis before only every k-th is
@@ -105,7 +105,7 @@ class GradientFlow(Experiment):
         norms = [stats.norm for stats in weights.values()] or [math.nan]
         ratios = [stats.grad_to_weight for stats in weights.values()] or [math.nan]
         total = math.sqrt(sum(s.norm ** 2 for s in grads.values()))
-        size = sum(p.numel() for p in model.parameters())
+        size = parameter_count(model)
         metrics = {**parameter_metrics(grads, activations), **health_metrics,
                    "loss": loss.item(), "total_grad_norm": total, "min_grad_norm": min(norms),
                    "max_grad_norm": max(norms), "min_grad_to_weight": min(ratios),

@@ -14,7 +14,6 @@ import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from gradkit.lib.curvature import (
 )
 from gradkit.lib.data import regression_batch
 from gradkit.lib.derivatives import hessian_operator
-from gradkit.lib.models import check_activation, check_widths, mlp
+from gradkit.lib.models import check_activation, check_widths, mlp, parameter_count
 from gradkit.lib.progress import track
 from gradkit.plotting import figure, lean_log_ticks
 
@@ -51,12 +50,6 @@ DENSITY_POINTS = 2000  # grid points, over the nodes' range widened by DENSITY_M
 DENSITY_MARGIN = 8.0
 DENSITY_TOLERANCE = 1e-4  # |∫ρ − 1|
 Loss = Callable[[torch.Tensor], torch.Tensor]
-
-
-def parameter_count(hidden: Sequence[int]) -> int:
-    """Weights and biases of the own MLP INPUT_DIM -> hidden -> OUTPUT_DIM."""
-    return sum((fan_in + 1) * fan_out
-               for fan_in, fan_out in pairwise([INPUT_DIM, *hidden, OUTPUT_DIM]))
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
@@ -158,7 +151,7 @@ class LossCurvature(Experiment):
             lambda: self.own_data(ctx.generator),
             lambda shape, outputs: self.own_model(shape, outputs,
                                                   torch.Generator().manual_seed(seed)))
-        self.parameters = sum(p.numel() for p in self.workload.new_model().parameters())
+        self.parameters = parameter_count(self.workload.new_model())
         for key, value in (("top_k", self.top_k), ("bottom_k", self.bottom_k)):
             if value > self.parameters:
                 raise ConfigError(f"experiment.{key}={value} must be <= the {self.parameters} "

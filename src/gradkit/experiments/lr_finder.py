@@ -36,7 +36,7 @@ from gradkit.core.experiment import Check, Experiment, Result, RunContext
 from gradkit.core.validation import ConfigError, boolean, choice, integer, number
 from gradkit.lib.data import digits, hold_out
 from gradkit.lib.datasets import SPLITS, Batch
-from gradkit.lib.models import mlp_for
+from gradkit.lib.models import mlp_for, parameter_count
 from gradkit.lib.progress import track
 from gradkit.lib.training import OPTIMIZERS, evaluate_batches, make_optimizer, single_threaded
 from gradkit.plotting import figure, lean_log_ticks
@@ -332,6 +332,7 @@ class LrFinder(Experiment):
         sizes = {split: workload.data.size(split) for split in SPLITS}
         metrics = {"min_loss_lr": trace.lrs[best], "min_smoothed_loss": trace.smoothed[best],
                    "iterations_run": len(trace.lrs), "diverged": float(trace.diverged),
+                   "parameters": float(parameter_count(model)),
                    **{f"data/{split}_size": size for split, size in sizes.items()
                       if size is not None}}
         if trace.diverged:
@@ -364,7 +365,7 @@ class LrFinder(Experiment):
             series=series,
             checks=self.checks(trace, index, restored),
             figures={"lr_finder": self.plot(trace, index, scores, test_accuracy)},
-            summary={**self.names, "parameters": sum(p.numel() for p in model.parameters()),
+            summary={**self.names, "parameters": parameter_count(model),
                      "data_splits": workload.data.describe(),
                      "loss_module": type(workload.loss).__name__,
                      "optimizer": self.optimizer, "step_mode": self.step_mode,

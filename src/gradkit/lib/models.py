@@ -70,6 +70,11 @@ def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, *, activation: s
     return nn.Sequential(*layers)
 
 
+def parameter_count(model: nn.Module) -> int:
+    """The model's parameter entries (weights and biases), as compare views plot them."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear]]:
     """The model's Linear layers as (`layer<i>`, module), input to output."""
     found = [m for m in model.modules() if isinstance(m, nn.Linear)]
