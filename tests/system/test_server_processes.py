@@ -155,7 +155,8 @@ def test_submitit_local_sweep_lands_under_one_parent(server, on_server, tmp_path
 
 
 def test_reproduce_and_report_on_the_server(server, on_server, tmp_path, capsys):
-    code, err = on_server("experiment=basic_gradients", "experiment.c=-4")
+    code, err = on_server("experiment=basic_gradients", "experiment.c=-4",
+                          "plotting.figures=false")
     assert code == 0, err
     [original] = runs_where(server, "basic_gradients", "params.`experiment.c` = '-4.0'")
     store = ["tracking=server", f"tracking.uri={server}"]
@@ -208,7 +209,7 @@ def test_runs_left_open_by_a_server_outage_are_ended_once_it_is_back(empty_store
     with serving(root, port) as uri:
         assert runs_where(uri, "gradient_descent", "attributes.status = 'RUNNING'")
         done = subprocess.run([sys.executable, "-m", "gradkit", "run",
-                               "experiment=basic_gradients", *store,
+                               "experiment=basic_gradients", "plotting.figures=false", *store,
                                f"hydra.run.dir={tmp_path / 'next'}"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=READY_TIMEOUT, check=False)
         assert done.returncode == 0, done.stderr

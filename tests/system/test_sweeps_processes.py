@@ -19,7 +19,8 @@ def run_module(*args: str, cwd) -> subprocess.CompletedProcess:
 
 def test_invalid_job_fails_the_sweep_but_not_the_valid_job(store, tmp_path):
     done = run_module("experiment=gradient_descent", "experiment.learning_rate=1e-3,-1",
-                      "experiment.max_iterations=50", f"tracking.root={store}",
+                      "experiment.max_iterations=50", "plotting.figures=false",
+                      f"tracking.root={store}",
                       f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
 
     assert done.returncode != 0

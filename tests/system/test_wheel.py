@@ -80,6 +80,17 @@ def env(project) -> dict[str, str]:
     return environment
 
 
+@pytest.fixture(scope="module")
+def listed(gradkit, project, env) -> str:
+    """`gradkit list` of the project, run from its folder without PYTHONPATH."""
+    return run(gradkit, "list", "--config-dir", "conf", cwd=project, env=bare(env)).stdout
+
+
+def bare(env: dict[str, str]) -> dict[str, str]:
+    """`env` without PYTHONPATH: the project importable only as the folder gradkit runs in."""
+    return {key: value for key, value in env.items() if key != "PYTHONPATH"}
+
+
 def test_the_wheel_ships_the_configs_and_the_sweeper(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
 
@@ -89,8 +100,8 @@ def test_the_wheel_ships_the_configs_and_the_sweeper(wheel):
     assert not any(name.startswith(("tests/", "conf/")) for name in names)
 
 
-def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, project, env):
-    listed = run(gradkit, "list", "--config-dir", "conf", cwd=project, env=env).stdout
+def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, project, env,
+                                                                 listed):
     assert "cubic (9.1)" in listed and "fast_descent (4.2)" in listed
     assert "cubic_points" in listed and "descent_lr_start" in listed
 
@@ -98,7 +109,8 @@ def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, projec
         cwd=project, env=env)
     run(gradkit, "run", "--config-dir", "conf", "-m", "experiment=gradient_descent,fast_descent",
         "experiment.max_iterations=50,100", "plotting.figures=false", cwd=project, env=env)
-    run(gradkit, "run", "--config-dir", "conf", "sweep=cubic_points", cwd=project, env=env)
+    run(gradkit, "run", "--config-dir", "conf", "sweep=cubic_points", "plotting.figures=false",
+        cwd=project, env=env)
 
     assert (project / "outputs").is_dir()
     client = MlflowClient(f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
@@ -126,14 +138,14 @@ def test_a_user_project_runs_lists_sweeps_reports_and_reproduces(gradkit, projec
 
 
 def test_a_user_projects_model_and_data_run_from_its_folder_without_pythonpath(
-        gradkit, project, env):
-    bare = {key: value for key, value in env.items() if key != "PYTHONPATH"}
-    listed = run(gradkit, "list", "--config-dir", "conf", cwd=project, env=bare).stdout
+        gradkit, project, env, listed, empty_store):
     assert "model=small_convnet" in listed and "data=stripes" in listed
 
+    (project / "own_model_store").mkdir()  # a made store: this test is about the model
+    shutil.copy(empty_store, project / "own_model_store" / "mlflow.db")
     run(gradkit, "run", "--config-dir", "conf", "experiment=gradient_flow",
-        "model=small_convnet", "data=stripes", "tracking.root=own_model_store", cwd=project,
-        env=bare)
+        "model=small_convnet", "data=stripes", "tracking.root=own_model_store",
+        "plotting.figures=false", cwd=project, env=bare(env))
 
     client = MlflowClient(f"sqlite:///{project / 'own_model_store' / 'mlflow.db'}")
     [made] = client.search_runs([client.get_experiment_by_name("gradient_flow").experiment_id])
