@@ -3,7 +3,7 @@
 `config_class` turns them into a structured config (a dataclass) that Hydra composes and
 type-checks, so `experiment.learning_rate=abc` fails at composition, naming the key, and
 every default lives in the class alone. The built-in experiments are stored in Hydra's
-ConfigStore as `gradkit/experiment/<name>`; `conf/experiment/<name>.yaml` starts from it.
+ConfigStore as `gradkit_schema_<name>`; `conf/experiment/<name>.yaml` starts from it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-SCHEMA_GROUP = "gradkit/experiment"  # where the built-ins' generated configs are stored
+# The built-ins' generated configs are stored at the ConfigStore's root, under this prefix:
+# a group would be listed among the config groups of `--help`.
+SCHEMA_PREFIX = "gradkit_schema_"
 PLAIN = (bool, int, float, str)
 
 
@@ -77,7 +79,7 @@ def builtin_experiments() -> dict[str, type]:
 def register_builtins() -> None:
     """Store the built-in experiments' configs in Hydra's ConfigStore, once a process."""
     store = ConfigStore.instance()
-    if SCHEMA_GROUP.split("/")[0] in store.repo:
+    if any(key.startswith(SCHEMA_PREFIX) for key in store.repo):
         return
     for name, cls in builtin_experiments().items():
-        store.store(group=SCHEMA_GROUP, name=name, node=config_class(cls), provider="gradkit")
+        store.store(name=f"{SCHEMA_PREFIX}{name}", node=config_class(cls), provider="gradkit")
