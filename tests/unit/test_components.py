@@ -264,10 +264,13 @@ def test_cycled_gives_exactly_the_steps_asked_and_says_once_that_it_cycles(caplo
     data = data_of(dataset, logging.getLogger("test.cycle"))
     with caplog.at_level(logging.INFO, logger="test.cycle"):
         batches = list(data.cycled("train", 4, 7, torch.Generator().manual_seed(0)))
+        again = list(data.cycled("train", 4, 7, torch.Generator().manual_seed(1)))  # a retrain
+        longer = list(data.cycled("train", 4, 9))
 
-    assert len(batches) == 7
+    assert len(batches) == len(again) == 7 and len(longer) == 9
     assert [r.getMessage() for r in caplog.records] == [
-        "data=d: the train split gives 3 batches; cycled for 7 steps"]
+        "data=d: the train split gives 3 batches; cycled for 7 steps",
+        "data=d: the train split gives 3 batches; cycled for 9 steps"]
 
 
 def test_items_of_another_dataset_kind_are_collated_and_a_dataloader_serves_every_split():

@@ -69,6 +69,7 @@ class Data:
                  dtype: torch.dtype, log: logging.Logger | None = None):
         self.name, self.parts, self.device, self.dtype = name, parts, device, dtype
         self.log = log or logging.getLogger("gradkit")
+        self.cycles_told: set[tuple[str, int, int]] = set()  # (split, batch size, steps)
 
     def size(self, split: str) -> int | None:
         """Items in `split` (None for an iterable split)."""
@@ -92,7 +93,7 @@ class Data:
     def cycled(self, split: str, batch_size: int, steps: int,
                generator: torch.Generator | None = None) -> Iterator[Batch]:
         """`steps` batches of `split`, starting a new pass (reshuffled) whenever one ends; says
-        so in the log the first time it does."""
+        so in the log the first time it does for this split, batch size and number of steps."""
         passes = (self.batches(split, batch_size, generator) for _ in itertools.count())
         yielded = 0
         for number, one_pass in enumerate(passes):
@@ -105,7 +106,9 @@ class Data:
                 yielded += 1
             if empty:
                 raise ConfigError(f"data={self.name}: the {split} split is empty")
-            if number == 0 and yielded < steps:
+            if number == 0 and yielded < steps and (split, batch_size, steps) not in (
+                    told := self.cycles_told):
+                told.add((split, batch_size, steps))
                 self.log.info("data=%s: the %s split gives %d batches; cycled for %d steps",
                               self.name, split, yielded, steps)
 
