@@ -335,3 +335,18 @@ def test_evaluation_of_batches_without_targets_has_a_loss_and_no_accuracy():
     expected = (4 * model(torch.ones(1, 3)).pow(2).mean() + 2 * model(torch.zeros(1, 3)).pow(
         2).mean()).item() / 6
     assert loss == pytest.approx(expected) and math.isnan(accuracy)
+
+
+def test_class_names_come_from_the_datasets_list_of_them_else_their_indices():
+    x, y = torch.zeros(6, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    class Named(TensorDataset):
+        classes = ("cat", "dog", "owl")
+
+    class Counted(TensorDataset):
+        classes = 3
+
+    assert data_of(Named(x, y)).class_names == ["cat", "dog", "owl"]
+    assert data_of(Counted(x, y)).class_names == ["0", "1", "2"]
+    assert data_of(TensorDataset(x, y)).class_names == ["0", "1", "2"]
+    assert data_of(TensorDataset(x, torch.rand(6))).class_names == []  # regression

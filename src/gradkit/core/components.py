@@ -178,6 +178,10 @@ class Workload:
     def classes(self) -> int | None:
         return self.data.classes
 
+    @property
+    def class_names(self) -> list[str]:
+        return self.data.class_names
+
     def new_model(self, seed: int | None = None) -> nn.Module:
         """A fresh model on the run's device and dtype, its weights fixed by `seed` (the run's
         by default) whatever was drawn before."""

@@ -500,8 +500,8 @@ class Adversarial(Experiment):
             metrics=metrics,
             series={"train_loss": list(entry.payload["epoch_loss"])},
             checks=checks,
-            figures={"examples": self.plot_examples(tally, names),
-                     "confusion": self.plot_confusion(tally, metrics, workload.classes)},
+            figures={"examples": self.plot_examples(tally, names, workload.class_names),
+                     "confusion": self.plot_confusion(tally, metrics, workload.class_names)},
             summary={"test_size": int(tally.sums["count"]),
                      "train_size": workload.data.size("train"), "cache_entry": entry.key,
                      "cache": entry.status, **names,
@@ -632,8 +632,10 @@ class Adversarial(Experiment):
         return (f"{self.attack.upper()}, {ball}, {self.steps} steps of α = {self.alpha:.3g}, "
                 f"{start}{aim}")
 
-    def plot_examples(self, tally: Tally, names: dict[str, str]) -> Figure:
-        """Originals, perturbations and adversarial inputs, successful attacks first."""
+    def plot_examples(self, tally: Tally, names: dict[str, str], classes: list[str]
+                      ) -> Figure:
+        """Originals, perturbations and adversarial inputs, successful attacks first, each
+        labelled by its class name."""
         chosen = tally.shown or []
         columns = max(len(chosen), 1)
         what = f"model={names['model']} on data={names['data']}"
@@ -650,14 +652,14 @@ class Adversarial(Experiment):
             clean_image = as_image(example.x)
             attacked_image = as_image(example.adversarial)
             image = axes[0, column].imshow(clean_image, cmap="gray", vmin=low, vmax=high)
-            axes[0, column].set_title(f"true {example.label}\npred "
-                                      f"{example.clean.argmax().item()} "
+            axes[0, column].set_title(f"true {classes[example.label]}\npred "
+                                      f"{classes[example.clean.argmax().item()]} "
                                       f"({example.clean.max().item():.2f})", fontsize=9)
             delta = axes[1, column].imshow(attacked_image - clean_image, cmap="RdBu_r",
                                            vmin=-limit, vmax=limit)
             axes[2, column].imshow(attacked_image, cmap="gray", vmin=low, vmax=high)
-            predicted = example.attacked.argmax().item()
-            aim = "" if example.target is None else f" (target {example.target})"
+            predicted = classes[example.attacked.argmax().item()]
+            aim = "" if example.target is None else f" (target {classes[example.target]})"
             axes[2, column].set_title(
                 f"pred {predicted} ({example.attacked.max().item():.2f}){aim}\n"
                 f"{'fooled' if example.fooled else 'still right'}", fontsize=9,
@@ -676,11 +678,16 @@ class Adversarial(Experiment):
                 fig.colorbar(mappable, cax=cax, label=label)
         return fig
 
-    def plot_confusion(self, tally: Tally, metrics: dict[str, float], classes: int) -> Figure:
+    def plot_confusion(self, tally: Tally, metrics: dict[str, float], names: list[str]
+                       ) -> Figure:
         """True class against predicted class, before and after the attack."""
+        classes = len(names)
         fig, axes = figure(f"Predictions before and after the attack ({self.describe()})", 1, 2,
                            size=(13, 6), layout=None)
-        fig.subplots_adjust(left=0.05, right=0.94, bottom=0.1, top=0.89, wspace=0.21)
+        longest = max(map(len, names), default=0)
+        named = longest if classes <= 20 and longest > 2 else 0  # names, not indices
+        fig.subplots_adjust(left=0.05 + 0.007 * named, right=0.94, bottom=0.1 + 0.014 * named,
+                            top=0.89, wspace=0.21 + 0.02 * named)  # room for the names
         labels, clean, attacked = tally.predictions()
         views = ((clean, f"clean: accuracy {metrics['clean_accuracy']:.3f}"),
                  (attacked, f"attacked: accuracy {metrics['robust_accuracy']:.3f}"))
@@ -694,7 +701,8 @@ class Adversarial(Experiment):
                                 color="white" if count > counts.max() / 2 else "black")
             ax.set(title=title, xlabel="predicted class", ylabel="true class")
             if classes <= 20:
-                ax.set(xticks=range(classes), yticks=range(classes))
+                ax.set_xticks(range(classes), names, rotation=90 if named else 0)
+                ax.set_yticks(range(classes), names)
             ax.grid(False)
             fig.colorbar(image, ax=ax, fraction=0.046, label="test inputs")
         return fig

@@ -167,6 +167,17 @@ class Data:
             return len(declared)
         return int(max(y.max() for _, y in self.batches("train", 1024))) + 1
 
+    @cached_property
+    def class_names(self) -> list[str]:
+        """The classes' names, as figures label them: the dataset's `classes` attribute when
+        it lists them (as torchvision's datasets do), else their indices; [] for regression."""
+        if self.classes is None:
+            return []
+        declared = getattr(self.parts["train"].source, "classes", None)
+        if isinstance(declared, (list, tuple)) and len(declared) == self.classes:
+            return [str(name) for name in declared]
+        return [str(i) for i in range(self.classes)]
+
     def describe(self) -> str:
         """`train 1150, validation 287, test 360` (`?` for an iterable split)."""
         return ", ".join(f"{split} {self.size(split) or '?'}" for split in SPLITS)
