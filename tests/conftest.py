@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.resources
 import logging
 import os
@@ -9,6 +10,8 @@ import shutil
 import socket
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -90,6 +93,25 @@ def user_project(monkeypatch) -> Path:
     `conf/`, for `--config-dir` (models `small_convnet`, data `stripes`)."""
     monkeypatch.syspath_prepend(str(USER_PROJECT))
     return USER_PROJECT / "conf"
+
+
+@contextmanager
+def composed_once(module, name: str) -> Iterator[None]:
+    """While it lasts, `module.name` (a function of the config folders that composes every
+    option of some groups: about a second a call) computes once per list of folders; each
+    later call gets a copy of that result."""
+    real = getattr(module, name)
+    composed: dict[tuple[str, ...], object] = {}
+
+    def once(config_dirs=()):
+        key = tuple(str(folder) for folder in config_dirs)
+        if key not in composed:
+            composed[key] = real(config_dirs)
+        return copy.deepcopy(composed[key])
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, name, once)
+        yield
 
 
 def free_port() -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import family, runs_of
+from conftest import composed_once, family, runs_of
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -52,6 +52,14 @@ class Ragged(Dataset):
 
 
 HERE = __name__
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _trusted_targets_composed_once():
+    """Each replay composes every option of the trusted groups to know their classes; the
+    options do not change within this module: composed by its first replay."""
+    with composed_once(reproduce, "trusted_targets"):
+        yield
 
 
 def replay(capsys, store, run_id: str) -> tuple[int, str]:

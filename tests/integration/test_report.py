@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 import shutil
 import sys
@@ -10,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENTS, PARENT_TAG, client_for, runs_of
+from conftest import EXPERIMENTS, PARENT_TAG, client_for, composed_once, runs_of
 
 from gradkit.cli.run import main as run_main
 from gradkit.reporting import report
@@ -64,20 +63,9 @@ def filled(tmp_path_factory, empty_store):
 
 @pytest.fixture(autouse=True, scope="module")
 def _catalogue_composed_once():
-    """Each report composes every experiment's config to describe the demonstrations (about
-    a second); the configs do not change within this module: composed by the first report,
-    a copy handed to each later one."""
-    composed: dict[tuple[str, ...], list] = {}
-
-    def catalogue(config_dirs=()):
-        key = tuple(str(d) for d in config_dirs)
-        if key not in composed:
-            composed[key] = catalogue_of(config_dirs)
-        return copy.deepcopy(composed[key])
-
-    catalogue_of = report.catalogue
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(report, "catalogue", catalogue)
+    """Each report composes every experiment's config to describe the demonstrations; the
+    configs do not change within this module: composed by its first report."""
+    with composed_once(report, "catalogue"):
         yield
 
 

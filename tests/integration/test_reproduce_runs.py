@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from conftest import PARENT_TAG, client_for, runs_of, untimed
+from conftest import PARENT_TAG, client_for, composed_once, runs_of, untimed
 
 from gradkit.reporting import reproduce
 
@@ -15,6 +15,14 @@ from gradkit.reporting import reproduce
 def _in_tmp(tmp_path, monkeypatch):
     """Replays write Hydra output folders under the current directory."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _trusted_targets_composed_once():
+    """Each replay composes every option of the trusted groups to know their classes; the
+    options do not change within this module: composed by its first replay."""
+    with composed_once(reproduce, "trusted_targets"):
+        yield
 
 
 def replay(capsys, store, run_id: str) -> tuple[int, str, str]:
