@@ -301,7 +301,8 @@ def test_a_failing_server_is_retried_a_bounded_number_of_times(gradkit, tmp_path
 @pytest.fixture(scope="module")
 def slow_original(tmp_path_factory, empty_store) -> tuple[Path, str]:
     """A store with one finished descent long enough that its replay can be stopped midway
-    (made once, in this process: only the replay needs a process of its own)."""
+    (20000 steps: seconds, against the 0.3 s the signal waits for; made once, in this
+    process: only the replay needs a process of its own)."""
     from gradkit.cli.run import main
 
     root = tmp_path_factory.mktemp("original") / "mlruns"

@@ -80,15 +80,15 @@ def env(project) -> dict[str, str]:
     return environment
 
 
+def bare(env: dict[str, str]) -> dict[str, str]:
+    """`env` without PYTHONPATH: the project importable only as the folder gradkit runs in."""
+    return {key: value for key, value in env.items() if key != "PYTHONPATH"}
+
+
 @pytest.fixture(scope="module")
 def listed(gradkit, project, env) -> str:
     """`gradkit list` of the project, run from its folder without PYTHONPATH."""
     return run(gradkit, "list", "--config-dir", "conf", cwd=project, env=bare(env)).stdout
-
-
-def bare(env: dict[str, str]) -> dict[str, str]:
-    """`env` without PYTHONPATH: the project importable only as the folder gradkit runs in."""
-    return {key: value for key, value in env.items() if key != "PYTHONPATH"}
 
 
 def test_the_wheel_ships_the_configs_and_the_sweeper(wheel):
