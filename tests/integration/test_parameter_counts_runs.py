@@ -3,6 +3,7 @@ compare views then plot a result against the model's size."""
 
 from __future__ import annotations
 
+import pytest
 from conftest import runs_of
 
 HIDDEN = 5
@@ -21,19 +22,14 @@ def test_a_sweep_of_network_demonstrations_logs_each_models_parameter_count(cli,
         assert run.data.metrics["parameters"] == DIGITS_MLP, name
 
 
-def test_the_diagnosis_of_a_chosen_model_logs_its_parameter_count(cli, store):
-    code, err = cli("experiment=gradient_debugging", "experiment.scenario=none", "model=mlp",
-                    f"model.hidden=[{HIDDEN}]", "data=digits")
+@pytest.mark.parametrize(("experiment", "extra", "data", "expected"), [
+    ("gradient_debugging", "experiment.scenario=none", "digits", DIGITS_MLP),
+    ("checkpointing", "experiment.segments=2", "synthetic_regression", REGRESSION_MLP)])
+def test_a_chosen_model_run_alone_logs_its_parameter_count(cli, store, experiment, extra, data,
+                                                           expected):
+    code, err = cli(f"experiment={experiment}", extra, "model=mlp", f"model.hidden=[{HIDDEN}]",
+                    f"data={data}")
 
     assert code == 0, err
-    [run] = runs_of(store, "gradient_debugging")
-    assert run.data.metrics["parameters"] == DIGITS_MLP
-
-
-def test_checkpointing_a_chosen_model_logs_its_parameter_count(cli, store):
-    code, err = cli("experiment=checkpointing", "experiment.segments=2", "model=mlp",
-                    f"model.hidden=[{HIDDEN}]", "data=synthetic_regression")
-
-    assert code == 0, err
-    [run] = runs_of(store, "checkpointing")
-    assert run.data.metrics["parameters"] == REGRESSION_MLP
+    [run] = runs_of(store, experiment)
+    assert run.data.metrics["parameters"] == expected
