@@ -12,7 +12,6 @@ run, side by side, so the ratios hold even on a noisy shared machine:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -22,15 +21,13 @@ import time
 from pathlib import Path
 
 import torch
+from common import PROJECT_ROOT, save_results
 
 from gradkit.core.experiment import RunContext
 from gradkit.experiments.adversarial import Adversarial, pgd, training_components
 from gradkit.lib.training import TrainSpec, trained_classifier
 from gradkit.plotting import discard
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-
-RESULTS = PROJECT_ROOT / "bench" / "results"
 REPEATS = 3
 
 
@@ -115,8 +112,7 @@ def main() -> None:
         "cli_adversarial_first_s": first_s, "cli_adversarial_cached_s": cached_s,
         "cli_lr_finder_s": lr_finder_s, "process_startup_s": startup_s,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "applications.json").write_text(json.dumps(results, indent=2))
+    save_results("applications", results)
     print(f"applications on the digits ({os.cpu_count()} CPUs, best of {REPEATS})")
     print(f"  train the default CNN (cache miss)      {train_s:7.3f} s")
     print(f"  read it from the cache (hit)            {hit_s:7.3f} s  (x{train_s / hit_s:.0f})")

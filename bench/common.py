@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,3 +20,9 @@ def best_of(call: Callable[[], object], repeats: int = 3) -> float:
         call()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def save_results(name: str, results: dict) -> None:
+    """`results` as bench/results/<name>.json."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))

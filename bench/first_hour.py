@@ -22,7 +22,6 @@ Prints a table and writes bench/results/first_hour.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics
@@ -32,14 +31,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import save_results
+
 from gradkit.cli.run import main as gradkit_main
 from gradkit.core.experiment import Experiment, Result, RunContext
 from gradkit.experiments.gradient_descent import GradientDescent, descend
 from gradkit.plotting import save
 from gradkit.tracking.store import Tracker
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-RESULTS = PROJECT_ROOT / "bench" / "results"
 PRESET_JOBS = 18
 ENV = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
 # Lets the notebook's code run headless as a script: no display, no seaborn (it only picks a
@@ -189,8 +188,7 @@ def main() -> None:
         results["notebook"] = wall([sys.executable, str(script)], script.parent)
         results["preset_basic_vs_notebook"] = results["preset_basic"] / results["notebook"]
         results["make_run_vs_notebook"] = results["make_run"] / results["notebook"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "first_hour.json").write_text(json.dumps(results, indent=2))
+    save_results("first_hour", results)
     print(f"first hour on {os.cpu_count()} CPUs (seconds; ratios are x)")
     for key, value in results.items():
         shown = value if isinstance(value, dict) else {"": value}

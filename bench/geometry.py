@@ -17,12 +17,11 @@ timings scatter tenfold); the 1000 x 1000 call is also timed with the default th
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import torch
-from common import RESULTS, best_of
+from common import best_of, save_results
 
 from gradkit.experiments.hessian import random_spd
 from gradkit.experiments.landscape import grid
@@ -100,8 +99,7 @@ def main() -> None:
     torch.set_num_threads(1)  # on a shared machine two threads contend with other processes
     results = {"cpus": os.cpu_count(), "threads": 1, "landscape": landscape(threads),
                "hessian": hessians(), "loss_curvature": curvature()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "geometry.json").write_text(json.dumps(results, indent=2))
+    save_results("geometry", results)
     print(f"geometry benchmarks on {os.cpu_count()} CPUs, 1 torch thread unless said "
           "(best of several calls)")
     for name, r in results["landscape"].items():

@@ -16,7 +16,6 @@ several calls after a warm-up call, with one torch thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import PROJECT_ROOT, RESULTS, best_of
+from common import PROJECT_ROOT, best_of, save_results
 
 USER_PROJECT = PROJECT_ROOT / "examples" / "user_project"
 sys.path.insert(0, str(USER_PROJECT))  # the project's package, as when gradkit runs in it
@@ -97,8 +96,7 @@ def main() -> None:
         **{f"max_difference_batched_{size}": difference[size] for size in sizes},
         "same_adversarial_examples": all(d <= SAME_TOLERANCE for d in difference.values()),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "own_model_adversarial.json").write_text(json.dumps(results, indent=2))
+    save_results("own_model_adversarial", results)
     print(f"PGD-{STEPS} (L-inf, epsilon {EPSILON}) on SmallConvNet x Stripes, {len(x)} test "
           f"images ({os.cpu_count()} CPUs, 1 torch thread, best of {REPEATS})")
     print(f"  trained 5 epochs in {train_s:.2f} s: clean accuracy {accuracy:.3f}, robust "

@@ -14,25 +14,22 @@ above any first-call cost).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
+from common import PROJECT_ROOT, save_results
 
 from gradkit.experiments.loss_curvature import flat_loss
 from gradkit.lib.curvature import lanczos
 from gradkit.lib.derivatives import hessian_operator
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-RESULTS = PROJECT_ROOT / "bench" / "results"
 sys.path.insert(0, str(PROJECT_ROOT / "examples" / "user_project"))
 
-from my_project.data import Stripes  # noqa: E402  (the example project, added above)
-from my_project.models import SmallConvNet  # noqa: E402
+from my_project.data import Stripes
+from my_project.models import SmallConvNet
 
 SEED, BATCH, ITERATIONS, TOP = 42, 64, 40, 3
 
@@ -74,8 +71,7 @@ def main() -> None:
                "full_hessian_eigvalsh_s": full_s, "ratio": full_s / lanczos_s,
                "top_lanczos": top.tolist(), "top_exact": exact.tolist(),
                "relative_difference": relative}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "own_model_curvature.json").write_text(json.dumps(results, indent=2))
+    save_results("own_model_curvature", results)
     print(f"top {TOP} Hessian eigenvalues of SmallConvNet ({len(theta)} parameters) on {BATCH}"
           f" Stripes images, float64, {os.cpu_count()} CPUs, 1 torch thread")
     print(f"  gradkit: Lanczos, {ITERATIONS} Hessian-vector products: {lanczos_s:.3f} s")

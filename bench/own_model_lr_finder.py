@@ -18,7 +18,6 @@ step by step. Timings are the best of several calls after a warm-up call, one to
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import PROJECT_ROOT, RESULTS, best_of
+from common import PROJECT_ROOT, best_of, save_results
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from gradkit.core.components import Choice, Components
@@ -141,8 +140,7 @@ def main() -> None:
                "steps": [len(ours.lrs), len(theirs.lrs)],
                "same_lrs": ours.lrs == theirs.lrs,
                "largest_relative_loss_gap": gap}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "own_model_lr_finder.json").write_text(json.dumps(results, indent=2))
+    save_results("own_model_lr_finder", results)
     print(f"LR range test, SmallConvNet on Stripes ({len(train)} train / {len(validation)} "
           f"validation), {NUM_ITER} steps of batch {BATCH}, 1 torch thread, best of 3")
     print(f"  gradkit (Data.cycled + evaluate_split): {gradkit_s:.3f} s")

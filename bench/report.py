@@ -13,7 +13,6 @@ side by side in one run (the machine is shared and noisy: compare within a run):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import save_results
 from hydra.utils import instantiate
 from mlflow.entities import Metric, Param, RunTag
 from omegaconf import OmegaConf
@@ -34,9 +34,6 @@ from gradkit.plotting import figure, save
 from gradkit.reporting import report
 from gradkit.tracking.store import PARENT_TAG, Tracker, flatten
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-
-RESULTS = PROJECT_ROOT / "bench" / "results"
 SWEEPS, JOBS = 10, 99  # of gradient_descent: 10 parents with 99 children each
 
 
@@ -133,8 +130,7 @@ def main() -> None:
         "search_500_s": small[0], "report_500_s": small[1],
         "report_ratio_5000_vs_500": large[1] / small[1], "command_5000_s": command,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "report.json").write_text(json.dumps(results, indent=2))
+    save_results("report", results)
     print(f"summary report on {os.cpu_count()} CPUs: stores of 5,000 runs ({large[2]} job runs "
           f"+ sweep parents) and 500 runs ({small[2]} + parents)")
     print(f"  building the 5,000-run store          {large_build:6.1f} s "

@@ -29,9 +29,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
+from common import PROJECT_ROOT, RESULTS
 
-OUT = PROJECT_ROOT / "bench" / "results" / "screenshots"
+OUT = RESULTS / "screenshots"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]

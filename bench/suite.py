@@ -11,12 +11,12 @@ Prints a table and writes bench/results/suite.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-from first_hour import PROJECT_ROOT, RESULTS, notebook_script, wall
+from common import PROJECT_ROOT, save_results
+from first_hour import notebook_script, wall
 
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto"]
 SUITE = [*PYTEST, "--dist", "loadscope"]  # as `make test` runs it
@@ -35,8 +35,7 @@ def main() -> None:
     results["unit"] = wall([*PYTEST, "tests/unit"], PROJECT_ROOT)
     if "notebook" in results:
         results["suite_vs_notebook"] = results["suite"] / results["notebook"]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "suite.json").write_text(json.dumps(results, indent=2))
+    save_results("suite", results)
     for name, value in results.items():
         print(f"  {name:<18} {value:8.2f}{'x' if '_vs_' in name else ' s'}")
 

@@ -16,7 +16,6 @@ draws each job's figure while the next job computes.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import subprocess
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import PROJECT_ROOT, save_results
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -33,10 +33,7 @@ from gradkit.core.experiment import RunContext
 from gradkit.experiments.gradient_descent import GradientDescent
 from gradkit.plotting import save
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-
 PRESET = PROJECT_ROOT / "conf" / "sweep" / "descent_lr_start.yaml"
-RESULTS = PROJECT_ROOT / "bench" / "results"
 STORE = ("from gradkit.tracking.store import Tracker; "
          "Tracker.from_config({{'kind': 'local', 'root': '{}'}}).client.search_experiments()")
 
@@ -101,8 +98,7 @@ def main() -> None:
         "basic_without_figures_s": no_figures, "figures_in_sweep_s": basic - no_figures,
         "tracking_and_hydra_per_job_s": overhead,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sweep.json").write_text(json.dumps(results, indent=2))
+    save_results("sweep", results)
     print(f"descent_lr_start: {jobs} jobs on {os.cpu_count()} CPUs")
     print(f"  process startup (imports)        {startup:6.2f} s")
     print(f"  creating an empty store (once)   {store:6.2f} s  (includes a startup)")

@@ -14,7 +14,6 @@ holds on a noisy machine:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import save_results
 
 from gradkit.core.experiment import RunContext
 from gradkit.experiments.accumulation import Accumulation
@@ -33,9 +33,6 @@ from gradkit.lib.diagnostics import Thresholds
 from gradkit.lib.memory import SavedTensorMeter
 from gradkit.plotting import discard
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]  # the checkout bench/ lives in
-
-RESULTS = PROJECT_ROOT / "bench" / "results"
 REPEATS = 20
 
 
@@ -145,8 +142,7 @@ def main() -> None:
     torch.set_num_threads(1)  # one thread: steadier timings on a small shared machine
     results = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                **detector(), **meter(), **checkpointing(), **accumulation(), **default_runs()}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "training_diagnostics.json").write_text(json.dumps(results, indent=2))
+    save_results("training_diagnostics", results)
     print(f"training diagnostics on {os.cpu_count()} CPUs, {torch.get_num_threads()} threads "
           f"(best of {REPEATS}; ratios measured side by side)")
     for key, value in results.items():
