@@ -290,7 +290,7 @@ class Accumulation(Experiment):
                                                ctx.components.names, batch_norm)},
             summary={"effective_batch": self.effective_batch, "micro_batch": self.micro_batch,
                      "dropout_masks": "drawn once per full batch, sliced per micro-batch",
-                     "parameters": parameter_count(full.model),
+                     "parameters": int(metrics["parameters"]),
                      "train_items": self.workload.data.size("train"),
                      "batch_norm": ("batch statistics per micro-batch: the gap is reported, "
                                     "not checked") if batch_norm else "none"},

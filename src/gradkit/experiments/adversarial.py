@@ -505,7 +505,7 @@ class Adversarial(Experiment):
             summary={"test_size": int(tally.sums["count"]),
                      "train_size": workload.data.size("train"), "cache_entry": entry.key,
                      "cache": entry.status, **names,
-                     "parameters": parameter_count(model)},
+                     "parameters": int(metrics["parameters"])},
             tags={"cache": entry.status, "cache_entry": entry.key},
             objective=metrics["robust_accuracy"],
         )

@@ -291,7 +291,7 @@ class Checkpointing(Experiment):
             summary={"segment_blocks": segment_bounds(len(model), self.segments or 1),
                      "segment_saved_bytes": pieces, "expected_saved_bytes": expected,
                      "seconds": times, "blocks": len(model),
-                     "parameters": parameter_count(model)},
+                     "parameters": int(metrics["parameters"])},
             objective=kept.peak_bytes,
         )
 

@@ -365,7 +365,7 @@ class LrFinder(Experiment):
             series=series,
             checks=self.checks(trace, index, restored),
             figures={"lr_finder": self.plot(trace, index, scores, test_accuracy)},
-            summary={**self.names, "parameters": parameter_count(model),
+            summary={**self.names, "parameters": int(metrics["parameters"]),
                      "data_splits": workload.data.describe(),
                      "loss_module": type(workload.loss).__name__,
                      "optimizer": self.optimizer, "step_mode": self.step_mode,
