@@ -29,7 +29,7 @@ def test_real_subprocess_run_from_another_directory(store, tmp_path):
 
 
 # `gradkit run --help`, then a misspelt key, in one interpreter: each one's exit code, then
-# which of MLflow's modules were loaded by then
+# which of MLflow's modules and SymPy were loaded by then
 HELP_THEN_MISSPELT = """
 import sys
 from gradkit.cli import main
@@ -41,7 +41,7 @@ for args in (["run", "--help"], ["run", "experiment=jacobian", "experiment.pont=
     except SystemExit as exit_:
         code = exit_.code or 0
     print(f"exit {code}", flush=True)
-print(sorted({"mlflow", "sqlalchemy"} & set(sys.modules)))
+print(sorted({"mlflow", "sqlalchemy", "sympy"} & set(sys.modules)))
 """
 
 
@@ -65,9 +65,9 @@ def test_help_lists_the_experiments(probed):
     assert all(name in help_text for name in EXPERIMENTS)
 
 
-def test_a_misspelt_key_is_answered_before_mlflow_loads(probed):
+def test_a_misspelt_key_is_answered_before_mlflow_or_sympy_loads(probed):
     """The experiments' configs come from their classes (torch loads), the store does not
-    (not even after `--help`)."""
+    (not even after `--help`), nor SymPy, which only functions written as expressions need."""
     _, err, (_, misspelt_exit, modules) = probed
 
     assert misspelt_exit != "exit 0"

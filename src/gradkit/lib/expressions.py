@@ -1,5 +1,7 @@
 """Functions of x and y written as expressions: parsed against a whitelist (never `eval`),
 evaluated with torch, and differentiated exactly by SymPy (the oracle checks compare against).
+
+SymPy (~0.25 s to import) loads only when an expression is built: every other command skips it.
 """
 
 from __future__ import annotations
@@ -8,28 +10,29 @@ import ast
 import math
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sympy
 import torch
 
 from gradkit.core.validation import ConfigError
 
+if TYPE_CHECKING:
+    import sympy
+
 MAX_LENGTH = 500
-FUNCTIONS: dict[str, tuple[Callable, Callable]] = {
-    "sin": (torch.sin, sympy.sin), "cos": (torch.cos, sympy.cos), "tan": (torch.tan, sympy.tan),
-    "exp": (torch.exp, sympy.exp), "log": (torch.log, sympy.log),
-    "sqrt": (torch.sqrt, sympy.sqrt), "tanh": (torch.tanh, sympy.tanh),
-    "sinh": (torch.sinh, sympy.sinh), "cosh": (torch.cosh, sympy.cosh),
-    "atan": (torch.atan, sympy.atan), "abs": (torch.abs, sympy.Abs),
+# each function by its torch callable and the name of its SymPy counterpart
+FUNCTIONS: dict[str, tuple[Callable, str]] = {
+    "sin": (torch.sin, "sin"), "cos": (torch.cos, "cos"), "tan": (torch.tan, "tan"),
+    "exp": (torch.exp, "exp"), "log": (torch.log, "log"), "sqrt": (torch.sqrt, "sqrt"),
+    "tanh": (torch.tanh, "tanh"), "sinh": (torch.sinh, "sinh"), "cosh": (torch.cosh, "cosh"),
+    "atan": (torch.atan, "atan"), "abs": (torch.abs, "Abs"),
 }
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
              ast.Div: operator.truediv, ast.Pow: operator.pow}
 SIGNS = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-CONSTANTS = {"pi": (math.pi, sympy.pi), "e": (math.e, sympy.E)}
+CONSTANTS = {"pi": (math.pi, "pi"), "e": (math.e, "E")}
 ALLOWED = ("use x, y, numbers, pi, e, + - * / ** ( ) and " + " ".join(FUNCTIONS))
-X, Y = sympy.symbols("x y", real=True)
 
 
 def parse(text: str, key: str, names: str = "") -> ast.Expression:
@@ -77,6 +80,9 @@ def build(tree: ast.Expression, names: dict[str, Any], side: int, where: str = "
     """Evaluate a parsed tree with `names` for x and y; side 0 uses torch, 1 SymPy (`where`
     names the expression in the error of a constant part that is not a finite number)."""
 
+    if side:
+        import sympy
+
     def visit(node: ast.AST) -> Any:
         if isinstance(node, ast.Expression):
             return visit(node.body)
@@ -90,14 +96,20 @@ def build(tree: ast.Expression, names: dict[str, Any], side: int, where: str = "
         if isinstance(node, ast.Constant):
             return node.value if side == 0 else sympy.sympify(node.value)
         if isinstance(node, ast.Name):
-            return names[node.id] if node.id in names else CONSTANTS[node.id][side]
-        return FUNCTIONS[node.func.id][side](visit(node.args[0]))
+            if node.id in names:
+                return names[node.id]
+            value, symbol = CONSTANTS[node.id]
+            return getattr(sympy, symbol) if side else value
+        torch_function, symbol = FUNCTIONS[node.func.id]
+        return (getattr(sympy, symbol) if side else torch_function)(visit(node.args[0]))
     return visit(tree)
 
 
 def _fold(op: ast.operator, left: sympy.Number, right: sympy.Number, where: str
           ) -> sympy.Number:
     """Arithmetic on two numbers in float64 (exact SymPy powers like 9**9**9 never end)."""
+    import sympy
+
     try:
         return sympy.Float(OPERATORS[type(op)](float(left), float(right)))
     except (OverflowError, ZeroDivisionError):
@@ -111,11 +123,14 @@ class Expression:
     def __init__(self, text: str, key: str = "experiment.function", names: str = ""):
         self.text = text
         self.tree = parse(text, key, names)
-        self.symbolic = sympy.sympify(build(self.tree, {"x": X, "y": Y}, 1, f"{key}={text!r}"))
-        gradient = [sympy.diff(self.symbolic, v) for v in (X, Y)]
-        hessian = [[_almost_everywhere(sympy.diff(g, v)) for v in (X, Y)] for g in gradient]
-        self._gradient = sympy.lambdify((X, Y), gradient, modules="numpy")
-        self._hessian = sympy.lambdify((X, Y), hessian, modules="numpy")
+        import sympy
+
+        x, y = sympy.symbols("x y", real=True)
+        self.symbolic = sympy.sympify(build(self.tree, {"x": x, "y": y}, 1, f"{key}={text!r}"))
+        gradient = [sympy.diff(self.symbolic, v) for v in (x, y)]
+        hessian = [[_almost_everywhere(sympy.diff(g, v)) for v in (x, y)] for g in gradient]
+        self._gradient = sympy.lambdify((x, y), gradient, modules="numpy")
+        self._hessian = sympy.lambdify((x, y), hessian, modules="numpy")
 
     def value(self, p: torch.Tensor) -> torch.Tensor:
         """f at points (..., 2), by torch (differentiable, any device)."""
@@ -144,6 +159,8 @@ class Expression:
 
 def _almost_everywhere(derivative: sympy.Expr) -> sympy.Expr:
     """The derivative off the measure-zero kinks of abs: DiracDelta terms dropped."""
+    import sympy
+
     return derivative.replace(sympy.DiracDelta, lambda *_: sympy.S.Zero)
 
 
