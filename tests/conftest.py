@@ -1,4 +1,8 @@
-"""Shared fixtures: a fast empty MLflow store per test and an in-process CLI runner."""
+"""Shared fixtures: a fast empty MLflow store per test and an in-process CLI runner.
+
+torch, MLflow, Hydra's compose and matplotlib load where a fixture or helper needs them: the
+process that only hands tests to the xdist workers then starts in a fraction of a second.
+"""
 
 from __future__ import annotations
 
@@ -13,33 +17,43 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 # runs left open by a failing store are remembered here, not in the user's ~/.local/state
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="gradkit-state-")
 
-import matplotlib.pyplot as plt
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
-from mlflow.tracking import MlflowClient
 
 from gradkit.core.configs import CONFIG_MODULE
-from gradkit.core.experiment import RunContext, is_timing
 from gradkit.core.names import sqlite_uri
-from gradkit.core.parameters import register_builtins
-from gradkit.tracking.store import Tracker
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker has a core: more torch threads
-    torch.set_num_threads(1)  # would only contend with the other workers (10-100x slower)
+if TYPE_CHECKING:
+    from gradkit.core.experiment import RunContext
+
 CONF_DIR = Path(str(importlib.resources.files(CONFIG_MODULE)))  # the checkout's conf/
-register_builtins()  # the experiments' generated configs, for tests that compose directly
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_process():
+    """Before a process's first test: the experiments' generated configs, for tests that
+    compose directly, and one torch thread per xdist worker (each has a core; more threads
+    would only contend with the other workers, 10-100x slower)."""
+    import torch
+
+    from gradkit.core.parameters import register_builtins
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+    register_builtins()
 
 
 @pytest.fixture(scope="session")
 def empty_store(tmp_path_factory) -> Path:
     """An MLflow SQLite store with its tables made once (creating them takes seconds)."""
+    from gradkit.tracking.store import Tracker
+
     root = tmp_path_factory.mktemp("template")
     Tracker.from_config({"kind": "local", "root": str(root)}).client.search_experiments()
     return root / "mlflow.db"
@@ -63,6 +77,8 @@ def _compact_hydra_errors(monkeypatch):
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module of tiny networks: a second only adds contention."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -72,6 +88,10 @@ def one_thread():
 @pytest.fixture
 def ctx(tmp_path) -> RunContext:
     """A float32 CPU context seeded with 0, writing to the test's folder."""
+    import torch
+
+    from gradkit.core.experiment import RunContext
+
     return RunContext(torch.device("cpu"), torch.float32, torch.Generator().manual_seed(0),
                       tmp_path, logging.getLogger("test"))
 
@@ -80,7 +100,8 @@ def ctx(tmp_path) -> RunContext:
 def _close_figures():
     """Figures a test made are closed after it."""
     yield
-    plt.close("all")
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -135,10 +156,15 @@ def family(store: Path, experiment: str) -> tuple:
 def untimed(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics without wall-clock timings (`job_seconds`, `seconds/<method>`, ...): the
     only ones that differ between two runs of one config."""
+    from gradkit.core.experiment import is_timing
+
     return {key: value for key, value in metrics.items() if not is_timing(key)}
 
 
-def client_for(root: Path) -> MlflowClient:
+def client_for(root: Path):
+    """An MLflow client of the store at `root`."""
+    from mlflow.tracking import MlflowClient
+
     return MlflowClient(sqlite_uri(root / "mlflow.db"))
 
 
@@ -151,6 +177,8 @@ def runs_of(root: Path, experiment: str) -> list:
 
 def compose_config(*overrides: str):
     """The composed job config (without the hydra node), as the entry point would see it."""
+    from hydra import compose, initialize_config_dir
+
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
