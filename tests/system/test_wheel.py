@@ -91,11 +91,16 @@ def listed(gradkit, project, env) -> str:
     return run(gradkit, "list", "--config-dir", "conf", cwd=project, env=bare(env)).stdout
 
 
-def test_the_wheel_ships_the_configs_and_the_sweeper(wheel):
+def test_the_wheel_ships_the_configs_the_sources_and_the_sweeper(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
 
     shipped = {f"gradkit/conf/{p.relative_to(CONF_DIR)}" for p in CONF_DIR.rglob("*.yaml")}
     assert shipped and shipped <= names
+    package = CHECKOUT / "src" / "gradkit"  # every file of it, the report's templates included
+    sources = {f"gradkit/{p.relative_to(package)}" for p in package.rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts}
+    assert "gradkit/reporting/templates/report.html.j2" in sources
+    assert sources <= names, sorted(sources - names)
     assert "hydra_plugins/gradkit_sweeper/__init__.py" in names
     assert not any(name.startswith(("tests/", "conf/")) for name in names)
 
