@@ -135,6 +135,8 @@ def test_a_reused_sweep_folder_reports_only_its_own_jobs(cli, store, tmp_path):
     (["sweep=descent_lr_start", "experiment.learnin_rate=1"], "experiment.learnin_rate"),
     (["experiment=basic_gradients", "experiment.x=1,2", "plotting.dpi=0"], "plotting.dpi=0"),
     (["experiment=basic_gradients", "experiment.x=1,2", "deterministic=no"], "deterministic"),
+    (["experiment=basic_gradients", "experiment.x=1,abc"],  # a later job's value, wrong type
+     "): experiment.x=abc must be a number"),  # after `job #1 (its overrides`
 ])
 def test_a_sweep_hydra_or_we_refuse_writes_nothing(args, named, cli, store, tmp_path):
     code, err = cli(*args, multirun=True)

@@ -34,9 +34,14 @@ def planned_config(overrides: Sequence[str]) -> DictConfig | None:
     """The config of the planned job with `overrides`, handed out once; None when the job was
     not planned here or differs from its group's composition in more than values."""
     entry = _composed.pop(tuple(overrides), None)
-    if entry is None:
-        return None
-    composed_with, config = entry
+    return None if entry is None else with_values(*entry, overrides)
+
+
+def with_values(composed_with: Job, config: DictConfig, overrides: Sequence[str]
+                ) -> DictConfig | None:
+    """A copy of `config`, composed for the job `composed_with`, made the config of the job
+    with `overrides`; None when the two jobs differ in more than values. A value of the
+    wrong type for its key raises OmegaConf's error, as in Hydra's composition."""
     if composed_with == tuple(overrides):
         return copy.deepcopy(config)  # the plan's config stays as composed for the group's others
     parser = OverridesParser.create()

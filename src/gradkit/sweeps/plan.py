@@ -1,7 +1,8 @@
 """A sweep's jobs, planned before any runs: which experiments it runs, every job checked.
 
-Composition depends on the config-group choices (experiment=, tracking=, ...), not on plain
-values, so the plan composes one job per distinct combination of group choices.
+Composition depends on the config-group choices (experiment=, tracking=, ...), so the plan
+composes one job per distinct combination of group choices; every other job's values are
+applied to a copy of its group's config (~4 ms), which checks their types.
 """
 
 from __future__ import annotations
@@ -67,11 +68,11 @@ def swept_experiments(config: DictConfig) -> list[str]:
 def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
     """Every job of a basic-sweeper multirun, in Hydra's order, checked before any job runs.
 
-    Composition depends on the config-group choices (experiment=, tracking=, ...), not on
-    plain values, so one job per distinct combination of group choices is composed: an
-    unknown option or a misspelt key raises a ConfigError naming the job's overrides, and
-    the sweep stops before anything is written. Other sweepers choose their jobs as they
-    go: None.
+    One job per distinct combination of config-group choices (experiment=, tracking=, ...)
+    is composed; the others get their values applied to a copy of its config. An unknown
+    option, a misspelt key or a value of the wrong type raises a ConfigError naming the job's
+    overrides, and the sweep stops before anything is written. Other sweepers choose their
+    jobs as they go: None.
     """
     if config.hydra.sweeper.get("_target_") not in (BASIC_SWEEPER, PLANNED_SWEEPER):
         return None
@@ -89,12 +90,9 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
                                     for job in batch):
         choices = tuple(o for o in overrides if o.split("=")[0].lstrip("+~") in groups)
         if choices not in composed:
-            try:
-                composed[choices] = tuple(overrides), loader.load_sweep_config(config,
-                                                                               list(overrides))
-            except (HydraException, OmegaConfBaseException) as error:
-                raise ConfigError(f"job #{num} ({' '.join(overrides)}): "
-                                  f"{explain(error, list(overrides))}") from None
+            composed[choices] = tuple(overrides), _composed(config, overrides, num)
+        else:
+            _check_values(config, composed[choices], overrides, num)
         configs[tuple(overrides)] = composed[choices]
         job = composed[choices][1]
         jobs.append({"job": num, "experiment": job.hydra.runtime.choices.experiment,
@@ -107,3 +105,25 @@ def plan_jobs(config: DictConfig) -> list[dict[str, Any]] | None:
                           f"{'sweeps' if len(empty) == 1 else 'sweep'} no values")
     compositions.plan(groups, configs)
     return jobs
+
+
+def _composed(config: DictConfig, overrides: list[str], num: int) -> DictConfig:
+    """Job #`num`'s config as Hydra composes it, or a ConfigError naming the job."""
+    try:
+        return GlobalHydra.instance().config_loader().load_sweep_config(config, list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"job #{num} ({' '.join(overrides)}): "
+                          f"{explain(error, list(overrides))}") from None
+
+
+def _check_values(config: DictConfig, planned: tuple[tuple[str, ...], DictConfig],
+                  overrides: list[str], num: int) -> None:
+    """Job #`num`'s values fit their keys, checked on a copy of the `planned` config of its
+    group. Hydra composes the job where it differs in more than values, and where a value
+    does not fit, to say so as it would (a ConfigError naming the job)."""
+    try:
+        if compositions.with_values(*planned, overrides) is not None:
+            return
+    except OmegaConfBaseException:
+        pass
+    _composed(config, overrides, num)
