@@ -11,6 +11,8 @@ import os
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gradkit.cli.commands import say_left_open
@@ -22,12 +24,22 @@ from gradkit.sweeps.hydra_compat import register_sweeper
 from gradkit.tracking import unclosed
 
 
+class SingleRunFailed(BaseException):
+    """A single run's error, carried past Hydra's job wrapper, which would print a line of
+    its own (`Error executing job with overrides: ...`) before `main` prints the error's."""
+
+
 @hydra.main(version_base="1.3", config_path=SEARCH_PATH, config_name="config")
 def run_job(cfg: DictConfig) -> float:
     """One job: every key checked before any work, then one MLflow run."""
     from gradkit.core import job  # the heavy imports, once there is a job to run
 
-    return job.run(cfg)
+    try:
+        return job.run(cfg)
+    except Exception as error:
+        if HydraConfig.get().mode == RunMode.RUN:  # a sweep's other jobs go on: Hydra's way
+            raise SingleRunFailed(error) from None
+        raise
 
 
 def ended_sweeps(interrupted: bool) -> list[str]:
@@ -60,9 +72,10 @@ def main() -> None:
             print(f"gradkit: {failure}", file=sys.stderr)
         if failures:
             raise SystemExit(1)
-    except Exception as error:
+    except (Exception, SingleRunFailed) as caught:
+        error = caught.args[0] if isinstance(caught, SingleRunFailed) else caught
         if full_error == "1":
-            raise
+            raise error from error.__cause__  # its own traceback and cause, not the carrier
         print(f"gradkit: {explain(error, sys.argv[1:])}", file=sys.stderr)
         raise SystemExit(1) from None
     except interrupts.Interrupted as stop:
