@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import sys
 
 import pytest
@@ -38,6 +40,32 @@ def test_bad_arguments_are_one_line_with_a_usage_status(args, code, said, capsys
     with pytest.raises(SystemExit) as exit_:
         main(args)
     assert exit_.value.code == code
+    assert said in capsys.readouterr().err
+
+
+def test_the_ui_on_a_port_in_use_says_so_before_starting(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mlflow.db").touch()
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail(f"started {args}"))
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_:
+            main(["ui", "--store", str(tmp_path), "--port", str(port)])
+
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err == (f"gradkit: 127.0.0.1:{port} is taken (another "
+                                       "`gradkit ui`?); choose another with --port\n")
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--port", "70000"], "--port 70000 is not a port; use 0..65535"),
+    (["--host", "192.0.2.1"], "cannot listen on 192.0.2.1:"),  # an address not of this machine
+])
+def test_the_ui_where_it_cannot_listen_is_one_line(args, said, tmp_path, capsys, monkeypatch):
+    (tmp_path / "mlflow.db").touch()
+    monkeypatch.setattr(os, "execv", lambda *args: pytest.fail(f"started {args}"))
+    with pytest.raises(SystemExit):
+        main(["ui", "--store", str(tmp_path), *args])
+
     assert said in capsys.readouterr().err
 
 

@@ -4,7 +4,9 @@ over the rest of the package, taking Hydra overrides as `python -m gradkit.run` 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -80,13 +82,31 @@ def _ui(args: list[str]) -> None:
     store = os.path.abspath(options.store)
     if not os.path.isfile(os.path.join(store, "mlflow.db")):
         fail(f"--store {store} holds no mlflow.db; run an experiment first or pass --store DIR")
-    print(f"Open http://{options.host}:{options.port}/#/?workflowType=machine_learning "
+    _refuse_taken(options.host, options.port)
+    shown = f"[{options.host}]" if ":" in options.host else options.host  # an IPv6 address
+    print(f"Open http://{shown}:{options.port}/#/?workflowType=machine_learning "
           "(the Model training view)", flush=True)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.execv(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--host", options.host,
                               "--port", str(options.port), "--backend-store-uri",
                               sqlite_uri(Path(store) / "mlflow.db"), "--default-artifact-root",
                               f"{store}/artifacts"])
+
+
+def _refuse_taken(host: str, port: int) -> None:
+    """Fail in one line unless the UI can listen on host:port (MLflow's own server would
+    log the clash among its startup lines and exit with status 0)."""
+    if not 0 <= port <= 65535:
+        fail(f"--port {port} is not a port; use 0..65535")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+            probe.bind(address)
+    except OSError as error:
+        taken = error.errno == errno.EADDRINUSE
+        fail(f"{host}:{port} is taken (another `gradkit ui`?); choose another with --port"
+             if taken else f"cannot listen on {host}:{port}: {error.strerror or error}")
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
