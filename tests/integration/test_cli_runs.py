@@ -94,6 +94,8 @@ def test_overrides_change_the_result(args, metric, expected, cli, store):
     (["experiment=jacobian", "experiment.point=[1,2]"], "experiment.point", "jacobian"),
     (["experiment=basic_gradients", "experiment.x=abc"], "experiment.x", "basic_gradients"),
     (["experiment=basic_gradients", "experiment.xx=1"], "experiment.xx", "basic_gradients"),
+    (["experiment=basic_gradients", "experiment._target_=no_such_project.Experiment"],
+     "experiment._target_='no_such_project.Experiment' cannot be imported", "basic_gradients"),
     (["experiment=basic_gradients", "seed=abc"], "seed", "basic_gradients"),
     (["experiment=basic_gradients", "device=banana"], "device", "basic_gradients"),
     (["experiment=computational_graph", "dtype=float16"], "dtype", "computational_graph"),

@@ -209,6 +209,18 @@ def test_empty_store_says_so(store, tmp_path, capsys):
     assert summary.data.metrics["runs"] == 0
 
 
+def test_a_folder_without_a_store_is_refused_and_left_alone(tmp_path, capsys):
+    """A mistyped tracking.root gets one line, not a new store with an empty summary."""
+    code, _, err = make_report(capsys, f"tracking.root={tmp_path / 'mlrun'}",
+                               f"output={tmp_path / 'report'}")
+
+    assert code == 1
+    assert err == (f"gradkit: tracking.root={tmp_path / 'mlrun'} holds no MLflow store (no "
+                   "mlflow.db); run an experiment first or pass the folder of the store that "
+                   "holds the runs\n")
+    assert sorted(tmp_path.iterdir()) == []
+
+
 def test_since_a_later_date_leaves_no_runs(filled, tmp_path, capsys):
     code, _, err = make_report(capsys, f"tracking.root={filled}", f"output={tmp_path}",
                                "since=2999-01-01")

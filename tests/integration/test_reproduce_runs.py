@@ -168,6 +168,14 @@ def test_runs_that_cannot_be_replayed_exit_2(make, message, store, capsys):
     assert len(client.search_runs([e.experiment_id for e in client.search_experiments()])) == count
 
 
+def test_a_folder_without_a_store_is_refused_and_left_alone(tmp_path, capsys):
+    code, _, err = replay(capsys, tmp_path / "mlrun", "0123456789abcdef0123456789abcdef")
+
+    assert code == 2
+    assert err.startswith(f"gradkit: tracking.root={tmp_path / 'mlrun'} holds no MLflow store")
+    assert list(tmp_path.iterdir()) == []  # no store made to look in
+
+
 EVIL = '''from pathlib import Path
 def run(**_):
     Path({mark!r}).touch()

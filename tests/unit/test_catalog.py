@@ -7,7 +7,7 @@ import inspect
 from conftest import CONF_DIR, EXPERIMENTS
 from hydra.utils import get_class
 
-from gradkit.cli.catalog import experiments, presets
+from gradkit.cli.catalog import describe_module, experiments, presets
 
 
 def test_every_experiment_is_listed_in_notebook_order_with_its_defaults():
@@ -38,3 +38,9 @@ def test_every_preset_is_listed_with_its_grid():
     assert set(listed) == {p.stem for p in (CONF_DIR / "sweep").glob("*.yaml")}
     assert listed["descent_lr_start"]["experiment.learning_rate"] == (
         "1e-4,5e-4,1e-3,1.5e-3,2e-3,1e-2")
+
+
+def test_a_module_whose_package_is_not_importable_here_is_listed_as_not_found():
+    """A user's experiment listed from outside their project (`--config-dir` elsewhere)."""
+    assert describe_module("no_such_project.experiments") == (
+        "beyond", "no_such_project.experiments (its module cannot be found)")

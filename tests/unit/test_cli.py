@@ -33,6 +33,7 @@ def test_no_command_prints_the_usage(capsys):
     (["runn"], 2, "'runn' is not a gradkit command; choose one of: run, list, report, reproduce"),
     (["list", "extra"], 2, "gradkit list takes only --config-dir DIR, not extra"),
     (["list", "--config-dir"], 2, "--config-dir needs a folder: --config-dir DIR"),
+    (["list", "--config-dir", "/nonexistent"], 1, "--config-dir /nonexistent is not a folder"),
     (["ui", "--store", "/nonexistent"], 1, "--store /nonexistent holds no mlflow.db"),
     (["ui", "--port", "abc"], 2, "argument --port: invalid int value: 'abc'"),
 ])

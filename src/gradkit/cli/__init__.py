@@ -15,6 +15,7 @@ from gradkit import __version__
 from gradkit.cli.commands import fail, run_command, say_left_open, split_config_dirs
 from gradkit.core import interrupts
 from gradkit.core.names import sqlite_uri
+from gradkit.core.validation import ConfigError
 from gradkit.tracking import unclosed
 
 USAGE = f"""usage: gradkit COMMAND [ARGS ...]   (gradkit {__version__})
@@ -44,6 +45,8 @@ def _list(args: list[str]) -> None:
         fail(f"gradkit list takes only --config-dir DIR, not {' '.join(rest)}", 2)
     try:
         print(render(config_dirs))
+    except ConfigError as error:
+        fail(str(error))
     except BrokenPipeError:  # `gradkit list | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the interpreter flushes it at exit
 

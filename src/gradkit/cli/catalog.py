@@ -58,7 +58,10 @@ def config_file(group: str, name: str, config_dirs: Sequence[str | Path] = ()) -
 
 def describe_module(module: str) -> tuple[str, str]:
     """The notebook section (`4.2`, or `beyond`) and purpose in `module`'s docstring."""
-    spec = importlib.util.find_spec(module) if module else None
+    try:  # a dotted name imports its parent package to look
+        spec = importlib.util.find_spec(module) if module else None
+    except ImportError:  # the parent is not importable from here
+        spec = None
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         return "beyond", f"{module or 'no _target_'} (its module cannot be found)"
     docstring = ast.get_docstring(ast.parse(Path(spec.origin).read_text())) or ""

@@ -42,9 +42,7 @@ def compose(name: str, overrides: Sequence[str] = (), config_dirs: Sequence[str 
             hydra_node: bool = False) -> DictConfig:
     """Primary config `name` with `overrides`, `config_dirs` searched too (inside a running
     Hydra app, that app's search path). Hydra's own errors are raised as they are."""
-    missing = [str(d) for d in config_dirs if not Path(d).expanduser().is_dir()]
-    if missing:
-        raise ConfigError(f"--config-dir {missing[0]} is not a folder")
+    _check_folders(config_dirs)
     with _initialized():
         return hydra_compose(name, overrides=[*overrides, *searchpath_override(config_dirs)],
                              return_hydra_config=hydra_node)
@@ -53,10 +51,18 @@ def compose(name: str, overrides: Sequence[str] = (), config_dirs: Sequence[str 
 def group_options(group: str, config_dirs: Sequence[str | Path] = ()) -> list[str]:
     """Every option of config group `group` (`experiment`, `sweep`, ...), `config_dirs`
     included, sorted."""
+    _check_folders(config_dirs)
     with _initialized():
         loader = GlobalHydra.instance().config_loader()
         return sorted(loader.get_group_options(group, config_name="config",
                                                overrides=searchpath_override(config_dirs)))
+
+
+def _check_folders(config_dirs: Sequence[str | Path]) -> None:
+    """A ConfigError naming the first of `config_dirs` that is not a folder."""
+    missing = [str(d) for d in config_dirs if not Path(d).expanduser().is_dir()]
+    if missing:
+        raise ConfigError(f"--config-dir {missing[0]} is not a folder")
 
 
 @contextmanager

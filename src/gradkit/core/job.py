@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradkit.core import interrupts
-from gradkit.core.components import Components
+from gradkit.core.components import Components, locate
 from gradkit.core.errors import UNEXPECTED, not_a_parameter
 from gradkit.core.experiment import Experiment, Result, headline_first
 from gradkit.core.parameters import builtin_experiments
@@ -49,6 +49,10 @@ class ChecksFailed(CompactHydraException):
 
 def build_experiment(cfg: DictConfig, name: str) -> Experiment:
     """The experiment `cfg.experiment` describes; its constructor checks every parameter."""
+    try:  # a class that cannot be imported, named in one line (Hydra's says less)
+        locate("experiment._target_", cfg.experiment.get("_target_"))
+    except ConfigError as error:
+        raise BadConfig(str(error)) from None
     try:
         return hydra.utils.instantiate(cfg.experiment)
     except InstantiationException as error:

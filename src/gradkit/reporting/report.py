@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 
 import jinja2
-from hydra.utils import get_class
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from omegaconf import DictConfig
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 from gradkit.cli.catalog import experiments as catalogue
 from gradkit.cli.commands import compose_config, fail, plain, split_config_dirs
 from gradkit.core.components import KEYS as COMPONENTS
-from gradkit.core.components import OWN
+from gradkit.core.components import OWN, locate
 from gradkit.core.names import file_name
 from gradkit.core.reproducibility import fingerprint
 from gradkit.core.validation import ConfigError, choice
@@ -135,8 +134,8 @@ def describe(demo: Demonstration, target: str, section: str) -> None:
     if not target:  # a run made outside gradkit
         return
     try:
-        cls = get_class(target)
-    except Exception:  # a run of an experiment this installation no longer has
+        cls = locate("experiment._target_", target)
+    except ConfigError:  # a run of an experiment this installation no longer has
         return
     demo.section = section
     demo.proves = getattr(cls, "proves", "")
@@ -567,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
         config_dirs, overrides = split_config_dirs(sys.argv[1:] if argv is None else argv)
         cfg = compose_config("report", overrides, config_dirs)
         options = dataclasses.replace(read_options(cfg, Path.cwd()), config_dirs=config_dirs)
-        tracker = Tracker.from_config(cfg.tracking, base=Path.cwd())
+        tracker = Tracker.from_config(cfg.tracking, base=Path.cwd(), existing=True)
         demos = collect(tracker, options)
         run_id = write_report(tracker, demos, options)
     except ConfigError as error:

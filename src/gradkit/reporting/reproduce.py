@@ -237,7 +237,7 @@ def reproduce(run_id: str, store: list[str], config_dirs: list[str] = ()) -> int
     """Replay run `run_id` of the store `store` names, print the comparison; the exit code."""
     try:
         tracker = Tracker.from_config(compose_config("reproduce", store, config_dirs).tracking,
-                                      base=Path.cwd())
+                                      base=Path.cwd(), existing=True)
     except ConfigError as error:
         fail(str(error), UNREPRODUCIBLE)
     original = tracker.find_run(run_id)

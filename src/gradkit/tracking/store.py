@@ -211,17 +211,23 @@ class Tracker:
         self._done_at: dict[str, int] = {}  # run id -> when its job's work ended (ms)
 
     @classmethod
-    def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None) -> Tracker:
+    def from_config(cls, tracking: Mapping[str, Any], base: Path | None = None,
+                    existing: bool = False) -> Tracker:
         """The store a `tracking` config group names (kind: local | server), checked usable.
 
         A relative `root` (default `mlruns`) is taken relative to `base`, the directory the
-        command started in.
+        command started in. A local store is created on first use, unless `existing` (the
+        commands that read runs): then a root without one is refused.
         """
         base = (base or Path.cwd()).resolve()
         if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
             return _server(str(tracking["uri"]).rstrip("/"), base)
-        root = Path(tracking.get("root") or DEFAULT_ROOT).expanduser()
-        return _local((base / root).resolve(), base)
+        root = (base / Path(tracking.get("root") or DEFAULT_ROOT).expanduser()).resolve()
+        if existing and not (root / "mlflow.db").is_file():
+            raise StoreError(f"tracking.root={root} holds no MLflow store (no mlflow.db); run "
+                             "an experiment first or pass the folder of the store that holds "
+                             "the runs")
+        return _local(root, base)
 
     def experiment_id(self, name: str, tags: Mapping[str, str] | None = None) -> str:
         """The id of MLflow experiment `name`, created on first use (looked up once), with
