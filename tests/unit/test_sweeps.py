@@ -9,7 +9,9 @@ import pytest
 from conftest import CONF_DIR, EXPERIMENTS
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
 
+from gradkit.sweeps import hydra_compat
 from gradkit.sweeps.plan import swept_experiments
 
 
@@ -66,3 +68,14 @@ def test_report_columns_hold_the_parameters_that_vary_among_logged_jobs(tmp_path
                              "value"]
     assert [(r["x"], r["value"], r["status"]) for r in rows] == [
         ("0", "0.0", "COMPLETED"), ("1", "1.0", "COMPLETED"), ("", "", "FAILED")]
+
+
+def test_a_failed_jobs_error_is_read_without_hydras_line(capsys):
+    """Hydra's `return_value` prints `Error executing job ...` on each read: the sweep's
+    record of the job reads the error without adding a second such line."""
+    failed = JobReturn(overrides=["x=1"], status=JobStatus.FAILED)
+    failed._return_value = ValueError("x=1 is not allowed")
+
+    assert str(hydra_compat.job_error(failed)) == "x=1 is not allowed"
+    assert hydra_compat.job_error(JobReturn(status=JobStatus.COMPLETED)) is None
+    assert capsys.readouterr().err == ""

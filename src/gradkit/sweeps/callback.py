@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -28,7 +28,7 @@ from gradkit.core.reproducibility import fingerprint
 from gradkit.core.settings import read_settings
 from gradkit.core.validation import ConfigError
 from gradkit.lib.progress import job_line
-from gradkit.sweeps import closing, submitit_compat
+from gradkit.sweeps import closing, hydra_compat, submitit_compat
 from gradkit.sweeps.plan import grid, plan_jobs, swept_experiments
 from gradkit.sweeps.report import COMPLETED, report_sweep
 from gradkit.sweeps.summary import summary_lines
@@ -195,12 +195,8 @@ class SweepTracker(Callback):
         if not _state_file(sweep_dir).exists():
             return
         sweep_id = json.loads(_state_file(sweep_dir).read_text())["sweep_id"]
-        error = ""
-        if job_return.status != JobStatus.COMPLETED:  # its exception, as Hydra keeps it
-            try:
-                job_return.return_value  # noqa: B018 - raises the job's exception
-            except Exception as raised:
-                error = f"{type(raised).__name__}: {raised}"
+        raised = hydra_compat.job_error(job_return)
+        error = "" if raised is None else f"{type(raised).__name__}: {raised}"
         overrides = list(config.hydra.overrides.task)
         record = {
             "job": int(config.hydra.job.num),

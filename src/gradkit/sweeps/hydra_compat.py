@@ -1,4 +1,5 @@
-"""The one place that uses Hydra's private API: its basic sweeper and launcher classes.
+"""The one place that uses Hydra's private API: its basic sweeper and launcher classes, and
+a failed job's exception as its JobReturn keeps it.
 
 The planned sweeper (`hydra_plugins.gradkit_sweeper`) is Hydra's basic sweeper without its
 second composition of every job, and the sweep's plan splits a sweep into jobs exactly as
@@ -16,6 +17,7 @@ from importlib.metadata import version
 from typing import Any
 
 from hydra.core.plugins import Plugins
+from hydra.core.utils import JobReturn, JobStatus
 
 TESTED_HYDRA = "1.3."  # hydra-core releases whose private classes below are known
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -44,6 +46,12 @@ def basic_launcher() -> type:
 def split_arguments(overrides: list[Any], max_batch_size: int | None) -> list[list[list[str]]]:
     """A sweep's parsed overrides as batches of jobs, as the basic sweeper splits them."""
     return basic_sweeper().split_arguments(overrides, max_batch_size)
+
+
+def job_error(job_return: JobReturn) -> BaseException | None:
+    """A finished job's exception (None if it completed), read without the line Hydra's
+    public `return_value` prints each time it is read (`Error executing job with ...`)."""
+    return None if job_return.status == JobStatus.COMPLETED else job_return._return_value
 
 
 def register_sweeper() -> None:
