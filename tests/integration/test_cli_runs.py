@@ -168,6 +168,23 @@ def test_multirun_children_under_one_parent(cli, store, tmp_path):
     assert {row["run_id"] for row in rows} == {c.info.run_id for c in children}
 
 
+def test_a_value_for_the_swept_experiments_only_says_how_to_set_it(cli, store):
+    """Hydra applies plain values to the default experiment before sweeping the chosen ones:
+    the message names that and the one-value sweep that sets the value in each job."""
+    code, err = cli("experiment=glob(hess*)", "experiment.point=[0,0]", multirun=True)
+
+    assert code != 0
+    assert err == ("gradkit: experiment.point: Hydra applies a sweep's unswept values to the "
+                   "default experiment (basic_gradients, which has no point) before it sweeps "
+                   "the experiments; make it a sweep of one value to set it in each job: "
+                   "'experiment.point=choice([0,0])'\n")
+    assert all_runs(store) == []
+    code, err = cli("experiment=glob(hess*)", "experiment.point=choice([0,0])", multirun=True)
+    assert code == 0, err
+    [run] = runs_of(store, "hessian")
+    assert run.data.params["experiment.point"] == "[0.0, 0.0]"
+
+
 @pytest.mark.parametrize("args", [
     ["experiment=jacobian", "experiment.pont=1"],
     ["experiment=jacobian", "+experiment.pont=1"],

@@ -11,6 +11,7 @@ import difflib
 import re
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
@@ -97,13 +98,23 @@ def _misspelt(key: str, overrides: list[str]) -> str | None:
             [o for o in overrides if not o.startswith("-")])
         kept = [o.input_line for o in parsed if not o.is_sweep_override()
                 and not o.key_or_group.lstrip("+~").startswith(("experiment.", "hydra"))]
-        chosen = [list(o.sweep_string_iterator()) for o in parsed
-                  if o.key_or_group == "experiment" and o.is_sweep_override()]
+        chosen = [o.value().filter(configs.group_options("experiment"))
+                  if isinstance(o.value(), Glob) else list(o.sweep_string_iterator())
+                  for o in parsed if o.key_or_group == "experiment" and o.is_sweep_override()]
         for option in chosen[-1] if chosen else [None]:
             cfg = _compose(kept + ([f"experiment={option}"] if option else []))
             parameters = [name for name in cfg.experiment if name != "_target_"]
             if key.split(".")[1] not in parameters:
                 return not_a_parameter(key, cfg.hydra.runtime.choices.experiment, parameters)
+        if chosen:  # every swept experiment has it: the one composed before sweeping lacks it
+            default = _compose(kept)
+            if key.split(".")[1] not in default.experiment:
+                [value] = [o.input_line.partition("=")[2] for o in parsed
+                           if o.key_or_group.lstrip("+~") == key]
+                return (f"{key}: Hydra applies a sweep's unswept values to the default "
+                        f"experiment ({default.hydra.runtime.choices.experiment}, which has "
+                        f"no {key.split('.')[1]}) before it sweeps the experiments; make it a "
+                        f"sweep of one value to set it in each job: '{key}=choice({value})'")
     except Exception:  # the command is too unusual to analyse: Hydra's message will do
         return None
     return None
