@@ -222,12 +222,8 @@ class Tracker:
         base = (base or Path.cwd()).resolve()
         if choice("tracking.kind", tracking["kind"], ("local", "server")) == "server":
             return _server(str(tracking["uri"]).rstrip("/"), base)
-        root = (base / Path(tracking.get("root") or DEFAULT_ROOT).expanduser()).resolve()
-        if existing and not (root / "mlflow.db").is_file():
-            raise StoreError(f"tracking.root={root} holds no MLflow store (no mlflow.db); run "
-                             "an experiment first or pass the folder of the store that holds "
-                             "the runs")
-        return _local(root, base)
+        root = Path(tracking.get("root") or DEFAULT_ROOT).expanduser()
+        return _local((base / root).resolve(), base, existing)
 
     def experiment_id(self, name: str, tags: Mapping[str, str] | None = None) -> str:
         """The id of MLflow experiment `name`, created on first use (looked up once), with
@@ -521,9 +517,9 @@ def _server(uri: str, base: Path) -> Tracker:
 
 
 @functools.lru_cache(maxsize=8)
-def _local(root: Path, base: Path) -> Tracker:
+def _local(root: Path, base: Path, existing: bool) -> Tracker:
     """The embedded store in `root`, checked once per process (a sweep's jobs share it)."""
-    database = _local_database(root)
+    database = _local_database(root, existing)
     try:
         with _no_stray_folder(database):
             tracker = Tracker(sqlite_uri(database), database.parent / "artifacts", base)
@@ -565,18 +561,23 @@ def _unusable(database: Path, reason: str) -> StoreError:
                       f"({reason}); move it away or set tracking.root to another folder")
 
 
-def _local_database(root: Path) -> Path:
-    """`root/mlflow.db`, created complete or not at all, and refused if it is not MLflow's.
+def _local_database(root: Path, existing: bool) -> Path:
+    """`root/mlflow.db`, created complete or not at all (unless `existing`: then refused
+    where there is none), and refused if it is not MLflow's.
 
     The schema is built in a temporary file under an exclusive lock and renamed into place,
     so an interrupted creation or two commands starting at once never leave a broken store.
     """
     if root.exists() and not root.is_dir():
         raise StoreError(f"tracking.root={root} is a file; point it at a folder")
+    database = root / "mlflow.db"
+    made = database.exists() and database.stat().st_size > 0
+    if existing and not made:
+        raise StoreError(f"tracking.root={root} holds no MLflow store (no mlflow.db); run an "
+                         "experiment first or pass the folder of the store that holds the runs")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        database = root / "mlflow.db"
-        if not database.exists() or database.stat().st_size == 0:
+        if not made:
             _create_database(database)
     except OSError as error:
         raise StoreError(f"tracking.root={root}: cannot create the MLflow store there "
